@@ -1,0 +1,1 @@
+"""The HEAT runner runtime."""
