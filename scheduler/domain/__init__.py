@@ -1,0 +1,1 @@
+"""The scheduling domain: pure rules, given `now`; no I/O, no gRPC."""

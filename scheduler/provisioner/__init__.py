@@ -1,0 +1,1 @@
+"""Provisioners: how runner instances are started and stopped (kubernetes, local, none)."""

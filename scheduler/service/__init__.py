@@ -1,0 +1,1 @@
+"""Use cases: what each API call does, over the store, in one transaction each."""

@@ -1,0 +1,1 @@
+"""The PostgreSQL store: asyncpg, SQL in .sql files, numbered migrations."""

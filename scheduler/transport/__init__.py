@@ -1,0 +1,1 @@
+"""The gRPC transport: servicers, proto <-> domain conversion, error -> status mapping."""
