@@ -1,0 +1,507 @@
+"""A PostgreSQL server of our own, in a local data folder.
+
+``serve`` without a database URL runs one (its data folder persists across restarts), and the
+test suite runs one for the whole session. The server binaries are looked up in this order:
+
+1. the folder named by ``HEAT_PG_BIN`` (when set, it is the only place looked at);
+2. ``pg_ctl``, ``initdb`` and ``postgres`` on ``PATH``;
+3. the highest version under ``/usr/lib/postgresql/*/bin`` (Debian's layout).
+
+PostgreSQL refuses to run as root. When we are root, every server program runs as the
+``postgres`` system user (else ``nobody``): the data folder is handed to that user, and each of
+its parent folders must let that user through (``chmod o+x``); an error names the first that
+does not.
+
+One data folder belongs to one scheduler at a time: a server found still running on it (left by
+a scheduler that was killed) is stopped before ours starts.
+
+    EmbeddedPostgresError
+     └── PostgresNotInstalled    no server binaries were found
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import pwd
+import re
+import shlex
+import shutil
+import socket
+import stat
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Final, Self
+from urllib.parse import quote
+
+__all__ = [
+    "DEBIAN_PG_ROOT",
+    "PG_BIN_ENV",
+    "SUPERUSER",
+    "EmbeddedPostgres",
+    "EmbeddedPostgresError",
+    "PostgresNotInstalled",
+    "find_pg_bin",
+]
+
+log = logging.getLogger(__name__)
+
+PG_BIN_ENV: Final = "HEAT_PG_BIN"
+DEBIAN_PG_ROOT: Final = Path("/usr/lib/postgresql")
+SUPERUSER: Final = "heat"
+
+_SERVER_PROGRAMS: Final = ("pg_ctl", "initdb", "postgres")
+_PG_CTL_TIMEOUT_S: Final = 60
+# Leftover backends of a killed postmaster notice its death within milliseconds; this is slack.
+_LINGER_TIMEOUT_S: Final = 10.0
+_LOG_ROTATE_BYTES: Final = 10 * 1024 * 1024
+_LOG_TAIL_LINES: Final = 30
+_PORT_ATTEMPTS: Final = 3
+
+
+class EmbeddedPostgresError(Exception):
+    """The embedded PostgreSQL server could not be set up, started or stopped."""
+
+
+class PostgresNotInstalled(EmbeddedPostgresError):
+    """No PostgreSQL server binaries were found."""
+
+
+def find_pg_bin(
+    *, environ: Mapping[str, str] | None = None, debian_root: Path = DEBIAN_PG_ROOT
+) -> Path:
+    """The folder holding ``pg_ctl``, ``initdb`` and ``postgres``; see the module docstring.
+
+    ``environ`` defaults to ``os.environ`` (``HEAT_PG_BIN`` and ``PATH`` are read from it).
+    """
+    env = os.environ if environ is None else environ
+    explicit = env.get(PG_BIN_ENV)
+    if explicit:
+        # A wrong explicit setting must not be papered over by some other installed version.
+        folder = Path(explicit)
+        missing = [p for p in _SERVER_PROGRAMS if not _is_executable(folder / p)]
+        if missing:
+            raise PostgresNotInstalled(
+                f"{PG_BIN_ENV}={explicit} but that folder lacks {', '.join(missing)}; point "
+                f"{PG_BIN_ENV} at PostgreSQL's bin folder (the one holding "
+                f"{', '.join(_SERVER_PROGRAMS)}), or unset it to search PATH and {debian_root}"
+            )
+        return folder
+
+    path = env.get("PATH", "")
+    found = [shutil.which(p, path=path) for p in _SERVER_PROGRAMS]
+    if all(found):
+        # Debian links only some programs into /usr/bin; the folder of the real pg_ctl has all.
+        real = Path(str(found[0])).resolve().parent
+        if all(_is_executable(real / p) for p in _SERVER_PROGRAMS):
+            return real
+        return Path(str(found[0])).parent
+
+    versions: list[tuple[tuple[int, ...], Path]] = []
+    if debian_root.is_dir():
+        for child in debian_root.iterdir():
+            if re.fullmatch(r"\d+(\.\d+)*", child.name) and all(
+                _is_executable(child / "bin" / p) for p in _SERVER_PROGRAMS
+            ):
+                versions.append((tuple(int(n) for n in child.name.split(".")), child / "bin"))
+    if versions:
+        return max(versions)[1]
+
+    raise PostgresNotInstalled(
+        f"PostgreSQL server programs ({', '.join(_SERVER_PROGRAMS)}) not found: "
+        f"{PG_BIN_ENV} is not set, they are not on PATH, and {debian_root}/<version>/bin "
+        "holds none. Install PostgreSQL (e.g. Debian's 'postgresql-15' package), or set "
+        f"{PG_BIN_ENV} to the folder holding them, or set HEAT_DATABASE_URL to use an "
+        "existing PostgreSQL server instead of an embedded one."
+    )
+
+
+def _is_executable(path: Path) -> bool:
+    return path.is_file() and os.access(path, os.X_OK)
+
+
+@dataclass(frozen=True, slots=True)
+class _RunAs:
+    """The unprivileged account the server programs run as when we are root."""
+
+    name: str
+    uid: int
+    gid: int
+    groups: list[int]
+
+
+def _run_as() -> _RunAs | None:
+    if os.geteuid() != 0:
+        return None
+    for name in ("postgres", "nobody"):
+        try:
+            entry = pwd.getpwnam(name)
+        except KeyError:
+            continue
+        return _RunAs(name, entry.pw_uid, entry.pw_gid, os.getgrouplist(name, entry.pw_gid))
+    raise EmbeddedPostgresError(
+        "running as root, and PostgreSQL refuses to run as root, but neither a 'postgres' "
+        "nor a 'nobody' user exists to run it as; create one, or run the scheduler as a "
+        "non-root user"
+    )
+
+
+class EmbeddedPostgres:
+    """One PostgreSQL server on ``data_dir``, listening on ``host:port`` with trust auth.
+
+    ``port=None`` picks a free port (a restart of the same object tries the last one first).
+    ``durable=False`` (for tests) trades
+    durability for speed: a killed server loses its last fraction of a second of commits, and an
+    OS crash may corrupt the cluster.
+    """
+
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        port: int | None = None,
+        host: str = "127.0.0.1",
+        durable: bool = True,
+        pg_bin: Path | None = None,
+    ) -> None:
+        # The server programs run with cwd "/" (the unprivileged user may not enter ours).
+        self.data_dir = Path(data_dir).absolute()
+        self.host = host
+        self.durable = durable
+        self.pg_bin = pg_bin if pg_bin is not None else find_pg_bin()
+        self.log_file = self.data_dir / "log" / "embedded.log"
+        self._requested_port = port
+        self._port = port
+        self._run_as = _run_as()
+        self._socket_dir: Path | None = None
+        self._running = False
+
+    # -- public API ---------------------------------------------------------------------------
+
+    @property
+    def port(self) -> int:
+        """The port of the running (else the last) server."""
+        if self._port is None:
+            raise EmbeddedPostgresError("the port is picked at start(); start the server first")
+        return self._port
+
+    @property
+    def dsn(self) -> str:
+        """The superuser's DSN for the ``postgres`` database."""
+        return self.dsn_for("postgres")
+
+    def dsn_for(self, database: str) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"postgresql://{SUPERUSER}@{host}:{self.port}/{quote(database, safe='')}"
+
+    @property
+    def running(self) -> bool:
+        return self._running
+
+    async def start(self) -> None:
+        if self._running:
+            return
+        await asyncio.to_thread(self._prepare_data_dir)
+        if not (self.data_dir / "PG_VERSION").exists():
+            await self._initdb()
+        await asyncio.to_thread(self._prepare_log)
+        await self._clear_leftovers()
+        self._socket_dir = await asyncio.to_thread(self._make_socket_dir)
+        try:
+            await self._pg_ctl_start()
+        except BaseException:
+            await asyncio.to_thread(self._remove_socket_dir)
+            raise
+        self._running = True
+        log.info("embedded PostgreSQL on %s:%s, data in %s", self.host, self.port, self.data_dir)
+
+    async def stop(self) -> None:
+        if not self._running:
+            return
+        # A server killed from outside may linger as a zombie, which pg_ctl would wait on.
+        if await asyncio.to_thread(self._live_postmaster) is not None:
+            code, output = await self._run(
+                "pg_ctl", "stop", "-D", str(self.data_dir), "-m", "fast", "-w",
+                "-t", str(_PG_CTL_TIMEOUT_S),
+            )  # fmt: skip
+            if code != 0 and await asyncio.to_thread(self._live_postmaster) is not None:
+                raise EmbeddedPostgresError(f"pg_ctl stop failed (exit {code}):\n{output}")
+        self._running = False
+        await asyncio.to_thread(self._remove_socket_dir)
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    # -- folders ------------------------------------------------------------------------------
+
+    def _prepare_data_dir(self) -> None:
+        data = self.data_dir
+        data.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if not (data / "PG_VERSION").exists() and any(data.iterdir()):
+            raise EmbeddedPostgresError(
+                f"{data} is neither empty nor a PostgreSQL data folder (it has no PG_VERSION); "
+                "give the embedded server an empty or new folder"
+            )
+        if self._run_as is not None:
+            self._check_reachable(self._run_as)
+            if data.stat().st_uid != self._run_as.uid:
+                self._chown_tree(data, self._run_as)
+        # PostgreSQL refuses a data folder that others may read.
+        data.chmod(0o700)
+
+    def _check_reachable(self, user: _RunAs) -> None:
+        for folder in self.data_dir.parents:
+            st = folder.stat()
+            if st.st_uid == user.uid:
+                allowed = st.st_mode & stat.S_IXUSR
+            elif st.st_gid in user.groups:
+                allowed = st.st_mode & stat.S_IXGRP
+            else:
+                allowed = st.st_mode & stat.S_IXOTH
+            if not allowed:
+                raise EmbeddedPostgresError(
+                    f"PostgreSQL runs as user {user.name!r} (it refuses to run as root), and "
+                    f"{user.name!r} cannot enter {folder} (mode {stat.filemode(st.st_mode)}) "
+                    f"on the way to the data folder {self.data_dir}; allow it "
+                    f"(chmod o+x {shlex.quote(str(folder))}) or put the data folder elsewhere"
+                )
+
+    @staticmethod
+    def _chown_tree(root: Path, user: _RunAs) -> None:
+        os.chown(root, user.uid, user.gid)
+        for folder, dirs, files in os.walk(root):
+            for name in dirs + files:
+                os.chown(Path(folder) / name, user.uid, user.gid, follow_symlinks=False)
+
+    def _prepare_log(self) -> None:
+        folder = self.log_file.parent
+        folder.mkdir(mode=0o700, exist_ok=True)
+        if self._run_as is not None:
+            os.chown(folder, self._run_as.uid, self._run_as.gid)
+        # pg_ctl only ever appends; keep one previous generation so the folder stays bounded.
+        with contextlib.suppress(FileNotFoundError):
+            if self.log_file.stat().st_size > _LOG_ROTATE_BYTES:
+                self.log_file.replace(self.log_file.with_name(self.log_file.name + ".1"))
+
+    def _make_socket_dir(self) -> Path:
+        # Unix socket paths are limited to about 100 bytes: keep it short, whatever TMPDIR says.
+        base = "/tmp" if Path("/tmp").is_dir() else None  # noqa: S108
+        folder = Path(tempfile.mkdtemp(prefix="heatpg", dir=base))
+        if self._run_as is not None:
+            os.chown(folder, self._run_as.uid, self._run_as.gid)
+        return folder
+
+    def _remove_socket_dir(self) -> None:
+        if self._socket_dir is not None:
+            shutil.rmtree(self._socket_dir, ignore_errors=True)
+            self._socket_dir = None
+
+    # -- programs -----------------------------------------------------------------------------
+
+    async def _run(self, program: str, *args: str) -> tuple[int, str]:
+        """Run a server program as the right user; its exit code and combined output."""
+        run_as = self._run_as
+        proc = await asyncio.create_subprocess_exec(
+            str(self.pg_bin / program),
+            *args,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            cwd="/",
+            env=_server_env(),
+            user=run_as.uid if run_as else None,
+            group=run_as.gid if run_as else None,
+            extra_groups=run_as.groups if run_as else None,
+        )
+        out, _ = await proc.communicate()
+        assert proc.returncode is not None
+        return proc.returncode, out.decode(errors="replace")
+
+    async def _initdb(self) -> None:
+        args = [
+            "-D", str(self.data_dir), f"--username={SUPERUSER}", "--auth=trust",
+            "--encoding=UTF8", "--locale=C",
+        ]  # fmt: skip
+        if not self.durable:
+            args.append("--no-sync")
+        log.info("creating a PostgreSQL cluster in %s", self.data_dir)
+        code, output = await self._run("initdb", *args)
+        if code != 0:
+            raise EmbeddedPostgresError(
+                f"initdb failed (exit {code}) for {self.data_dir}:\n{output.strip()}"
+            )
+
+    def _server_options(self, port: int, socket_dir: Path) -> str:
+        settings = {
+            "listen_addresses": self.host,
+            "port": str(port),
+            "unix_socket_directories": str(socket_dir),
+            "max_connections": "200",
+        }
+        if not self.durable:
+            settings |= {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
+        # pg_ctl hands this string to /bin/sh, hence the quoting.
+        return " ".join(f"-c {shlex.quote(f'{k}={v}')}" for k, v in settings.items())
+
+    async def _pg_ctl_start(self) -> None:
+        assert self._socket_dir is not None
+        for attempt in range(1, _PORT_ATTEMPTS + 1):
+            if self._requested_port is not None:
+                port = self._requested_port
+            elif attempt == 1 and self._port is not None:
+                # A restart keeps the previous port if it can, so DSNs handed out stay valid.
+                port = self._port
+            else:
+                port = _free_port(self.host)
+            offset = await asyncio.to_thread(_file_size, self.log_file)
+            code, output = await self._run(
+                "pg_ctl", "start", "-w", "-t", str(_PG_CTL_TIMEOUT_S),
+                "-D", str(self.data_dir), "-l", str(self.log_file),
+                "-o", self._server_options(port, self._socket_dir),
+            )  # fmt: skip
+            if code == 0:
+                self._port = port
+                return
+            server_log = await asyncio.to_thread(_tail, self.log_file, offset)
+            # Another process may grab the free port between our probe and the server's bind.
+            if (
+                self._requested_port is None
+                and attempt < _PORT_ATTEMPTS
+                and "could not bind" in server_log
+            ):
+                log.warning("port %s was taken before PostgreSQL bound it; retrying", port)
+                continue
+            raise EmbeddedPostgresError(
+                f"PostgreSQL did not start on {self.host}:{port} from {self.data_dir} "
+                f"(pg_ctl exit {code}).\npg_ctl said:\n{output.strip()}\n"
+                f"last lines of {self.log_file}:\n{server_log}"
+            )
+
+    # -- leftovers of killed runs -------------------------------------------------------------
+
+    async def _clear_leftovers(self) -> None:
+        """Deal with a postmaster.pid left by a run that did not stop cleanly."""
+        pid_file = self.data_dir / "postmaster.pid"
+        if not pid_file.exists() or not _HAVE_PROC:
+            # Without /proc, PostgreSQL's own stale-lock check (kill(pid, 0)) has to do.
+            return
+        pid = await asyncio.to_thread(self._live_postmaster)
+        if pid is not None:
+            log.warning(
+                "a PostgreSQL server (PID %s) left by a previous run is still serving %s; "
+                "stopping it",
+                pid,
+                self.data_dir,
+            )
+            code, output = await self._run(
+                "pg_ctl", "stop", "-D", str(self.data_dir), "-m", "fast", "-w",
+                "-t", str(_PG_CTL_TIMEOUT_S),
+            )  # fmt: skip
+            if code != 0:
+                raise EmbeddedPostgresError(
+                    f"could not stop the server (PID {pid}) left running on {self.data_dir}:\n"
+                    f"{output.strip()}"
+                )
+            return
+        # The postmaster is dead, or a zombie nobody reaps (PID 1 of many containers), or its
+        # PID now names another process. PostgreSQL takes the last two for a live server and
+        # refuses to start, so the lock file goes; but only once the old backends, which still
+        # hold the old shared memory, are gone.
+        deadline = time.monotonic() + _LINGER_TIMEOUT_S
+        while lingering := await asyncio.to_thread(_processes_in, self.data_dir):
+            if time.monotonic() > deadline:
+                raise EmbeddedPostgresError(
+                    f"processes {lingering} of a dead PostgreSQL server still run in "
+                    f"{self.data_dir}; end them before starting a new server there"
+                )
+            await asyncio.sleep(0.05)
+        log.warning("removing a stale %s left by a killed server", pid_file)
+        pid_file.unlink(missing_ok=True)
+
+    def _live_postmaster(self) -> int | None:
+        """The PID in postmaster.pid if it is a live process serving our data folder."""
+        try:
+            first = (self.data_dir / "postmaster.pid").read_text().split("\n", 1)[0]
+            pid = int(first)
+        except (FileNotFoundError, ValueError):
+            return None
+        if not _HAVE_PROC:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return None
+            except PermissionError:
+                pass
+            return pid
+        return pid if pid in _processes_in(self.data_dir) else None
+
+
+_HAVE_PROC: Final = Path("/proc/self/cwd").exists()
+
+
+def _processes_in(folder: Path) -> list[int]:
+    """Live (not zombie) processes whose working folder is ``folder``.
+
+    A postmaster and all its children run in their data folder, so this finds them whatever
+    their PIDs are, and tells a real postmaster from a recycled PID.
+    """
+    target = folder.resolve()
+    me = str(os.getpid())
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or entry.name == me:
+            continue
+        try:
+            if (entry / "cwd").readlink() != target:
+                continue
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if state not in ("Z", "X"):
+            found.append(int(entry.name))
+    return sorted(found)
+
+
+def _server_env() -> dict[str, str]:
+    # libpq variables in our environment would redirect pg_ctl's own checks.
+    return {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+
+
+def _free_port(host: str) -> int:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _file_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+def _tail(path: Path, offset: int) -> str:
+    try:
+        with path.open("rb") as f:
+            f.seek(offset)
+            text = f.read().decode(errors="replace")
+    except FileNotFoundError:
+        return "(no log file)"
+    return "\n".join(text.strip().splitlines()[-_LOG_TAIL_LINES:]) or "(empty)"

@@ -1,0 +1,124 @@
+"""Fixtures shared by every test folder: one PostgreSQL server, a fresh database per test.
+
+One server runs for the whole session (``pg_server``). The migrations are applied once, to a
+template database (``template_db``); each test that asks for ``db_dsn`` or ``db_pool`` gets its
+own ``CREATE DATABASE … TEMPLATE heat_template``, dropped afterwards.
+
+By default ``pg_server`` starts an embedded server (``scheduler.store.embedded``) in a fresh
+folder. Set ``HEAT_TEST_DATABASE_URL`` to a superuser DSN (any database, usually ``postgres``)
+to use an existing server instead; the tests create and drop databases on it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote, urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+import pytest_asyncio
+
+from scheduler.store.embedded import EmbeddedPostgres
+from scheduler.store.migrations import migrate
+
+TEST_DATABASE_URL_ENV = "HEAT_TEST_DATABASE_URL"
+TEMPLATE_DB = "heat_template"
+
+
+@dataclass(frozen=True)
+class PgServer:
+    """The server the tests use; ``pg_bin`` is None for an external server."""
+
+    dsn: str
+    pg_bin: Path | None
+
+    def dsn_for(self, database: str) -> str:
+        parts = urlsplit(self.dsn)
+        return urlunsplit(parts._replace(path="/" + quote(database, safe="")))
+
+
+def make_open_tmp_dir() -> Path:
+    """A new folder the unprivileged PostgreSQL user can reach even when we are root.
+
+    pytest's ``tmp_path`` lies under a 0700 folder of root's, which that user cannot enter.
+    """
+    # mkdtemp's folder is private to us; 0755 lets the server user through, not in.
+    path = Path(tempfile.mkdtemp(prefix="heat-test-", dir="/tmp"))
+    path.chmod(0o755)
+    return path
+
+
+@pytest.fixture
+def open_tmp_path() -> Iterator[Path]:
+    """Like ``tmp_path``, but usable as the parent of an embedded server's data folder."""
+    path = make_open_tmp_dir()
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def pg_server() -> AsyncIterator[PgServer]:
+    """The session's PostgreSQL server: ``HEAT_TEST_DATABASE_URL``, else an embedded one."""
+    external = os.environ.get(TEST_DATABASE_URL_ENV)
+    if external:
+        yield PgServer(dsn=external, pg_bin=None)
+        return
+    folder = make_open_tmp_dir()
+    try:
+        async with EmbeddedPostgres(folder / "data", durable=False) as server:
+            yield PgServer(dsn=server.dsn, pg_bin=server.pg_bin)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def template_db(pg_server: PgServer) -> AsyncIterator[str]:
+    """The name of a database holding the migrated schema, the template of every test's."""
+    admin = await asyncpg.connect(pg_server.dsn)
+    try:
+        await admin.execute(f"DROP DATABASE IF EXISTS {TEMPLATE_DB} WITH (FORCE)")
+        await admin.execute(f"CREATE DATABASE {TEMPLATE_DB} TEMPLATE template0")
+        conn = await asyncpg.connect(pg_server.dsn_for(TEMPLATE_DB))
+        try:
+            await migrate(conn)
+        finally:
+            # CREATE DATABASE … TEMPLATE fails while anyone is connected to the template.
+            await conn.close()
+        yield TEMPLATE_DB
+        await admin.execute(f"DROP DATABASE IF EXISTS {TEMPLATE_DB} WITH (FORCE)")
+    finally:
+        await admin.close()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def db_dsn(pg_server: PgServer, template_db: str) -> AsyncIterator[str]:
+    """The DSN of a fresh, migrated database of this test's own."""
+    name = f"test_{uuid.uuid4().hex}"
+    admin = await asyncpg.connect(pg_server.dsn)
+    try:
+        await admin.execute(f"CREATE DATABASE {name} TEMPLATE {template_db}")
+    finally:
+        await admin.close()
+    yield pg_server.dsn_for(name)
+    admin = await asyncpg.connect(pg_server.dsn)
+    try:
+        await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    finally:
+        await admin.close()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def db_pool(db_dsn: str) -> AsyncIterator[asyncpg.Pool]:
+    """A connection pool on this test's fresh database."""
+    # min_size=1: opening the default ten connections up front would slow every test.
+    pool = await asyncpg.create_pool(db_dsn, min_size=1, max_size=10)
+    try:
+        yield pool
+    finally:
+        await pool.close()
