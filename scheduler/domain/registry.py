@@ -1,0 +1,273 @@
+"""Registry entities (Runner, NodeTemplate, SessionTemplate) and their rules."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, fields, replace
+from datetime import datetime, timedelta
+from typing import Any, Final, TypeVar
+
+from scheduler.domain.errors import FieldViolation, InvalidArgument
+from scheduler.domain.limits import Limits
+from scheduler.domain.validation import (
+    DagNodeSpec,
+    check_config,
+    check_cpu,
+    check_dag,
+    check_dns_label,
+    check_image_reference,
+    check_json_schema,
+    check_memory,
+    check_text,
+    merge_config,
+)
+
+DEFAULT_MAX_PODS: Final = 10
+DEFAULT_TASKS_PER_POD: Final = 1
+DEFAULT_IDLE_PERIOD: Final = timedelta(minutes=5)
+DEFAULT_MAX_ATTEMPTS: Final = 3
+DEFAULT_INITIAL_BACKOFF: Final = timedelta(seconds=1)
+DEFAULT_MAX_BACKOFF: Final = timedelta(minutes=5)
+DEFAULT_BACKOFF_MULTIPLIER: Final = 2.0
+DEFAULT_ATTEMPT_TIMEOUT: Final = timedelta(hours=1)
+
+JsonObject = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Runner:
+    name: str
+    container_image: str
+    cpu_limit: str
+    memory_limit: str
+    id: int = 0
+    description: str = ""
+    feature_internal_name: str = ""
+    enabled: bool = True
+    min_pods: int = 0
+    max_pods: int = DEFAULT_MAX_PODS
+    tasks_per_pod: int = DEFAULT_TASKS_PER_POD
+    idle_period: timedelta = DEFAULT_IDLE_PERIOD
+    create_time: datetime | None = field(default=None, compare=False)
+    update_time: datetime | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    initial_backoff: timedelta = DEFAULT_INITIAL_BACKOFF
+    max_backoff: timedelta = DEFAULT_MAX_BACKOFF
+    backoff_multiplier: float = DEFAULT_BACKOFF_MULTIPLIER
+
+
+@dataclass(frozen=True, slots=True)
+class NodeTemplate:
+    name: str
+    runner: str
+    description: str = ""
+    config_schema: JsonObject | None = None
+    default_config: JsonObject = field(default_factory=dict)
+    multiple_inputs: bool = False
+    retry_policy: RetryPolicy = RetryPolicy()
+    attempt_timeout: timedelta = DEFAULT_ATTEMPT_TIMEOUT
+    create_time: datetime | None = field(default=None, compare=False)
+    update_time: datetime | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class DagNode:
+    key: str
+    node_template: str
+    config: JsonObject = field(default_factory=dict)
+    depends_on: tuple[str, ...] = ()
+
+    def spec(self) -> DagNodeSpec:
+        return DagNodeSpec(self.key, self.node_template, self.depends_on)
+
+
+@dataclass(frozen=True, slots=True)
+class SessionTemplate:
+    name: str
+    nodes: tuple[DagNode, ...]
+    description: str = ""
+    default_parameters: JsonObject = field(default_factory=dict)
+    create_time: datetime | None = field(default=None, compare=False)
+    update_time: datetime | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class RunnerCredential:
+    id: str
+    runner: str
+    description: str = ""
+    secret: str = ""
+    create_time: datetime | None = None
+    revoke_time: datetime | None = None
+
+
+Entity = TypeVar("Entity", Runner, NodeTemplate, SessionTemplate)
+
+# Fields a caller may name in an update mask; the name (and a Runner's id) never change.
+UPDATABLE: Final[Mapping[type, frozenset[str]]] = {
+    Runner: frozenset(
+        f.name for f in fields(Runner) if f.name not in {"id", "name", "create_time", "update_time"}
+    ),
+    NodeTemplate: frozenset(
+        f.name for f in fields(NodeTemplate) if f.name not in {"name", "create_time", "update_time"}
+    )
+    | {
+        "retry_policy.max_attempts",
+        "retry_policy.initial_backoff",
+        "retry_policy.max_backoff",
+        "retry_policy.backoff_multiplier",
+    },
+    SessionTemplate: frozenset({"description", "nodes", "default_parameters"}),
+}
+
+
+def apply_mask(current: Entity, new: Entity, paths: Sequence[str], prefix: str) -> Entity:
+    """``current`` with the fields named by ``paths`` taken from ``new`` (all when empty)."""
+    allowed = UPDATABLE[type(current)]
+    bad = [
+        FieldViolation(
+            f"update_mask.paths[{i}]",
+            f"{path!r} is not an updatable field of {prefix}; use one of: "
+            + ", ".join(sorted(allowed)),
+        )
+        for i, path in enumerate(paths)
+        if path not in allowed
+    ]
+    if bad:
+        raise InvalidArgument(bad)
+    chosen = set(paths) if paths else {p for p in allowed if "." not in p}
+    changes: dict[str, Any] = {p: getattr(new, p) for p in chosen if "." not in p}
+    nested = {p.split(".", 1)[1] for p in chosen if p.startswith("retry_policy.")}
+    if nested and isinstance(current, NodeTemplate) and isinstance(new, NodeTemplate):
+        base = changes.get("retry_policy", current.retry_policy)
+        changes["retry_policy"] = replace(base, **{f: getattr(new.retry_policy, f) for f in nested})
+    return replace(current, **changes)
+
+
+def check_runner(runner: Runner, prefix: str, limits: Limits) -> list[FieldViolation]:
+    p = prefix
+    out = [
+        *check_dns_label(runner.name, f"{p}.name"),
+        *check_image_reference(runner.container_image, f"{p}.container_image"),
+        *check_cpu(runner.cpu_limit, f"{p}.cpu_limit"),
+        *check_memory(runner.memory_limit, f"{p}.memory_limit"),
+        *check_text(runner.description, f"{p}.description", max_len=limits.max_description),
+        *check_text(
+            runner.feature_internal_name, f"{p}.feature_internal_name", max_len=limits.max_name
+        ),
+    ]
+    if runner.id < 0:
+        out.append(FieldViolation(f"{p}.id", "must be 0 (assigned) or a positive id"))
+    if runner.min_pods < 0:
+        out.append(FieldViolation(f"{p}.min_pods", "must be 0 or more"))
+    if runner.max_pods < max(runner.min_pods, 0) or runner.max_pods < 1:
+        out.append(
+            FieldViolation(
+                f"{p}.max_pods",
+                f"must be at least 1 and at least min_pods ({runner.min_pods}); "
+                f"got {runner.max_pods}",
+            )
+        )
+    if not 1 <= runner.tasks_per_pod <= limits.max_tasks_per_pod:
+        out.append(
+            FieldViolation(
+                f"{p}.tasks_per_pod", f"must be between 1 and {limits.max_tasks_per_pod}"
+            )
+        )
+    if runner.idle_period < timedelta(0):
+        out.append(FieldViolation(f"{p}.idle_period", "must not be negative"))
+    return out
+
+
+def _check_duration(value: timedelta, path: str, *, positive: bool) -> list[FieldViolation]:
+    if value < timedelta(0) or (positive and value == timedelta(0)):
+        bound = "greater than 0s" if positive else "0s or more"
+        return [FieldViolation(path, f"must be {bound}; got {value.total_seconds()}s")]
+    return []
+
+
+def check_node_template(
+    template: NodeTemplate,
+    prefix: str,
+    limits: Limits,
+    *,
+    runner_exists: Callable[[str], bool],
+) -> list[FieldViolation]:
+    p = prefix
+    out = [
+        *check_dns_label(template.name, f"{p}.name"),
+        *check_text(template.description, f"{p}.description", max_len=limits.max_description),
+    ]
+    if not template.runner:
+        out.append(FieldViolation(f"{p}.runner", "is required: the name of a Runner"))
+    elif not runner_exists(template.runner):
+        out.append(FieldViolation(f"{p}.runner", f"runner {template.runner!r} does not exist"))
+    schema_violations = check_json_schema(template.config_schema, f"{p}.config_schema")
+    out += schema_violations
+    if not schema_violations:
+        out += check_config(template.default_config, template.config_schema, f"{p}.default_config")
+    policy = template.retry_policy
+    rp = f"{p}.retry_policy"
+    if not 1 <= policy.max_attempts <= limits.max_attempts:
+        out.append(
+            FieldViolation(f"{rp}.max_attempts", f"must be between 1 and {limits.max_attempts}")
+        )
+    out += _check_duration(policy.initial_backoff, f"{rp}.initial_backoff", positive=False)
+    out += _check_duration(policy.max_backoff, f"{rp}.max_backoff", positive=False)
+    if policy.max_backoff < policy.initial_backoff:
+        out.append(FieldViolation(f"{rp}.max_backoff", "must be at least initial_backoff"))
+    if policy.backoff_multiplier < 1:
+        out.append(FieldViolation(f"{rp}.backoff_multiplier", "must be 1 or more"))
+    out += _check_duration(template.attempt_timeout, f"{p}.attempt_timeout", positive=True)
+    return out
+
+
+def check_dag_nodes(
+    nodes: Sequence[DagNode],
+    prefix: str,
+    limits: Limits,
+    *,
+    templates: Callable[[str], NodeTemplate | None],
+) -> list[FieldViolation]:
+    """The DAG's shape, then each node's configuration against its template's schema."""
+
+    def multiple_inputs(name: str) -> bool | None:
+        template = templates(name)
+        return None if template is None else template.multiple_inputs
+
+    out = check_dag(
+        [n.spec() for n in nodes],
+        f"{prefix}.nodes",
+        multiple_inputs=multiple_inputs,
+        max_nodes=limits.max_dag_nodes,
+    )
+    for i, node in enumerate(nodes):
+        template = templates(node.node_template)
+        if template is not None:
+            merged_path = f"{prefix}.nodes[{i}].config"
+            out += check_config(
+                effective_config(template, node), template.config_schema, merged_path
+            )
+    return out
+
+
+def effective_config(template: NodeTemplate, node: DagNode) -> JsonObject:
+    return merge_config(template.default_config, node.config)
+
+
+def check_session_template(
+    template: SessionTemplate,
+    prefix: str,
+    limits: Limits,
+    *,
+    templates: Callable[[str], NodeTemplate | None],
+) -> list[FieldViolation]:
+    return [
+        *check_dns_label(template.name, f"{prefix}.name"),
+        *check_text(template.description, f"{prefix}.description", max_len=limits.max_description),
+        *check_dag_nodes(template.nodes, prefix, limits, templates=templates),
+    ]
