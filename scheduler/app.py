@@ -1,0 +1,132 @@
+"""The wiring: the only module that imports every room and puts the scheduler together."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+
+import asyncpg
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from heat.scheduler.v1 import (
+    registry_service_pb2,
+    registry_service_pb2_grpc,
+    runner_service_pb2,
+    session_service_pb2,
+)
+
+from scheduler.domain.limits import Limits
+from scheduler.service.registry import Registry
+from scheduler.settings import Settings
+from scheduler.store.database import Store, create_pool
+from scheduler.store.embedded import EmbeddedPostgres
+from scheduler.store.migrations import migrate
+from scheduler.transport.errors import ErrorInterceptor
+from scheduler.transport.registry import RegistryServicer
+
+log = logging.getLogger("scheduler")
+
+EMBEDDED_DATABASE = "heat"
+SERVICE_NAMES = (
+    registry_service_pb2.DESCRIPTOR.services_by_name["RegistryService"].full_name,
+    session_service_pb2.DESCRIPTOR.services_by_name["SessionService"].full_name,
+    runner_service_pb2.DESCRIPTOR.services_by_name["RunnerService"].full_name,
+)
+
+
+@dataclass
+class Running:
+    server: grpc.aio.Server
+    port: int
+    health: health.aio.HealthServicer
+    store: Store
+
+
+@asynccontextmanager
+async def database(settings: Settings) -> AsyncIterator[str]:
+    """The DSN of the configured database, or of an embedded one that lives as long as the block."""
+    if settings.database_url:
+        yield settings.database_url
+        return
+    embedded = EmbeddedPostgres(settings.data_dir.resolve() / "postgres")
+    log.info("starting embedded PostgreSQL", extra={"data_dir": str(embedded.data_dir)})
+    async with embedded:
+        conn = await asyncpg.connect(embedded.dsn)
+        try:
+            exists = await conn.fetchval(
+                "SELECT 1 FROM pg_database WHERE datname = $1", EMBEDDED_DATABASE
+            )
+            if not exists:
+                await conn.execute(f'CREATE DATABASE "{EMBEDDED_DATABASE}"')
+        finally:
+            await conn.close()
+        yield embedded.dsn_for(EMBEDDED_DATABASE)
+
+
+async def migrate_database(dsn: str) -> list[str]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        applied = await migrate(conn)
+    finally:
+        await conn.close()
+    if applied:
+        log.info("applied migrations", extra={"migrations": ",".join(applied)})
+    return applied
+
+
+@asynccontextmanager
+async def running(settings: Settings) -> AsyncIterator[Running]:
+    """The scheduler, serving, for as long as the block runs; stopped gracefully after."""
+    async with AsyncExitStack() as stack:
+        dsn = await stack.enter_async_context(database(settings))
+        await migrate_database(dsn)
+        pool = await create_pool(dsn, max_size=settings.db_pool_size)
+        stack.push_async_callback(pool.close)
+        store = Store(pool)
+        limits = Limits(max_dag_nodes=settings.max_dag_nodes)
+
+        options = [
+            ("grpc.max_receive_message_length", settings.max_message_bytes),
+            ("grpc.max_send_message_length", settings.max_message_bytes),
+        ]
+        server = grpc.aio.server(interceptors=[ErrorInterceptor()], options=options)
+        registry_service_pb2_grpc.add_RegistryServiceServicer_to_server(
+            RegistryServicer(Registry(store, limits), limits), server
+        )
+        # SessionService and RunnerService are in the contract (and listed by reflection) but
+        # not served yet: gRPC answers their methods with UNIMPLEMENTED.
+        health_servicer = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        reflection.enable_server_reflection(
+            (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
+        port = server.add_insecure_port(settings.listen)
+        await server.start()
+        for name in ("", *SERVICE_NAMES):
+            await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+        async def shutdown() -> None:
+            await health_servicer.enter_graceful_shutdown()
+            await server.stop(settings.shutdown_grace)
+
+        stack.push_async_callback(shutdown)
+        host = settings.listen.rsplit(":", 1)[0]
+        log.info("serving", extra={"address": f"{host}:{port}"})
+        yield Running(server, port, health_servicer, store)
+
+
+async def serve(settings: Settings) -> None:
+    """Serve until SIGTERM or SIGINT, then stop accepting and let in-flight calls finish."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with running(settings):
+        await stop.wait()
+        log.info("shutting down", extra={"grace_seconds": settings.shutdown_grace})
+    log.info("stopped")

@@ -1,0 +1,145 @@
+"""Settings: command-line flag, else environment variable, else the embedded default.
+
+Every setting has one environment variable (HEAT_*) and one flag; a bad value names both
+and says what would be accepted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Final
+
+LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR")
+LOG_FORMATS: Final = ("text", "json")
+
+
+class SettingsError(Exception):
+    """A setting has a value that cannot be used; the message names the setting."""
+
+
+def _address(value: str) -> str:
+    match = re.fullmatch(r"(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.\-]+):(\d{1,5})", value)
+    if not match or not 0 <= int(match.group(2)) <= 65535:
+        raise ValueError(
+            "is not a host:port address; e.g. 127.0.0.1:50051, 0.0.0.0:50051, [::]:50051"
+        )
+    return value
+
+
+def _database_url(value: str) -> str:
+    if value and not re.match(r"^postgres(ql)?://", value):
+        raise ValueError(
+            "is not a PostgreSQL URL; use postgresql://user:password@host:5432/database, "
+            "or leave it empty to run an embedded PostgreSQL"
+        )
+    return value
+
+
+def _seconds(value: str) -> float:
+    try:
+        seconds = float(value.removesuffix("s"))
+    except ValueError:
+        raise ValueError("is not a duration; use seconds such as 10 or 2.5s") from None
+    if seconds < 0:
+        raise ValueError("must not be negative")
+    return seconds
+
+
+def _positive_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise ValueError("is not a whole number") from None
+    if number < 1:
+        raise ValueError("must be 1 or more")
+    return number
+
+
+def _choice(options: Sequence[str], *, upper: bool = False) -> Callable[[str], str]:
+    def parse(value: str) -> str:
+        value = value.upper() if upper else value.lower()
+        if value not in options:
+            raise ValueError("is not one of: " + ", ".join(options))
+        return value
+
+    return parse
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    listen: str = "127.0.0.1:50051"
+    database_url: str = ""
+    data_dir: Path = Path("heat-data")
+    shutdown_grace: float = 10.0
+    log_level: str = "INFO"
+    log_format: str = "text"
+    max_message_bytes: int = 4 * 1024 * 1024
+    max_dag_nodes: int = 100_000
+    db_pool_size: int = 20
+
+
+@dataclass(frozen=True, slots=True)
+class _Spec:
+    parse: Callable[[str], Any]
+    help: str
+
+
+_SPECS: Final[Mapping[str, _Spec]] = {
+    "listen": _Spec(_address, "host:port the gRPC server listens on"),
+    "database_url": _Spec(
+        _database_url, "PostgreSQL URL; empty runs an embedded PostgreSQL under data_dir"
+    ),
+    "data_dir": _Spec(Path, "folder of the embedded PostgreSQL's data (kept across restarts)"),
+    "shutdown_grace": _Spec(_seconds, "seconds in-flight calls get to finish on SIGTERM"),
+    "log_level": _Spec(_choice(LOG_LEVELS, upper=True), "one of " + ", ".join(LOG_LEVELS)),
+    "log_format": _Spec(_choice(LOG_FORMATS), "text, or json for one JSON object per line"),
+    "max_message_bytes": _Spec(_positive_int, "largest gRPC message accepted, in bytes"),
+    "max_dag_nodes": _Spec(_positive_int, "most nodes in one DAG"),
+    "db_pool_size": _Spec(_positive_int, "most PostgreSQL connections of this replica"),
+}
+
+
+def env_name(setting: str) -> str:
+    return "HEAT_" + setting.upper()
+
+
+def flag_name(setting: str) -> str:
+    return "--" + setting.replace("_", "-")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    defaults = Settings()
+    for name, spec in _SPECS.items():
+        parser.add_argument(
+            flag_name(name),
+            dest=name,
+            default=None,
+            metavar=name.upper(),
+            help=f"{spec.help} [env {env_name(name)}, default {getattr(defaults, name)!s}]",
+        )
+
+
+def load(
+    flags: Mapping[str, Any] | argparse.Namespace, env: Mapping[str, str] | None = None
+) -> Settings:
+    """Settings from flags (highest), then the environment, then the defaults."""
+    given = vars(flags) if isinstance(flags, argparse.Namespace) else dict(flags)
+    environ = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    for field in fields(Settings):
+        spec = _SPECS[field.name]
+        raw, source = given.get(field.name), flag_name(field.name)
+        if raw is None:
+            raw, source = environ.get(env_name(field.name)), env_name(field.name)
+        if raw is None:
+            continue
+        try:
+            values[field.name] = spec.parse(str(raw))
+        except ValueError as exc:
+            raise SettingsError(f"setting {field.name} ({source}): {str(raw)!r} {exc}") from None
+    return Settings(**values)

@@ -1,0 +1,30 @@
+"""Named SQL queries, loaded once from the ``.sql`` files under ``sql/queries``.
+
+A file holds blocks that each start with ``-- name --`` and a one-line description.
+"""
+
+from __future__ import annotations
+
+import re
+from importlib import resources
+from typing import Final, LiteralString, cast
+
+_BLOCK = re.compile(r"^-- ([a-z_][a-z0-9_]*) --$", re.MULTILINE)
+
+
+def _load() -> dict[str, LiteralString]:
+    queries: dict[str, LiteralString] = {}
+    folder = resources.files("scheduler.store.sql.queries")
+    for item in sorted(folder.iterdir(), key=lambda f: f.name):
+        if not item.name.endswith(".sql"):
+            continue
+        parts = _BLOCK.split(item.read_text(encoding="utf-8"))
+        for name, body in zip(parts[1::2], parts[2::2], strict=True):
+            if name in queries:
+                raise RuntimeError(f"query {name!r} is defined twice (again in {item.name})")
+            # SQL text comes from the package's own files, never from input.
+            queries[name] = cast(LiteralString, body.strip())
+    return queries
+
+
+QUERIES: Final = _load()

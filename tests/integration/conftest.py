@@ -1,0 +1,24 @@
+"""A scheduler served in-process on a fresh database, and stubs talking to it over loopback."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest_asyncio
+from heat.scheduler.v1 import registry_service_pb2_grpc
+
+from scheduler import app
+from scheduler.settings import Settings
+from tests.helpers import Scheduler
+
+
+@pytest_asyncio.fixture
+async def scheduler(db_dsn: str) -> AsyncIterator[Scheduler]:
+    settings = Settings(listen="127.0.0.1:0", database_url=db_dsn, shutdown_grace=1.0)
+    async with app.running(settings) as running:
+        address = f"127.0.0.1:{running.port}"
+        async with grpc.aio.insecure_channel(address) as channel:
+            yield Scheduler(
+                address, channel, registry_service_pb2_grpc.RegistryServiceStub(channel), running
+            )

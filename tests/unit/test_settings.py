@@ -1,0 +1,47 @@
+"""Settings: flag over environment over default, and errors that name the setting."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from scheduler.settings import Settings, SettingsError, load
+
+
+def test_defaults_are_embedded() -> None:
+    settings = load({}, env={})
+    assert settings == Settings()
+    assert settings.database_url == "" and settings.listen == "127.0.0.1:50051"
+
+
+def test_flag_wins_over_environment_which_wins_over_default() -> None:
+    env = {"HEAT_LISTEN": "0.0.0.0:6000", "HEAT_DATA_DIR": "/srv/heat"}
+    assert load({}, env=env).listen == "0.0.0.0:6000"
+    settings = load({"listen": "[::]:7000"}, env=env)
+    assert settings.listen == "[::]:7000" and settings.data_dir == Path("/srv/heat")
+
+
+@pytest.mark.parametrize(
+    ("flags", "env", "named", "accepted"),
+    [
+        ({"listen": "localhost"}, {}, "--listen", "127.0.0.1:50051"),
+        ({}, {"HEAT_LISTEN": "1.2.3.4:99999"}, "HEAT_LISTEN", "host:port"),
+        ({}, {"HEAT_DATABASE_URL": "mysql://x"}, "HEAT_DATABASE_URL", "postgresql://"),
+        ({}, {"HEAT_LOG_LEVEL": "loud"}, "HEAT_LOG_LEVEL", "DEBUG, INFO"),
+        ({"shutdown_grace": "-1"}, {}, "--shutdown-grace", "negative"),
+        ({}, {"HEAT_MAX_DAG_NODES": "many"}, "HEAT_MAX_DAG_NODES", "whole number"),
+        ({}, {"HEAT_LOG_FORMAT": "xml"}, "HEAT_LOG_FORMAT", "text, json"),
+    ],
+)
+def test_bad_values_name_the_setting_and_what_is_accepted(
+    flags: dict[str, str], env: dict[str, str], named: str, accepted: str
+) -> None:
+    with pytest.raises(SettingsError) as caught:
+        load(flags, env=env)
+    assert named in str(caught.value) and accepted in str(caught.value)
+
+
+def test_values_are_normalised() -> None:
+    settings = load({"log_level": "debug", "shutdown_grace": "2.5s"}, env={})
+    assert settings.log_level == "DEBUG" and settings.shutdown_grace == 2.5
