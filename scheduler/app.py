@@ -8,6 +8,7 @@ import signal
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 
 import asyncpg
 import grpc
@@ -17,17 +18,27 @@ from heat.scheduler.v1 import (
     registry_service_pb2,
     registry_service_pb2_grpc,
     runner_service_pb2,
+    runner_service_pb2_grpc,
     session_service_pb2,
+    session_service_pb2_grpc,
 )
 
+from scheduler.domain.clock import SystemClock
 from scheduler.domain.limits import Limits
+from scheduler.service.engine import Engine, EngineSettings
 from scheduler.service.registry import Registry
+from scheduler.service.sessions import Sessions
+from scheduler.service.signals import Signals
 from scheduler.settings import Settings
 from scheduler.store.database import Store, create_pool
 from scheduler.store.embedded import EmbeddedPostgres
+from scheduler.store.listener import Listener
 from scheduler.store.migrations import migrate
+from scheduler.store.sessions import CANCEL_CHANNEL, READY_CHANNEL, SESSION_CHANNEL
 from scheduler.transport.errors import ErrorInterceptor
 from scheduler.transport.registry import RegistryServicer
+from scheduler.transport.runner import RunnerServicer
+from scheduler.transport.sessions import SessionServicer
 
 log = logging.getLogger("scheduler")
 
@@ -45,6 +56,7 @@ class Running:
     port: int
     health: health.aio.HealthServicer
     store: Store
+    engine: Engine
 
 
 @asynccontextmanager
@@ -87,8 +99,35 @@ async def running(settings: Settings) -> AsyncIterator[Running]:
         await migrate_database(dsn)
         pool = await create_pool(dsn, max_size=settings.db_pool_size)
         stack.push_async_callback(pool.close)
-        store = Store(pool)
+        store = Store(pool, dsn)
         limits = Limits(max_dag_nodes=settings.max_dag_nodes)
+        clock = SystemClock()
+        signals = Signals()
+        engine = Engine(
+            store,
+            signals,
+            clock,
+            EngineSettings(
+                lease_duration=timedelta(seconds=settings.lease_duration),
+                heartbeat_interval=timedelta(seconds=settings.heartbeat_interval),
+                max_output_bytes=settings.max_output_bytes,
+            ),
+        )
+        listener = Listener(
+            dsn,
+            {
+                READY_CHANNEL: lambda runner: signals.ready([runner]),
+                SESSION_CHANNEL: lambda ids: signals.sessions_changed(
+                    int(i) for i in ids.split(",") if i
+                ),
+                CANCEL_CHANNEL: lambda ids: signals.cancelled([i for i in ids.split(",") if i]),
+            },
+            on_reconnect=signals.everything_changed,
+        )
+        listener.start()
+        stack.push_async_callback(listener.stop)
+        engine.start()
+        stack.push_async_callback(engine.stop)
 
         options = [
             ("grpc.max_receive_message_length", settings.max_message_bytes),
@@ -98,8 +137,10 @@ async def running(settings: Settings) -> AsyncIterator[Running]:
         registry_service_pb2_grpc.add_RegistryServiceServicer_to_server(
             RegistryServicer(Registry(store, limits), limits), server
         )
-        # SessionService and RunnerService are in the contract (and listed by reflection) but
-        # not served yet: gRPC answers their methods with UNIMPLEMENTED.
+        session_service_pb2_grpc.add_SessionServiceServicer_to_server(
+            SessionServicer(Sessions(store, signals, clock, limits), limits), server
+        )
+        runner_service_pb2_grpc.add_RunnerServiceServicer_to_server(RunnerServicer(engine), server)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection(
@@ -117,7 +158,7 @@ async def running(settings: Settings) -> AsyncIterator[Running]:
         stack.push_async_callback(shutdown)
         host = settings.listen.rsplit(":", 1)[0]
         log.info("serving", extra={"address": f"{host}:{port}"})
-        yield Running(server, port, health_servicer, store)
+        yield Running(server, port, health_servicer, store, engine)
 
 
 async def serve(settings: Settings) -> None:

@@ -81,6 +81,9 @@ class Settings:
     max_message_bytes: int = 4 * 1024 * 1024
     max_dag_nodes: int = 100_000
     db_pool_size: int = 20
+    lease_duration: float = 30.0
+    heartbeat_interval: float = 10.0
+    max_output_bytes: int = 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +104,11 @@ _SPECS: Final[Mapping[str, _Spec]] = {
     "max_message_bytes": _Spec(_positive_int, "largest gRPC message accepted, in bytes"),
     "max_dag_nodes": _Spec(_positive_int, "most nodes in one DAG"),
     "db_pool_size": _Spec(_positive_int, "most PostgreSQL connections of this replica"),
+    "lease_duration": _Spec(
+        _seconds, "seconds a task's lease lasts without a heartbeat before it is retried"
+    ),
+    "heartbeat_interval": _Spec(_seconds, "seconds between a runner's heartbeats"),
+    "max_output_bytes": _Spec(_positive_int, "largest task output accepted, in bytes"),
 }
 
 
@@ -142,4 +150,10 @@ def load(
             values[field.name] = spec.parse(str(raw))
         except ValueError as exc:
             raise SettingsError(f"setting {field.name} ({source}): {str(raw)!r} {exc}") from None
-    return Settings(**values)
+    settings = Settings(**values)
+    if settings.heartbeat_interval * 2 > settings.lease_duration:
+        raise SettingsError(
+            f"setting heartbeat_interval ({settings.heartbeat_interval}s) must be at most half "
+            f"of lease_duration ({settings.lease_duration}s), or leases expire between heartbeats"
+        )
+    return settings

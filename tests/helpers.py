@@ -3,21 +3,23 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
-from heat.scheduler.v1 import registry_service_pb2_grpc
 
 from scheduler import app
+
+if TYPE_CHECKING:
+    from heat.scheduler.v1.registry_service_pb2_grpc import RegistryServiceAsyncStub
 
 
 @dataclass
 class Scheduler:
     address: str
     channel: grpc.aio.Channel
-    registry: registry_service_pb2_grpc.RegistryServiceStub
+    registry: RegistryServiceAsyncStub
     running: app.Running
 
 

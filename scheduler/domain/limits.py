@@ -14,3 +14,4 @@ class Limits:
     max_attempts: int = 100
     max_page_size: int = 1000
     default_page_size: int = 100
+    max_parameters_bytes: int = 256 * 1024

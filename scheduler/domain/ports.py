@@ -6,12 +6,25 @@ PostgreSQL store (or, in unit tests, anything else that keeps the promises).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+from collections.abc import Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Protocol
+from datetime import datetime
+from typing import Any, Protocol
 
 from scheduler.domain.registry import NodeTemplate, Runner, RunnerCredential, SessionTemplate
+from scheduler.domain.sessions import (
+    ClaimedTask,
+    HeldNode,
+    NewSession,
+    NodeError,
+    NodeState,
+    Session,
+    SessionFilter,
+    Settled,
+    StoredEvent,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,4 +89,65 @@ class RegistryTx(Protocol):
 class RegistryStore(Protocol):
     def transaction(self) -> AbstractAsyncContextManager[RegistryTx]:
         """A transaction: committed when the block ends normally, rolled back on an exception."""
+        ...
+
+
+class SessionTx(RegistryTx, Protocol):
+    """One open transaction over the registry and the Session tables."""
+
+    async def session_by_request_id(self, request_id: str) -> str | None: ...
+    async def insert_session(self, new: NewSession, now: datetime) -> int: ...
+    async def session(self, name: str, *, with_nodes: bool) -> tuple[int, Session] | None: ...
+    async def list_sessions(
+        self, where: SessionFilter, after: tuple[datetime, int] | None, limit: int
+    ) -> list[tuple[int, Session]]: ...
+    async def events_after(self, session_id: int, seq: int, limit: int) -> list[StoredEvent]: ...
+    async def node_index(self, session_id: int, key: str) -> tuple[int, NodeState] | None: ...
+    async def cancel(
+        self, session_id: int, idxs: Sequence[int] | None, now: datetime, reason: str
+    ) -> None: ...
+    async def notify(self) -> Settled: ...
+    async def claim(
+        self,
+        runner: str,
+        templates: Sequence[str] | None,
+        owners: Sequence[str],
+        lease_deadline: datetime,
+        now: datetime,
+    ) -> list[ClaimedTask]: ...
+    async def held_nodes(
+        self, attempt_ids: Sequence[str]
+    ) -> dict[str, tuple[HeldNode, list[int]]]: ...
+    async def earlier_verdicts(self, attempt_ids: Sequence[str]) -> dict[str, tuple[str, str]]: ...
+    async def record_verdicts(
+        self, verdicts: Iterable[tuple[HeldNode, str, str]], now: datetime
+    ) -> None: ...
+    async def settle(
+        self,
+        settled: Sequence[tuple[HeldNode, NodeState, Any, NodeError | None, datetime | None]],
+        downstream: Mapping[str, list[int]],
+        now: datetime,
+    ) -> None: ...
+    async def extend_leases(self, attempt_ids: Sequence[str], deadline: datetime) -> set[str]: ...
+    async def attempt_states(
+        self, attempt_ids: Sequence[str]
+    ) -> dict[str, tuple[NodeState, datetime | None, str]]: ...
+    async def expired_attempts(self, now: datetime, limit: int) -> list[tuple[str, str, int]]: ...
+    async def promote_due_retries(self, now: datetime, limit: int) -> int: ...
+    async def next_deadline(self) -> datetime | None: ...
+    async def runner_of_credential(self, secret_hash: bytes) -> str | None: ...
+    async def queued_runners(self) -> list[str]: ...
+
+
+class Store(Protocol):
+    def transaction(self) -> AbstractAsyncContextManager[SessionTx]:
+        """A read-write transaction, committed when the block ends normally."""
+        ...
+
+    def snapshot(self) -> AbstractAsyncContextManager[SessionTx]:
+        """A read-only, repeatable-read transaction: several reads, one point in time."""
+        ...
+
+    def leadership(self, key: int) -> AbstractAsyncContextManager[asyncio.Event]:
+        """Held while this replica leads; the event is set if leadership is lost."""
         ...

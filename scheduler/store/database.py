@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 import asyncpg
 
+from scheduler.store.listener import leadership
 from scheduler.store.registry import PgRegistryTx
+from scheduler.store.sessions import PgSessionTx
+
+
+class PgTx(PgRegistryTx, PgSessionTx):
+    """Everything the services can do in one transaction."""
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
@@ -27,14 +34,27 @@ async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 20) -> asy
 class Store:
     """The PostgreSQL store; every service call runs in one of its transactions."""
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, dsn: str) -> None:
         self.pool = pool
+        self.dsn = dsn
 
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[PgRegistryTx]:
+    async def transaction(self) -> AsyncIterator[PgTx]:
         conn: Any
         async with self.pool.acquire() as conn, conn.transaction():
-            yield PgRegistryTx(conn)
+            yield PgTx(conn)
+
+    @asynccontextmanager
+    async def snapshot(self) -> AsyncIterator[PgTx]:
+        conn: Any
+        async with (
+            self.pool.acquire() as conn,
+            conn.transaction(isolation="repeatable_read", readonly=True),
+        ):
+            yield PgTx(conn)
+
+    def leadership(self, key: int) -> AbstractAsyncContextManager[asyncio.Event]:
+        return leadership(self.dsn, key)
 
     async def close(self) -> None:
         await self.pool.close()

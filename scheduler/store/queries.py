@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import re
 from importlib import resources
-from typing import Final, LiteralString, cast
+from typing import Any, Final, LiteralString, cast
+
+import asyncpg
 
 _BLOCK = re.compile(r"^-- ([a-z_][a-z0-9_]*) --$", re.MULTILINE)
 
@@ -28,3 +30,14 @@ def _load() -> dict[str, LiteralString]:
 
 
 QUERIES: Final = _load()
+
+
+class Tx:
+    """One open transaction's connection; subclasses add the named queries they run."""
+
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self._conn = conn
+
+    async def _fetch(self, query: LiteralString, *args: Any) -> list[asyncpg.Record]:
+        rows: list[asyncpg.Record] = await self._conn.fetch(QUERIES[query], *args)
+        return rows

@@ -11,7 +11,7 @@ from scheduler.domain.errors import AlreadyExists, InUse
 from scheduler.domain.ports import RunnerFilter
 from scheduler.domain.registry import NodeTemplate, Runner, RunnerCredential, SessionTemplate
 from scheduler.store import records
-from scheduler.store.queries import QUERIES
+from scheduler.store.queries import Tx
 
 T = TypeVar("T")
 
@@ -24,14 +24,7 @@ def _in_order(
     return [by_name[name] for name in names]
 
 
-class PgRegistryTx:
-    def __init__(self, conn: asyncpg.Connection) -> None:
-        self._conn = conn
-
-    async def _fetch(self, query: LiteralString, *args: Any) -> list[asyncpg.Record]:
-        rows: list[asyncpg.Record] = await self._conn.fetch(QUERIES[query], *args)
-        return rows
-
+class PgRegistryTx(Tx):
     async def _write(self, kind: str, query: LiteralString, *args: Any) -> list[asyncpg.Record]:
         try:
             return await self._fetch(query, *args)

@@ -60,11 +60,11 @@ def test_grpcurl_sees_invalid_argument_naming_the_field(served: Served) -> None:
     assert "runner.memory_limit" in result.stderr and "'1GB'" in result.stderr
 
 
-def test_health_and_unimplemented_methods(served: Served) -> None:
+def test_health_and_a_missing_session(served: Served) -> None:
     health = served.grpcurl("grpc.health.v1.Health/Check")
     assert '"status": "SERVING"' in health.stdout
-    later = served.grpcurl("heat.scheduler.v1.SessionService/GetSession", data={"name": "x"})
-    assert "Code: Unimplemented" in later.stderr
+    missing = served.grpcurl("heat.scheduler.v1.SessionService/GetSession", data={"name": "s-x"})
+    assert "Code: NotFound" in missing.stderr
 
 
 def test_sigterm_stops_cleanly(served: Served) -> None:

@@ -1,0 +1,55 @@
+"""Group commit: everything that arrives while one flush runs goes into the next flush.
+
+A lone item is flushed at once (no waiting for company); under load, batches grow by
+themselves to whatever arrived during the previous flush, up to ``max_batch``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Generic, TypeVar
+
+In = TypeVar("In")
+Out = TypeVar("Out")
+
+
+class Batcher(Generic[In, Out]):
+    def __init__(
+        self, flush: Callable[[Sequence[In]], Awaitable[Sequence[Out]]], *, max_batch: int
+    ) -> None:
+        self._flush = flush
+        self._max_batch = max_batch
+        self._pending: list[tuple[In, asyncio.Future[Out]]] = []
+        self._worker: asyncio.Task[None] | None = None
+
+    async def submit(self, item: In) -> Out:
+        future: asyncio.Future[Out] = asyncio.get_running_loop().create_future()
+        self._pending.append((item, future))
+        if self._worker is None or self._worker.done():
+            self._worker = asyncio.create_task(self._drain())
+        return await future
+
+    async def submit_many(self, items: Sequence[In]) -> list[Out]:
+        return list(await asyncio.gather(*(self.submit(i) for i in items)))
+
+    async def _drain(self) -> None:
+        while self._pending:
+            batch, self._pending = (
+                self._pending[: self._max_batch],
+                self._pending[self._max_batch :],
+            )
+            try:
+                results = await self._flush([item for item, _ in batch])
+            except Exception as exc:  # every waiter hears about it, none hangs
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            for (_, future), result in zip(batch, results, strict=True):
+                if not future.done():
+                    future.set_result(result)
+
+    async def close(self) -> None:
+        if self._worker is not None:
+            await asyncio.gather(self._worker, return_exceptions=True)

@@ -1,0 +1,238 @@
+"""Session use cases: create (from a template or inline), read, list, cancel, watch."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Final
+
+from scheduler.domain.clock import Clock
+from scheduler.domain.errors import (
+    FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
+    NotFound,
+    raise_if,
+)
+from scheduler.domain.limits import Limits
+from scheduler.domain.paging import Page, PageRequest
+from scheduler.domain.ports import SessionTx, Store
+from scheduler.domain.registry import DagNode, check_dag_nodes
+from scheduler.domain.sessions import (
+    NewSession,
+    Session,
+    SessionFilter,
+    SessionState,
+    StoredEvent,
+    layout,
+    new_session_name,
+    new_trace_id,
+)
+from scheduler.domain.validation import check_dns_label
+from scheduler.service.signals import Signals
+
+_WATCH_BATCH: Final = 500
+_MAX_LABELS: Final = 64
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    cursor: str
+    session: Session
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    cursor: str
+    event: StoredEvent
+
+
+WatchItem = Snapshot | Change
+
+
+def _check_labels(labels: Mapping[str, str]) -> list[FieldViolation]:
+    out = []
+    if len(labels) > _MAX_LABELS:
+        out.append(FieldViolation("labels", f"at most {_MAX_LABELS} labels"))
+    for key, value in labels.items():
+        if not key or len(key) > 63:
+            out.append(FieldViolation(f"labels[{key!r}]", "keys are 1 to 63 characters"))
+        if len(value) > 256:
+            out.append(FieldViolation(f"labels[{key!r}]", "values are at most 256 characters"))
+    return out
+
+
+class Sessions:
+    def __init__(self, store: Store, signals: Signals, clock: Clock, limits: Limits) -> None:
+        self._store = store
+        self._signals = signals
+        self._clock = clock
+        self._limits = limits
+
+    async def create(
+        self,
+        *,
+        session_template: str = "",
+        dag: Sequence[DagNode] | None = None,
+        parameters: Mapping[str, Any] | None = None,
+        labels: Mapping[str, str] | None = None,
+        request_id: str = "",
+    ) -> Session:
+        labels = dict(labels or {})
+        violations = _check_labels(labels)
+        if len(request_id) > 128:
+            violations.append(FieldViolation("request_id", "at most 128 characters"))
+        if bool(session_template) == (dag is not None):
+            violations.append(
+                FieldViolation("source", "give exactly one of session_template and dag")
+            )
+        size = len(json.dumps(parameters or {}))
+        if size > self._limits.max_parameters_bytes:
+            violations.append(
+                FieldViolation(
+                    "parameters",
+                    f"{size} bytes of JSON; at most {self._limits.max_parameters_bytes}",
+                )
+            )
+        raise_if(violations)
+        now = self._clock.now()
+        async with self._store.transaction() as tx:
+            if request_id:
+                existing = await tx.session_by_request_id(request_id)
+                if existing is not None:
+                    found = await tx.session(existing, with_nodes=True)
+                    assert found is not None
+                    return found[1]
+            nodes, defaults, prefix = await self._nodes(tx, session_template, dag)
+            templates = await tx.node_templates_by_name(sorted({n.node_template for n in nodes}))
+            raise_if(check_dag_nodes(nodes, prefix, self._limits, templates=templates.get))
+            new = NewSession(
+                name=new_session_name(now),
+                session_template=session_template,
+                parameters={**defaults, **(parameters or {})},
+                labels=labels,
+                request_id=request_id,
+                trace_id=new_trace_id(),
+                nodes=layout(nodes, templates),
+            )
+            await tx.insert_session(new, now)
+            settled = await tx.notify()
+            found = await tx.session(new.name, with_nodes=True)
+            assert found is not None
+        self._signals.ready(settled.ready_runners)
+        return found[1]
+
+    async def _nodes(
+        self, tx: SessionTx, session_template: str, dag: Sequence[DagNode] | None
+    ) -> tuple[Sequence[DagNode], dict[str, Any], str]:
+        if dag is not None:
+            return dag, {}, "dag"
+        raise_if(check_dns_label(session_template, "session_template"))
+        found = await tx.session_templates_by_name([session_template])
+        if session_template not in found:
+            raise NotFound("session template", session_template)
+        template = found[session_template]
+        return template.nodes, dict(template.default_parameters), "session_template"
+
+    async def get(self, name: str) -> Session:
+        async with self._store.snapshot() as tx:
+            return (await self._find(tx, name, with_nodes=True))[1]
+
+    async def _find(self, tx: SessionTx, name: str, *, with_nodes: bool) -> tuple[int, Session]:
+        raise_if(check_dns_label(name, "name"))
+        found = await tx.session(name, with_nodes=with_nodes)
+        if found is None:
+            raise NotFound("session", name)
+        return found
+
+    async def list(self, where: SessionFilter, page: PageRequest) -> Page[Session]:
+        after: tuple[datetime, int] | None = None
+        if page.after:
+            try:
+                stamp, _, ident = page.after.rpartition("|")
+                after = (datetime.fromisoformat(stamp), int(ident))
+            except ValueError:
+                raise InvalidArgument(
+                    [FieldViolation("page_token", "is not a token from a previous page")]
+                ) from None
+        async with self._store.snapshot() as tx:
+            rows = await tx.list_sessions(where, after, page.size + 1)
+        keys = {id(s): f"{s.create_time.isoformat()}|{i}" for i, s in rows}
+        return Page.of([s for _, s in rows], page.size, lambda s: keys[id(s)])
+
+    async def cancel(self, name: str, reason: str) -> Session:
+        now = self._clock.now()
+        async with self._store.transaction() as tx:
+            session_id, session = await self._find(tx, name, with_nodes=False)
+            if session.state in (SessionState.SUCCEEDED, SessionState.FAILED):
+                raise FailedPrecondition(
+                    f"session {name!r} already ended ({session.state.value}); nothing to cancel"
+                )
+            if session.state is not SessionState.CANCELLED:
+                await tx.cancel(session_id, None, now, reason or "cancelled by request")
+                settled = await tx.notify()
+            else:
+                settled = None
+            result = await self._find(tx, name, with_nodes=True)
+        if settled is not None:
+            self._signals.sessions_changed(settled.sessions)
+            self._signals.cancelled(settled.cancelled_attempts)
+        return result[1]
+
+    async def cancel_node(self, name: str, key: str, reason: str) -> Session:
+        now = self._clock.now()
+        async with self._store.transaction() as tx:
+            session_id, session = await self._find(tx, name, with_nodes=False)
+            if session.state.final:
+                raise FailedPrecondition(f"session {name!r} already ended ({session.state.value})")
+            found = await tx.node_index(session_id, key)
+            if found is None:
+                raise NotFound("node", f"{name}/{key}")
+            idx, state = found
+            if state.final:
+                raise FailedPrecondition(
+                    f"node {key!r} of session {name!r} already ended ({state.value})"
+                )
+            await tx.cancel(session_id, [idx], now, reason or "cancelled by request")
+            settled = await tx.notify()
+            result = await self._find(tx, name, with_nodes=True)
+        self._signals.sessions_changed(settled.sessions)
+        self._signals.cancelled(settled.cancelled_attempts)
+        return result[1]
+
+    async def watch(self, name: str, cursor: str) -> AsyncIterator[WatchItem]:
+        """The Session's state, then each change in order, until it has ended."""
+        seq = 0
+        if cursor:
+            try:
+                seq = int(cursor)
+                if seq < 0:
+                    raise ValueError(cursor)
+            except ValueError:
+                raise InvalidArgument(
+                    [FieldViolation("cursor", "is not a cursor from this Watch; leave it empty")]
+                ) from None
+        async with self._store.snapshot() as tx:
+            session_id, session = await self._find(tx, name, with_nodes=not cursor)
+            if not cursor:
+                seq = session.event_seq
+        changed = self._signals.watch_session(session_id)
+        try:
+            if not cursor:
+                yield Snapshot(str(seq), session)
+            ended = session.state.final and not cursor
+            while not ended:
+                changed.clear()
+                async with self._store.snapshot() as tx:
+                    events = await tx.events_after(session_id, seq, _WATCH_BATCH)
+                for event in events:
+                    seq = event.seq
+                    yield Change(str(seq), event)
+                    if event.node_key is None and SessionState(event.state).final:
+                        ended = True
+                if not events and not ended:
+                    await changed.wait()
+        finally:
+            self._signals.unwatch_session(session_id, changed)

@@ -1,0 +1,79 @@
+"""In-process wake-ups: fed by this replica's commits and by PostgreSQL NOTIFY from the others.
+
+Nothing here polls: waiters block on asyncio events that a commit (ours or, through LISTEN,
+another replica's) sets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+
+
+class Signals:
+    def __init__(self) -> None:
+        self._ready: dict[str, set[Callable[[], None]]] = defaultdict(set)
+        self._sessions: dict[int, set[asyncio.Event]] = defaultdict(set)
+        self._any_session: set[asyncio.Event] = set()
+        self._cancel: set[Callable[[list[str]], None]] = set()
+
+    # -- a Runner has claimable work -------------------------------------------------------------
+
+    def on_ready(self, runner: str, callback: Callable[[], None]) -> Callable[[], None]:
+        self._ready[runner].add(callback)
+        return lambda: self._ready[runner].discard(callback)
+
+    def ready(self, runners: Iterable[str]) -> None:
+        for runner in runners:
+            for callback in list(self._ready.get(runner, ())):
+                callback()
+
+    def ready_all(self) -> None:
+        """After missed notifications (LISTEN reconnected): every dispatcher looks again."""
+        self.ready(list(self._ready))
+
+    # -- a Session changed -----------------------------------------------------------------------
+
+    def watch_session(self, session_id: int) -> asyncio.Event:
+        event = asyncio.Event()
+        self._sessions[session_id].add(event)
+        return event
+
+    def unwatch_session(self, session_id: int, event: asyncio.Event) -> None:
+        waiters = self._sessions.get(session_id)
+        if waiters is not None:
+            waiters.discard(event)
+            if not waiters:
+                del self._sessions[session_id]
+
+    def watch_any_session(self) -> asyncio.Event:
+        event = asyncio.Event()
+        self._any_session.add(event)
+        return event
+
+    def sessions_changed(self, session_ids: Iterable[int]) -> None:
+        for session_id in session_ids:
+            for event in self._sessions.get(session_id, ()):
+                event.set()
+        for event in self._any_session:
+            event.set()
+
+    def all_sessions_changed(self) -> None:
+        self.sessions_changed(list(self._sessions))
+
+    def everything_changed(self) -> None:
+        """Notifications may have been missed: every waiter looks again."""
+        self.ready_all()
+        self.all_sessions_changed()
+
+    # -- attempts were cancelled -----------------------------------------------------------------
+
+    def on_cancel(self, callback: Callable[[list[str]], None]) -> Callable[[], None]:
+        self._cancel.add(callback)
+        return lambda: self._cancel.discard(callback)
+
+    def cancelled(self, attempt_ids: list[str]) -> None:
+        if attempt_ids:
+            for callback in list(self._cancel):
+                callback(attempt_ids)

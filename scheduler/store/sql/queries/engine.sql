@@ -1,0 +1,148 @@
+-- claim --
+-- Lease up to $2 of a Runner's queued tasks, oldest first, to the instances in $3 (one
+-- entry per task); SKIP LOCKED so concurrent claimers never get the same task.
+WITH picked AS (
+    SELECT session_id, idx FROM nodes
+    WHERE runner = $1 AND state = 'queued'
+      AND ($6::text[] IS NULL OR node_template = ANY($6))
+    ORDER BY ready_time, session_id, idx
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+), numbered AS (
+    SELECT session_id, idx, row_number() OVER (ORDER BY session_id, idx) AS rn FROM picked
+)
+UPDATE nodes AS n
+SET state = 'running', attempt = n.attempt + 1, attempt_id = gen_random_uuid(),
+    lease_owner = ($3::text[])[numbered.rn], lease_deadline = $4::timestamptz,
+    start_time = $5::timestamptz,
+    attempt_deadline = $5::timestamptz + n.attempt_timeout_ms * interval '1 millisecond',
+    not_before = NULL
+FROM numbered
+WHERE n.session_id = numbered.session_id AND n.idx = numbered.idx
+RETURNING n.session_id, n.idx, n.key, n.node_template, n.attempt, n.attempt_id::text,
+          n.lease_owner, n.lease_deadline, n.attempt_deadline, n.config,
+          (SELECT s.name FROM sessions AS s WHERE s.id = n.session_id) AS session_name,
+          (SELECT s.parameters FROM sessions AS s WHERE s.id = n.session_id) AS parameters,
+          (SELECT s.trace_id FROM sessions AS s WHERE s.id = n.session_id) AS trace_id,
+          (SELECT COALESCE(jsonb_object_agg(u.key, u.outputs), '{}'::jsonb) FROM nodes AS u
+           WHERE u.session_id = n.session_id AND u.idx = ANY(n.upstream)) AS inputs;
+
+-- held_nodes --
+-- Lock the nodes that the posted attempts name, in lock order.
+SELECT session_id, idx, runner, state, attempt, attempt_id::text, max_attempts,
+       initial_backoff_ms, max_backoff_ms, backoff_multiplier, downstream
+FROM nodes WHERE attempt_id = ANY($1::uuid[])
+ORDER BY session_id, idx
+FOR UPDATE;
+
+-- earlier_verdicts --
+-- Verdicts already given to the posted attempts.
+SELECT attempt_id::text, status, message FROM results WHERE attempt_id = ANY($1::uuid[]);
+
+-- insert_verdicts --
+-- Remember the verdicts, so a repeated post gets the same answer.
+INSERT INTO results (attempt_id, session_id, idx, attempt, status, message, post_time)
+SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::integer[], $4::integer[], $5::text[],
+                     $6::text[], $7::timestamptz[])
+ON CONFLICT (attempt_id) DO NOTHING;
+
+-- settle_nodes --
+-- Move a batch of held nodes to their new states; a release gives the attempt back.
+UPDATE nodes AS n
+SET state = x.state,
+    attempt = CASE WHEN x.state = 'queued' THEN n.attempt - 1 ELSE n.attempt END,
+    outputs = CASE WHEN x.state = 'succeeded' THEN x.outputs::jsonb ELSE n.outputs END,
+    error = COALESCE(x.error, n.error),
+    not_before = x.not_before,
+    ready_time = CASE WHEN x.state = 'queued' THEN $8::timestamptz ELSE n.ready_time END,
+    end_time = CASE WHEN x.state IN ('succeeded', 'failed') THEN $8::timestamptz END,
+    lease_owner = NULL, lease_deadline = NULL, attempt_deadline = NULL
+-- Outputs arrive as JSON text: a JSON array would read as another array dimension.
+FROM unnest($1::bigint[], $2::integer[], $3::text[], $4::text[], $5::jsonb[],
+            $6::timestamptz[], $7::uuid[])
+     AS x(session_id, idx, state, outputs, error, not_before, attempt_id)
+WHERE n.session_id = x.session_id AND n.idx = x.idx AND n.attempt_id = x.attempt_id;
+
+-- release_upstream --
+-- Count one more succeeded upstream for each child; children with none left are queued.
+WITH delta AS (
+    SELECT session_id, idx, count(*)::integer AS n
+    FROM unnest($1::bigint[], $2::integer[]) AS c(session_id, idx)
+    GROUP BY session_id, idx
+), locked AS (
+    SELECT n.session_id, n.idx FROM nodes AS n
+    JOIN delta USING (session_id, idx)
+    WHERE n.state = 'waiting'
+    ORDER BY n.session_id, n.idx
+    FOR UPDATE OF n
+)
+UPDATE nodes AS n
+SET waiting_on = n.waiting_on - d.n,
+    state = CASE WHEN n.waiting_on - d.n = 0 THEN 'queued' ELSE n.state END,
+    ready_time = CASE WHEN n.waiting_on - d.n = 0 THEN $3::timestamptz ELSE n.ready_time END
+FROM delta AS d JOIN locked USING (session_id, idx)
+WHERE n.session_id = d.session_id AND n.idx = d.idx
+RETURNING n.session_id, n.idx, n.state, n.runner;
+
+-- mark_upstream_failed --
+-- Nodes that will never run because something upstream failed or was cancelled.
+UPDATE nodes AS n
+SET state = 'upstream_failed', end_time = $3
+FROM unnest($1::bigint[], $2::integer[]) AS x(session_id, idx)
+WHERE n.session_id = x.session_id AND n.idx = x.idx
+  AND n.state IN ('waiting', 'queued', 'retry_wait')
+RETURNING n.session_id, n.idx;
+
+-- extend_leases --
+-- Push the lease deadline of attempts still running; the ones not returned are gone.
+UPDATE nodes SET lease_deadline = $2
+WHERE attempt_id = ANY($1::uuid[]) AND state = 'running' AND lease_deadline < $2
+RETURNING attempt_id::text;
+
+-- attempt_states --
+-- Where the named attempts stand (for heartbeats naming attempts we did not extend).
+SELECT attempt_id::text, state, lease_deadline, runner FROM nodes
+WHERE attempt_id = ANY($1::uuid[]);
+
+-- expired_attempts --
+-- Running attempts whose lease or per-attempt time ran out, in lock order.
+SELECT attempt_id::text,
+       CASE WHEN attempt_deadline <= $1 THEN 'timeout' ELSE 'lease' END AS why,
+       attempt_timeout_ms
+FROM nodes
+WHERE state = 'running' AND (lease_deadline <= $1 OR attempt_deadline <= $1)
+ORDER BY session_id, idx
+LIMIT $2;
+
+-- due_retries --
+-- Retries whose backoff has passed go back to the queue.
+WITH due AS (
+    SELECT session_id, idx FROM nodes
+    WHERE state = 'retry_wait' AND not_before <= $1
+    ORDER BY session_id, idx
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE nodes AS n SET state = 'queued', ready_time = $1, not_before = NULL
+FROM due WHERE n.session_id = due.session_id AND n.idx = due.idx
+RETURNING n.session_id, n.idx, n.attempt, n.runner;
+
+-- next_deadline --
+-- When the timekeeper must look again: the earliest lease, attempt deadline or retry.
+SELECT LEAST(
+    (SELECT min(lease_deadline) FROM nodes WHERE state = 'running'),
+    (SELECT min(attempt_deadline) FROM nodes WHERE state = 'running'),
+    (SELECT min(not_before) FROM nodes WHERE state = 'retry_wait')
+) AS at;
+
+-- runner_of_credential --
+-- The Runner a (non-revoked) credential belongs to.
+SELECT runner FROM runner_credentials WHERE secret_hash = $1 AND revoke_time IS NULL;
+
+-- runner_enabled --
+-- Whether a Runner exists and is enabled.
+SELECT enabled FROM runners WHERE name = $1;
+
+-- queued_runners --
+-- Runners with claimable work (after a restart, every dispatcher looks once).
+SELECT DISTINCT runner FROM nodes WHERE state = 'queued';

@@ -1,0 +1,131 @@
+-- session_by_request_id --
+-- The Session an earlier CreateSession with the same idempotency key made.
+SELECT name FROM sessions WHERE request_id = $1;
+
+-- insert_session --
+-- A new Session row; its nodes follow in one statement.
+INSERT INTO sessions (name, session_template, parameters, labels, request_id, state,
+                      node_count, open_nodes, trace_id, create_time)
+VALUES ($1, $2, $3, $4, NULLIF($5, ''), 'pending', $6, $6, $7, $8)
+RETURNING id;
+
+-- insert_nodes --
+-- All nodes of a new Session; the ones without upstream nodes are queued at once.
+INSERT INTO nodes (session_id, idx, key, node_template, runner, config, upstream, downstream,
+                   waiting_on, state, max_attempts, initial_backoff_ms, max_backoff_ms,
+                   backoff_multiplier, attempt_timeout_ms, ready_time)
+SELECT $1, x.idx, x.key, x.node_template, x.runner, x.config, x.upstream::integer[],
+       x.downstream::integer[], cardinality(x.upstream::integer[]),
+       CASE WHEN cardinality(x.upstream::integer[]) = 0 THEN 'queued' ELSE 'waiting' END,
+       x.max_attempts, x.initial_backoff_ms, x.max_backoff_ms, x.backoff_multiplier,
+       x.attempt_timeout_ms,
+       CASE WHEN cardinality(x.upstream::integer[]) = 0 THEN $2::timestamptz END
+FROM unnest($3::integer[], $4::text[], $5::text[], $6::text[], $7::jsonb[], $8::text[],
+            $9::text[], $10::integer[], $11::bigint[], $12::bigint[], $13::double precision[],
+            $14::bigint[])
+     AS x(idx, key, node_template, runner, config, upstream, downstream, max_attempts,
+          initial_backoff_ms, max_backoff_ms, backoff_multiplier, attempt_timeout_ms);
+
+-- session_by_name --
+-- One Session's own row.
+SELECT * FROM sessions WHERE name = $1;
+
+-- node_counts --
+-- How many nodes of each Session are in each state.
+SELECT session_id, state, count(*)::integer AS n
+FROM nodes WHERE session_id = ANY($1::bigint[])
+GROUP BY session_id, state;
+
+-- session_nodes --
+-- A Session's nodes in index (topological) order, with upstream keys.
+SELECT n.idx, n.key, n.node_template, n.runner, n.config, n.state, n.attempt, n.outputs,
+       n.error, n.ready_time, n.start_time, n.end_time, n.not_before,
+       ARRAY(SELECT u.key FROM nodes AS u
+             WHERE u.session_id = n.session_id AND u.idx = ANY(n.upstream)
+             ORDER BY u.idx) AS depends_on
+FROM nodes AS n
+WHERE n.session_id = $1
+ORDER BY n.idx;
+
+-- list_sessions --
+-- A page of Sessions, newest first, after a (create_time, id) position, filtered.
+SELECT * FROM sessions
+WHERE ($1::timestamptz IS NULL OR (create_time, id) < ($1, $2))
+  AND (cardinality($4::text[]) = 0 OR state = ANY($4))
+  AND ($5::text = '' OR session_template = $5)
+  AND ($6::timestamptz IS NULL OR create_time >= $6)
+  AND ($7::timestamptz IS NULL OR create_time < $7)
+ORDER BY create_time DESC, id DESC
+LIMIT $3;
+
+-- lock_sessions --
+-- Lock Sessions in id order (after their nodes, as every writer does) for bookkeeping.
+SELECT id, name, state, event_seq, open_nodes, failed_nodes, cancelled_nodes, start_time
+FROM sessions WHERE id = ANY($1::bigint[])
+ORDER BY id
+FOR UPDATE;
+
+-- update_sessions --
+-- Write the bookkeeping computed for a batch of Sessions.
+UPDATE sessions AS s
+SET event_seq = x.event_seq, open_nodes = x.open_nodes, failed_nodes = x.failed_nodes,
+    cancelled_nodes = x.cancelled_nodes, state = x.state,
+    state_reason = COALESCE(x.state_reason, s.state_reason),
+    start_time = x.start_time, end_time = x.end_time
+FROM unnest($1::bigint[], $2::bigint[], $3::integer[], $4::integer[], $5::integer[],
+            $6::text[], $7::text[], $8::timestamptz[], $9::timestamptz[])
+     AS x(id, event_seq, open_nodes, failed_nodes, cancelled_nodes, state, state_reason,
+          start_time, end_time)
+WHERE s.id = x.id;
+
+-- insert_events --
+-- Append to the change logs of a batch of Sessions.
+INSERT INTO session_events (session_id, seq, time, idx, state, attempt, detail)
+SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::timestamptz[], $4::integer[], $5::text[],
+                     $6::integer[], $7::jsonb[]);
+
+-- notify --
+-- Wake listeners on other replicas (delivered at commit, so they see what we wrote).
+SELECT pg_notify($1, payload) FROM unnest($2::text[]) AS payload;
+
+-- events_after --
+-- A Session's changes after a sequence number, with the node's key.
+SELECT e.seq, e.time, e.idx, e.state, e.attempt, e.detail, n.key, n.node_template, n.runner
+FROM session_events AS e
+LEFT JOIN nodes AS n ON n.session_id = e.session_id AND n.idx = e.idx
+WHERE e.session_id = $1 AND e.seq > $2
+ORDER BY e.seq
+LIMIT $3;
+
+-- cancel_nodes --
+-- Cancel the given nodes (or all of a Session's when $2 is NULL) that are not final yet.
+WITH target AS (
+    SELECT session_id, idx FROM nodes
+    WHERE session_id = $1 AND ($2::integer[] IS NULL OR idx = ANY($2))
+      AND state IN ('waiting', 'queued', 'running', 'retry_wait')
+    ORDER BY idx
+    FOR UPDATE
+), old AS (
+    SELECT n.idx, n.state, n.attempt, n.attempt_id FROM nodes AS n
+    JOIN target USING (session_id, idx)
+)
+UPDATE nodes AS n
+SET state = $3, end_time = $4, lease_owner = NULL, lease_deadline = NULL
+FROM old
+WHERE n.session_id = $1 AND n.idx = old.idx
+RETURNING n.idx, old.state AS old_state, n.attempt, old.attempt_id;
+
+-- descendants --
+-- Every node downstream of the given ones (their whole subgraph), not yet final.
+WITH RECURSIVE down(idx) AS (
+    SELECT unnest(downstream) FROM nodes WHERE session_id = $1 AND idx = ANY($2::integer[])
+    UNION
+    SELECT unnest(n.downstream) FROM nodes AS n JOIN down ON n.session_id = $1 AND n.idx = down.idx
+)
+SELECT n.idx FROM nodes AS n JOIN down USING (idx)
+WHERE n.session_id = $1 AND n.state IN ('waiting', 'queued', 'retry_wait')
+ORDER BY n.idx;
+
+-- node_index --
+-- A node's index by key.
+SELECT idx, state FROM nodes WHERE session_id = $1 AND key = $2;

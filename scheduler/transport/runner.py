@@ -1,0 +1,207 @@
+"""RunnerService: the three streams of the runner protocol, over the engine."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import uuid
+from collections.abc import AsyncIterator, Awaitable
+from typing import Any, TypeAlias, TypeVar
+
+import grpc
+from heat.scheduler.v1 import runner_service_pb2 as pb
+from heat.scheduler.v1 import runner_service_pb2_grpc as pb_grpc
+
+from scheduler.domain.errors import FieldViolation, InvalidArgument, PermissionDenied, raise_if
+from scheduler.domain.sessions import ClaimedTask
+from scheduler.domain.validation import check_text
+from scheduler.service.engine import Engine, HeartbeatReply
+from scheduler.transport import convert_sessions as convert
+
+Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
+T = TypeVar("T")
+MAX_CREDITS = 10_000
+_END = object()
+
+
+def _bearer(context: Context) -> str | None:
+    for key, value in context.invocation_metadata() or ():
+        if key.lower() == "authorization" and isinstance(value, str):
+            scheme, _, secret = value.partition(" ")
+            if scheme.lower() == "bearer":
+                return secret.strip()
+    return None
+
+
+def check_attempt_id(value: str, field: str) -> list[FieldViolation]:
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return [FieldViolation(field, f"{value[:64]!r} is not an attempt id from a Task")]
+    return []
+
+
+def _traceparent(trace_id: str) -> str:
+    return f"00-{trace_id}-{secrets.token_hex(8)}-01" if len(trace_id) == 32 else ""
+
+
+async def _next(iterator: AsyncIterator[T]) -> T | None:
+    with contextlib.suppress(StopAsyncIteration):
+        return await anext(iterator)
+    return None
+
+
+class RunnerServicer(pb_grpc.RunnerServiceServicer):
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    async def _runner(self, context: Context) -> str:
+        return await self._engine.authenticate(_bearer(context))
+
+    async def ClaimTask(
+        self, request_iterator: AsyncIterator[pb.ClaimTaskRequest], context: Context
+    ) -> AsyncIterator[pb.ClaimTaskResponse]:
+        runner = await self._runner(context)
+        first = await _next(request_iterator)
+        if first is None or first.WhichOneof("request") != "start":
+            raise InvalidArgument(
+                [FieldViolation("start", "the first message must be a ClaimStart")]
+            )
+        start = first.start
+        violations = check_text(start.instance_id, "start.instance_id", max_len=253)
+        if not start.instance_id:
+            violations.append(FieldViolation("start.instance_id", "is required: a unique id"))
+        if not 0 <= start.credits <= MAX_CREDITS:
+            violations.append(FieldViolation("start.credits", f"must be 0 to {MAX_CREDITS}"))
+        raise_if(violations)
+        if start.runner != runner:
+            raise PermissionDenied(
+                f"the credential belongs to runner {runner!r}, not {start.runner!r}"
+            )
+        instance = self._engine.connect(
+            runner, start.instance_id, list(start.node_templates), start.credits
+        )
+        interval = self._engine.settings.heartbeat_interval.total_seconds()
+
+        async def read_credits() -> None:
+            async for request in request_iterator:
+                if request.WhichOneof("request") == "credit":
+                    credits = request.credit.credits
+                    if not 0 <= credits <= MAX_CREDITS:
+                        raise InvalidArgument(
+                            [FieldViolation("credit.credits", f"must be 0 to {MAX_CREDITS}")]
+                        )
+                    self._engine.grant(instance, credits)
+
+        reader = asyncio.create_task(read_credits())
+        try:
+            while True:
+                getter = asyncio.create_task(instance.outbox.get())
+                await asyncio.wait({getter, reader}, return_when=asyncio.FIRST_COMPLETED)
+                if not getter.done():
+                    getter.cancel()
+                    reader.result()  # a bad credit message ends the stream with its error
+                    return  # the instance half-closed: it stops claiming
+                item = getter.result()
+                if isinstance(item, ClaimedTask):
+                    task = convert.task_message(item, interval, _traceparent(item.trace_id))
+                    yield pb.ClaimTaskResponse(task=task)
+                else:
+                    yield pb.ClaimTaskResponse(drain=convert.drain_message(item))
+        finally:
+            reader.cancel()
+            self._engine.disconnect(instance)
+
+    async def Heartbeat(
+        self, request_iterator: AsyncIterator[pb.HeartbeatRequest], context: Context
+    ) -> AsyncIterator[pb.HeartbeatResponse]:
+        runner = await self._runner(context)
+        out: asyncio.Queue[HeartbeatReply | object] = asyncio.Queue()
+
+        async def read() -> None:
+            async for request in request_iterator:
+                violations: list[FieldViolation] = []
+                for i, attempt_id in enumerate(request.attempt_ids):
+                    violations += check_attempt_id(attempt_id, f"attempt_ids[{i}]")
+                raise_if(violations)
+                self._engine.attach_heartbeats(request.instance_id, out)
+                out.put_nowait(
+                    await self._engine.heartbeat(
+                        runner, request.instance_id, list(request.attempt_ids)
+                    )
+                )
+            out.put_nowait(_END)
+
+        async for item in _drain_queue(out, read()):
+            assert isinstance(item, HeartbeatReply)
+            yield convert.heartbeat_message(item)
+
+    async def PostResult(
+        self, request_iterator: AsyncIterator[pb.PostResultRequest], context: Context
+    ) -> AsyncIterator[pb.PostResultResponse]:
+        runner = await self._runner(context)
+        out: asyncio.Queue[pb.PostResultResponse | object] = asyncio.Queue()
+        pending: set[asyncio.Task[None]] = set()
+        failures: list[BaseException] = []
+
+        async def answer(request: pb.PostResultRequest) -> None:
+            try:
+                status, message = await self._engine.post(runner, convert.outcome(request))
+            except BaseException as exc:
+                failures.append(exc)
+                out.put_nowait(exc)
+                return
+            out.put_nowait(
+                pb.PostResultResponse(
+                    attempt_id=request.attempt_id,
+                    status=convert.RESULT_STATUSES[status],
+                    message=message,
+                )
+            )
+
+        async def read() -> None:
+            async for request in request_iterator:
+                violations = check_attempt_id(request.attempt_id, "attempt_id")
+                if request.WhichOneof("outcome") is None:
+                    violations.append(
+                        FieldViolation("outcome", "is required: success, failure or release")
+                    )
+                raise_if(violations)
+                task = asyncio.create_task(answer(request))
+                pending.add(task)
+                task.add_done_callback(pending.discard)
+            if pending:
+                await asyncio.gather(*pending)
+            out.put_nowait(_END)
+
+        async for item in _drain_queue(out, read()):
+            if isinstance(item, BaseException):
+                raise item
+            assert isinstance(item, pb.PostResultResponse)
+            yield item
+
+
+async def _drain_queue(queue: asyncio.Queue[Any], producer: Awaitable[None]) -> AsyncIterator[Any]:
+    """Items of ``queue`` until the producer puts the end marker; its errors end the stream."""
+    task = asyncio.ensure_future(producer)
+    try:
+        while True:
+            getter = asyncio.create_task(queue.get())
+            await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
+            if getter.done():
+                item = getter.result()
+                if item is _END:
+                    return
+                yield item
+                continue
+            getter.cancel()
+            task.result()  # raises the producer's error
+            while not queue.empty():
+                item = queue.get_nowait()
+                if item is _END:
+                    return
+                yield item
+            return
+    finally:
+        task.cancel()

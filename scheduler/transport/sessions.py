@@ -1,0 +1,111 @@
+"""SessionService: create, read, list, cancel and watch Sessions."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any, TypeAlias
+
+import grpc
+from heat.scheduler.v1 import session_service_pb2 as pb
+from heat.scheduler.v1 import session_service_pb2_grpc as pb_grpc
+
+from scheduler.domain.errors import FieldViolation, InvalidArgument
+from scheduler.domain.limits import Limits
+from scheduler.domain.paging import PageRequest
+from scheduler.domain.sessions import SessionFilter
+from scheduler.service.sessions import Sessions, Snapshot
+from scheduler.transport import convert
+from scheduler.transport import convert_sessions as sconvert
+
+Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
+
+
+class SessionServicer(pb_grpc.SessionServiceServicer):
+    def __init__(self, sessions: Sessions, limits: Limits) -> None:
+        self._sessions = sessions
+        self._limits = limits
+
+    async def CreateSession(
+        self, request: pb.CreateSessionRequest, context: Context
+    ) -> pb.CreateSessionResponse:
+        source = request.WhichOneof("source")
+        created = await self._sessions.create(
+            session_template=request.session_template if source == "session_template" else "",
+            dag=[convert.dag_node(n) for n in request.dag.nodes] if source == "dag" else None,
+            parameters=convert.struct_to_dict(request.parameters),
+            labels=dict(request.labels),
+            request_id=request.request_id,
+        )
+        return pb.CreateSessionResponse(session=sconvert.session_message(created))
+
+    async def GetSession(
+        self, request: pb.GetSessionRequest, context: Context
+    ) -> pb.GetSessionResponse:
+        found = await self._sessions.get(request.name)
+        return pb.GetSessionResponse(session=sconvert.session_message(found))
+
+    async def ListSessions(
+        self, request: pb.ListSessionsRequest, context: Context
+    ) -> pb.ListSessionsResponse:
+        states = []
+        for i, state in enumerate(request.states):
+            if state not in sconvert.SESSION_STATE_OF:
+                raise InvalidArgument(
+                    [
+                        FieldViolation(
+                            f"states[{i}]", "must be a SessionState other than UNSPECIFIED"
+                        )
+                    ]
+                )
+            states.append(sconvert.SESSION_STATE_OF[state])
+        where = SessionFilter(
+            states=tuple(states),
+            session_template=request.session_template,
+            create_time_after=(
+                request.create_time_after.ToDatetime(tzinfo=_utc())
+                if request.HasField("create_time_after")
+                else None
+            ),
+            create_time_before=(
+                request.create_time_before.ToDatetime(tzinfo=_utc())
+                if request.HasField("create_time_before")
+                else None
+            ),
+        )
+        page = await self._sessions.list(
+            where, PageRequest.parse(request.page_size, request.page_token, self._limits)
+        )
+        return pb.ListSessionsResponse(
+            sessions=[sconvert.session_message(s) for s in page.items],
+            next_page_token=page.next_token,
+        )
+
+    async def CancelSession(
+        self, request: pb.CancelSessionRequest, context: Context
+    ) -> pb.CancelSessionResponse:
+        cancelled = await self._sessions.cancel(request.name, request.reason)
+        return pb.CancelSessionResponse(session=sconvert.session_message(cancelled))
+
+    async def CancelNode(
+        self, request: pb.CancelNodeRequest, context: Context
+    ) -> pb.CancelNodeResponse:
+        session = await self._sessions.cancel_node(request.session, request.key, request.reason)
+        node = next(n for n in session.nodes if n.key == request.key)
+        return pb.CancelNodeResponse(node=sconvert.node_message(node))
+
+    async def WatchSession(
+        self, request: pb.WatchSessionRequest, context: Context
+    ) -> AsyncIterator[pb.WatchSessionResponse]:
+        async for item in self._sessions.watch(request.name, request.cursor):
+            if isinstance(item, Snapshot):
+                yield pb.WatchSessionResponse(
+                    cursor=item.cursor, snapshot=sconvert.session_message(item.session)
+                )
+            else:
+                yield sconvert.change_message(item.cursor, item.event)
+
+
+def _utc() -> Any:
+    from datetime import UTC
+
+    return UTC
