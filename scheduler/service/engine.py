@@ -86,7 +86,6 @@ class Instance:
     templates: tuple[str, ...] | None
     credits: int
     outbox: asyncio.Queue[ClaimedTask | Drain] = field(default_factory=asyncio.Queue)
-    pushes: asyncio.Queue[Any] | None = None
     connected: bool = True
     drain: Drain | None = None
 
@@ -147,7 +146,10 @@ class Engine:
         self._background: set[asyncio.Task[object]] = set()
         self._dispatchers: dict[tuple[str, tuple[str, ...] | None], _Dispatcher] = {}
         self._instances: dict[str, Instance] = {}
-        self._holder: dict[str, Instance] = {}
+        # Which instance holds an attempt, and where its Heartbeat stream takes pushes; a
+        # Heartbeat stream may outlive the ClaimTask stream (an instance draining).
+        self._holder: dict[str, str] = {}
+        self._pushes: dict[str, asyncio.Queue[Any]] = {}
         self._known_leases: dict[str, datetime] = {}
         self._cancelled: dict[str, str] = {}
         self._credentials: dict[bytes, tuple[str | None, datetime]] = {}
@@ -294,7 +296,7 @@ class Engine:
                     if instance is None or not instance.connected:
                         self._release_later(task)
                         continue
-                    self._holder[task.attempt_id] = instance
+                    self._holder[task.attempt_id] = instance.instance_id
                     instance.outbox.put_nowait(task)
                 if len(tasks) < len(owners):
                     break
@@ -383,7 +385,9 @@ class Engine:
                     max_output_bytes=self.settings.max_output_bytes,
                 )
                 answers[attempt_id] = (verdict.status, verdict.message)
-                if item.outcome.kind is not OutcomeKind.RELEASE:
+                # Only what a runner posted is remembered for its repeats: the timekeeper's
+                # own verdicts (expiry) must not answer a late post from the runner.
+                if item.runner is not None and item.outcome.kind is not OutcomeKind.RELEASE:
                     verdicts.append((node, verdict.status.value, verdict.message))
                 if verdict.new_state is not None:
                     changes.append(
@@ -418,9 +422,11 @@ class Engine:
 
     def attach_heartbeats(self, instance_id: str, queue: asyncio.Queue[Any]) -> None:
         """Where to push replies unprompted (cancellations) for this instance's Heartbeat stream."""
-        instance = self._instances.get(instance_id)
-        if instance is not None:
-            instance.pushes = queue
+        self._pushes[instance_id] = queue
+
+    def detach_heartbeats(self, instance_id: str, queue: asyncio.Queue[Any]) -> None:
+        if self._pushes.get(instance_id) is queue:
+            del self._pushes[instance_id]
 
     async def heartbeat(
         self, runner: str, instance_id: str, attempt_ids: Sequence[str]
@@ -452,8 +458,7 @@ class Engine:
                 lost.append(attempt_id)
             elif attempt_id in self._known_leases:
                 leases.append((attempt_id, self._known_leases[attempt_id]))
-                if instance is not None:
-                    self._holder[attempt_id] = instance
+                self._holder[attempt_id] = instance_id
         for attempt_id in lost:
             self._forget(attempt_id)
         return HeartbeatReply(
@@ -488,19 +493,18 @@ class Engine:
         return answers
 
     def _on_cancelled(self, attempt_ids: list[str]) -> None:
-        pushes: dict[int, tuple[Instance, list[tuple[str, str]]]] = {}
+        pushes: dict[str, list[tuple[str, str]]] = {}
         for attempt_id in attempt_ids:
             self._cancelled[attempt_id] = "cancelled"
             self._known_leases.pop(attempt_id, None)
             holder = self._holder.get(attempt_id)
-            if holder is not None and holder.pushes is not None:
-                pushes.setdefault(id(holder), (holder, []))[1].append((attempt_id, "cancelled"))
-        for holder, cancellations in pushes.values():
-            assert holder.pushes is not None
-            holder.pushes.put_nowait(
-                HeartbeatReply(
-                    [], cancellations, [], holder.drain, self.settings.heartbeat_interval
-                )
+            if holder is not None and holder in self._pushes:
+                pushes.setdefault(holder, []).append((attempt_id, "cancelled"))
+        for holder, cancellations in pushes.items():
+            instance = self._instances.get(holder)
+            drain = instance.drain if instance is not None else None
+            self._pushes[holder].put_nowait(
+                HeartbeatReply([], cancellations, [], drain, self.settings.heartbeat_interval)
             )
         if len(self._cancelled) > 100_000:
             # Attempts cancelled long ago: their runners heard, or their leases ran out.

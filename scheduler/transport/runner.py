@@ -119,13 +119,17 @@ class RunnerServicer(pb_grpc.RunnerServiceServicer):
         runner = await self._runner(context)
         out: asyncio.Queue[HeartbeatReply | object] = asyncio.Queue()
 
-        async def read() -> None:
+        attached: set[str] = set()
+
+        async def read_attaching() -> None:
             async for request in request_iterator:
                 violations: list[FieldViolation] = []
                 for i, attempt_id in enumerate(request.attempt_ids):
                     violations += check_attempt_id(attempt_id, f"attempt_ids[{i}]")
                 raise_if(violations)
-                self._engine.attach_heartbeats(request.instance_id, out)
+                if request.instance_id not in attached:
+                    attached.add(request.instance_id)
+                    self._engine.attach_heartbeats(request.instance_id, out)
                 out.put_nowait(
                     await self._engine.heartbeat(
                         runner, request.instance_id, list(request.attempt_ids)
@@ -133,9 +137,13 @@ class RunnerServicer(pb_grpc.RunnerServiceServicer):
                 )
             out.put_nowait(_END)
 
-        async for item in _drain_queue(out, read()):
-            assert isinstance(item, HeartbeatReply)
-            yield convert.heartbeat_message(item)
+        try:
+            async for item in _drain_queue(out, read_attaching()):
+                assert isinstance(item, HeartbeatReply)
+                yield convert.heartbeat_message(item)
+        finally:
+            for instance_id in attached:
+                self._engine.detach_heartbeats(instance_id, out)
 
     async def PostResult(
         self, request_iterator: AsyncIterator[pb.PostResultRequest], context: Context

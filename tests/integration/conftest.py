@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
 
 import grpc
 import pytest_asyncio
@@ -13,12 +15,27 @@ from scheduler.settings import Settings
 from tests.helpers import Scheduler
 
 
-@pytest_asyncio.fixture
-async def scheduler(db_dsn: str) -> AsyncIterator[Scheduler]:
-    settings = Settings(listen="127.0.0.1:0", database_url=db_dsn, shutdown_grace=1.0)
+@asynccontextmanager
+async def serving(dsn: str, **overrides: Any) -> AsyncIterator[Scheduler]:
+    settings = Settings(
+        **{"listen": "127.0.0.1:0", "database_url": dsn, "shutdown_grace": 1.0, **overrides}
+    )
     async with app.running(settings) as running:
         address = f"127.0.0.1:{running.port}"
         async with grpc.aio.insecure_channel(address) as channel:
             yield Scheduler(
                 address, channel, registry_service_pb2_grpc.RegistryServiceStub(channel), running
             )
+
+
+@pytest_asyncio.fixture
+async def scheduler(db_dsn: str) -> AsyncIterator[Scheduler]:
+    async with serving(db_dsn) as served:
+        yield served
+
+
+@pytest_asyncio.fixture
+async def quick_scheduler(db_dsn: str) -> AsyncIterator[Scheduler]:
+    """Leases of a second, so expiry is seen quickly."""
+    async with serving(db_dsn, lease_duration=1.0, heartbeat_interval=0.25) as served:
+        yield served

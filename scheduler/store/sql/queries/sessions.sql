@@ -113,7 +113,7 @@ UPDATE nodes AS n
 SET state = $3, end_time = $4, lease_owner = NULL, lease_deadline = NULL
 FROM old
 WHERE n.session_id = $1 AND n.idx = old.idx
-RETURNING n.idx, old.state AS old_state, n.attempt, old.attempt_id;
+RETURNING n.idx, old.state AS old_state, n.attempt, old.attempt_id::text AS attempt_id;
 
 -- descendants --
 -- Every node downstream of the given ones (their whole subgraph), not yet final.
