@@ -98,6 +98,10 @@ def parser() -> argparse.ArgumentParser:
     apply.add_argument("--validate-only", action="store_true", help="report, change nothing")
     apply.add_argument("--timeout", type=float, default=30.0, help="seconds to wait")
     apply.set_defaults(run=_apply)
+
+    from scheduler.cli_client import add_client_commands
+
+    add_client_commands(commands)
     return top
 
 

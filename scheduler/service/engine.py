@@ -156,7 +156,7 @@ class Engine:
         self._results: Batcher[_Posted, tuple[ResultStatus, str]] = Batcher(
             self._flush_results, max_batch=settings.max_result_batch
         )
-        self._leases: Batcher[str, _LeaseState] = Batcher(
+        self._leases: Batcher[tuple[str, str], _LeaseState] = Batcher(
             self._flush_leases, max_batch=settings.max_result_batch
         )
         self._timekeeper: asyncio.Task[None] | None = None
@@ -443,7 +443,8 @@ class Engine:
         stale = [
             a for a in ids if a not in self._cancelled and self._known_leases.get(a, now) <= due
         ]
-        states = dict(zip(stale, await self._leases.submit_many(stale), strict=True))
+        found = await self._leases.submit_many([(runner, a) for a in stale])
+        states = dict(zip(stale, found, strict=True))
         leases: list[tuple[str, datetime]] = []
         cancellations: list[tuple[str, str]] = []
         lost: list[str] = []
@@ -469,24 +470,31 @@ class Engine:
             self.settings.heartbeat_interval,
         )
 
-    async def _flush_leases(self, attempt_ids: Sequence[str]) -> list[_LeaseState]:
+    async def _flush_leases(self, items: Sequence[tuple[str, str]]) -> list[_LeaseState]:
         now = self._clock.now()
         deadline = now + self.settings.lease_duration
+        by_runner: dict[str, list[str]] = {}
+        for runner, attempt_id in items:
+            by_runner.setdefault(runner, []).append(attempt_id)
+        extended: set[str] = set()
         async with self._store.transaction() as tx:
-            extended = await tx.extend_leases(attempt_ids, deadline)
-            others = [a for a in attempt_ids if a not in extended]
+            for runner, attempt_ids in by_runner.items():
+                extended |= await tx.extend_leases(runner, attempt_ids, deadline)
+            others = [a for _, a in items if a not in extended]
             states = await tx.attempt_states(others) if others else {}
         answers = []
-        for attempt_id in attempt_ids:
+        for runner, attempt_id in items:
             if attempt_id in extended:
                 self._known_leases[attempt_id] = deadline
                 answers.append(_LeaseState(True, deadline))
                 continue
             found = states.get(attempt_id)
-            if found is not None and found[0] is NodeState.RUNNING and found[1] is not None:
+            if found is None or found[2] != runner:
+                answers.append(_LeaseState(False))  # unknown, or another Runner's attempt
+            elif found[0] is NodeState.RUNNING and found[1] is not None:
                 self._known_leases[attempt_id] = found[1]
                 answers.append(_LeaseState(True, found[1]))
-            elif found is not None and found[0] is NodeState.CANCELLED:
+            elif found[0] is NodeState.CANCELLED:
                 answers.append(_LeaseState(False, cancelled=True))
             else:
                 answers.append(_LeaseState(False))

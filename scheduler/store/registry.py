@@ -61,6 +61,7 @@ class PgRegistryTx(Tx):
         rows = await self._write(
             "runner", "update_runners", [records.runner_row(r) for r in runners]
         )
+        await self._fetch("notify_runners", [r.name for r in runners])
         return _in_order(rows, [r.name for r in runners], records.runner_from)
 
     async def delete_runner(self, name: str) -> bool:

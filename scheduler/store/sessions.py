@@ -426,8 +426,10 @@ class PgSessionTx(Tx):
             )
         await self.book(changes, now)
 
-    async def extend_leases(self, attempt_ids: Sequence[str], deadline: datetime) -> set[str]:
-        rows = await self._fetch("extend_leases", list(attempt_ids), deadline)
+    async def extend_leases(
+        self, runner: str, attempt_ids: Sequence[str], deadline: datetime
+    ) -> set[str]:
+        rows = await self._fetch("extend_leases", list(attempt_ids), deadline, runner)
         return {r["attempt_id"] for r in rows}
 
     async def attempt_states(

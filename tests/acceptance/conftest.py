@@ -71,8 +71,10 @@ class Served:
         return json.loads(result.stdout)
 
 
-def serve(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> Served:
-    port = free_port()
+def serve(
+    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None, port: int = 0
+) -> Served:
+    port = port or free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "scheduler.cli", "serve", "--listen", f"127.0.0.1:{port}", *args],
         stderr=subprocess.PIPE,

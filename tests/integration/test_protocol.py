@@ -208,3 +208,47 @@ async def test_credentials_are_checked(scheduler: Scheduler) -> None:
         ).read()
     assert foreign.value.code() is grpc.StatusCode.PERMISSION_DENIED
     assert "other" in (failure(foreign.value).message)
+
+
+async def test_oversize_outputs_are_refused_and_fail_the_attempt(db_dsn: str) -> None:
+    from tests.integration.conftest import serving
+
+    async with serving(db_dsn, max_output_bytes=100) as sc:
+        secret = await setup_registry(sc)
+        created = await spb_grpc.SessionServiceStub(sc.channel).CreateSession(dag(("a", [])))
+        claimer = Claimer(sc, secret, "i1", credits=1)
+        try:
+            task = await claimer.task()
+        finally:
+            await claimer.close()
+        verdict = await post(sc, secret, success(task.attempt_id, {"blob": "x" * 500}))
+        assert verdict == {task.attempt_id: pb.RESULT_STATUS_REJECTED_INVALID}
+        got = (await session_state(sc, created.session.name)).session
+        assert got.state == session_pb2.SESSION_STATE_FAILED
+        assert "exceed the limit of 100 bytes" in got.nodes[0].error.message
+
+
+async def test_a_disabled_runner_gets_no_work_until_enabled(scheduler: Scheduler) -> None:
+    secret = await setup_registry(scheduler)
+    await scheduler.registry.UpdateRunner(
+        json_format.ParseDict(
+            {"runner": {"name": "w", "enabled": False}, "updateMask": "enabled"},
+            rpb.UpdateRunnerRequest(),
+        )
+    )
+    created = await spb_grpc.SessionServiceStub(scheduler.channel).CreateSession(dag(("a", [])))
+    claimer = Claimer(scheduler, secret, "i1", credits=1)
+    try:
+        await asyncio.sleep(0.5)  # a claimer with credits is connected, yet nothing is leased
+        got = (await session_state(scheduler, created.session.name)).session
+        assert got.nodes[0].state == session_pb2.NODE_STATE_QUEUED
+        await scheduler.registry.UpdateRunner(
+            json_format.ParseDict(
+                {"runner": {"name": "w", "enabled": True}, "updateMask": "enabled"},
+                rpb.UpdateRunnerRequest(),
+            )
+        )
+        task = await claimer.task()
+        assert task.node_key == "a"
+    finally:
+        await claimer.close()

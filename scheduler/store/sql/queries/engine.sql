@@ -5,6 +5,8 @@ WITH picked AS (
     SELECT session_id, idx FROM nodes
     WHERE runner = $1 AND state = 'queued'
       AND ($6::text[] IS NULL OR node_template = ANY($6))
+      -- A disabled Runner gets no new work.
+      AND EXISTS (SELECT 1 FROM runners AS r WHERE r.name = $1 AND r.enabled)
     ORDER BY ready_time, session_id, idx
     LIMIT $2
     FOR UPDATE SKIP LOCKED
@@ -97,6 +99,7 @@ RETURNING n.session_id, n.idx;
 -- Push the lease deadline of attempts still running; the ones not returned are gone.
 UPDATE nodes SET lease_deadline = $2
 WHERE attempt_id = ANY($1::uuid[]) AND state = 'running' AND lease_deadline < $2
+  AND runner = $3
 RETURNING attempt_id::text;
 
 -- attempt_states --

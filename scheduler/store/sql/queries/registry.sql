@@ -196,3 +196,7 @@ UPDATE runner_credentials
 SET revoke_time = COALESCE(revoke_time, now())
 WHERE id = $1
 RETURNING id, runner, description, create_time, revoke_time;
+
+-- notify_runners --
+-- Wake the dispatchers of changed Runners (one may have been enabled).
+SELECT pg_notify('heat_ready', name) FROM unnest($1::text[]) AS name;
