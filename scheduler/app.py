@@ -132,6 +132,8 @@ async def running(settings: Settings) -> AsyncIterator[Running]:
         options = [
             ("grpc.max_receive_message_length", settings.max_message_bytes),
             ("grpc.max_send_message_length", settings.max_message_bytes),
+            # Two schedulers must not share a port: the second would steal calls silently.
+            ("grpc.so_reuseport", 0),
         ]
         server = grpc.aio.server(interceptors=[ErrorInterceptor()], options=options)
         registry_service_pb2_grpc.add_RegistryServiceServicer_to_server(

@@ -8,7 +8,8 @@
      ├── Aborted              a concurrent change won; retrying may succeed
      ├── Unauthenticated      no (valid) credential
      ├── PermissionDenied     a valid credential that may not do this
-     └── ResourceExhausted    a size bound was exceeded
+     ├── ResourceExhausted    a size bound was exceeded
+     └── Unavailable          a dependency (PostgreSQL) is down; retrying later may succeed
 
 The transport maps each class to one gRPC status code (scheduler.transport.errors);
 nothing below the transport knows about gRPC.
@@ -98,6 +99,10 @@ class PermissionDenied(SchedulerError):
 
 class ResourceExhausted(SchedulerError):
     reason = "RESOURCE_EXHAUSTED"
+
+
+class Unavailable(SchedulerError):
+    reason = "UNAVAILABLE"
 
 
 def raise_if(violations: Sequence[FieldViolation]) -> None:

@@ -209,7 +209,11 @@ def check_node_template(
     schema_violations = check_json_schema(template.config_schema, f"{p}.config_schema")
     out += schema_violations
     if not schema_violations:
-        out += check_config(template.default_config, template.config_schema, f"{p}.default_config")
+        # Defaults may leave required properties to each node; a node's merged configuration
+        # is checked in full where the node is defined.
+        out += check_config(
+            template.default_config, template.config_schema, f"{p}.default_config", partial=True
+        )
     policy = template.retry_policy
     rp = f"{p}.retry_policy"
     if not 1 <= policy.max_attempts <= limits.max_attempts:

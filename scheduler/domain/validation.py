@@ -352,9 +352,17 @@ def check_json_schema(schema: Mapping[str, Any] | None, field: str) -> list[Fiel
 
 
 def check_config(
-    config: Mapping[str, Any], schema: Mapping[str, Any] | None, field: str
+    config: Mapping[str, Any],
+    schema: Mapping[str, Any] | None,
+    field: str,
+    *,
+    partial: bool = False,
 ) -> list[FieldViolation]:
-    """One violation per place where ``config`` breaks ``schema`` (checked by check_json_schema)."""
+    """One violation per place where ``config`` breaks ``schema`` (checked by check_json_schema).
+
+    ``partial`` is for defaults that nodes complete: a missing required property is fine there,
+    a present property of the wrong kind is not.
+    """
     if not schema:
         return []
     validator = (_dialect(schema) or Draft202012Validator)(schema)
@@ -372,7 +380,9 @@ def check_config(
     except RecursionError:
         return [FieldViolation(field, "is nested too deeply to check; flatten the configuration")]
     return [
-        FieldViolation(_config_path(field, e.absolute_path), _bounded(e.message)) for e in errors
+        FieldViolation(_config_path(field, e.absolute_path), _bounded(e.message))
+        for e in errors
+        if not (partial and e.validator == "required")
     ]
 
 

@@ -26,7 +26,7 @@ import asyncpg
 
 from scheduler.domain import credentials
 from scheduler.domain.clock import Clock
-from scheduler.domain.errors import PermissionDenied, Unauthenticated
+from scheduler.domain.errors import PermissionDenied, Unauthenticated, Unavailable
 from scheduler.domain.ports import Store
 from scheduler.domain.sessions import (
     ClaimedTask,
@@ -280,7 +280,7 @@ class Engine:
                     break
                 try:
                     tasks = await self._claim(dispatcher, owners)
-                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                except (Unavailable, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                     for owner in owners:
                         owner.credits += 1
                     log.warning("claim for runner %s failed: %s; retrying", dispatcher.runner, exc)
@@ -529,7 +529,7 @@ class Engine:
                     log.info("this replica keeps time (expires leases, requeues retries)")
                     delay = 0.1
                     await self._lead(lost)
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except (Unavailable, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 log.warning("timekeeper lost its database; retrying", extra={"error": str(exc)})
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)

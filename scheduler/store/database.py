@@ -4,15 +4,34 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from typing import Any
 
 import asyncpg
 
+from scheduler.domain.errors import Unavailable
 from scheduler.store.listener import leadership
 from scheduler.store.registry import PgRegistryTx
 from scheduler.store.sessions import PgSessionTx
+
+# A lost or refused connection, a server shutting down or starting up.
+_DOWN = (
+    OSError,
+    asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+)
+
+
+@contextmanager
+def _unavailable_when_down() -> Iterator[None]:
+    try:
+        yield
+    except _DOWN as exc:
+        raise Unavailable(f"the database is unavailable ({type(exc).__name__}); retry") from exc
 
 
 class PgTx(PgRegistryTx, PgSessionTx):
@@ -41,17 +60,19 @@ class Store:
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[PgTx]:
         conn: Any
-        async with self.pool.acquire() as conn, conn.transaction():
-            yield PgTx(conn)
+        with _unavailable_when_down():
+            async with self.pool.acquire() as conn, conn.transaction():
+                yield PgTx(conn)
 
     @asynccontextmanager
     async def snapshot(self) -> AsyncIterator[PgTx]:
         conn: Any
-        async with (
-            self.pool.acquire() as conn,
-            conn.transaction(isolation="repeatable_read", readonly=True),
-        ):
-            yield PgTx(conn)
+        with _unavailable_when_down():
+            async with (
+                self.pool.acquire() as conn,
+                conn.transaction(isolation="repeatable_read", readonly=True),
+            ):
+                yield PgTx(conn)
 
     def leadership(self, key: int) -> AbstractAsyncContextManager[asyncio.Event]:
         return leadership(self.dsn, key)

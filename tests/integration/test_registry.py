@@ -612,3 +612,20 @@ async def test_credentials_issue_list_revoke(scheduler: Scheduler) -> None:
         {"runner": "ghost"},
     )
     assert missing.code is grpc.StatusCode.NOT_FOUND
+
+
+async def test_defaults_may_leave_required_properties_to_nodes(scheduler: Scheduler) -> None:
+    await create_runner(scheduler, runner("csv"))
+    created = await create_template(
+        scheduler, template("sum", configSchema=SCHEMA, defaultConfig={"threshold": 1})
+    )
+    assert created["defaultConfig"] == {"threshold": 1}
+    missing = await refused(
+        scheduler.registry.CreateSessionTemplate,
+        pb.CreateSessionTemplateRequest,
+        {"sessionTemplate": {"name": "s", "nodes": [{"key": "a", "nodeTemplate": "sum"}]}},
+    )
+    assert "session_template.nodes[0].config" in missing.violations
+    assert (
+        "'column' is a required property" in missing.violations["session_template.nodes[0].config"]
+    )
