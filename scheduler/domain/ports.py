@@ -7,12 +7,13 @@ PostgreSQL store (or, in unit tests, anything else that keeps the promises).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
+from scheduler.domain.provisioning import InstanceSpec, Observed
 from scheduler.domain.registry import NodeTemplate, Runner, RunnerCredential, SessionTemplate
 from scheduler.domain.sessions import (
     ClaimedTask,
@@ -152,4 +153,30 @@ class Store(Protocol):
 
     def leadership(self, key: int) -> AbstractAsyncContextManager[asyncio.Event]:
         """Held while this replica leads; the event is set if leadership is lost."""
+        ...
+
+
+class Provisioner(Protocol):
+    """Starts and stops runner instances: Kubernetes pods, local processes, or nothing.
+
+    The observed state is a cache kept current by the backend (a watch, or process exits);
+    ``changed`` is called whenever it changes, so the reconciler never polls.
+    """
+
+    name: str
+
+    async def start(self, changed: Callable[[], None]) -> None: ...
+    async def stop(self) -> None: ...
+    def observed(self) -> list[Observed]:
+        """Every instance this scheduler's provisioner manages, live or ended."""
+        ...
+
+    async def create(self, spec: InstanceSpec) -> Observed: ...
+    async def delete(self, instance: Observed) -> None:
+        """Delete exactly this instance (by uid); an instance already gone is not an error."""
+        ...
+
+    async def has_credential(self, runner: str) -> bool: ...
+    async def store_credential(self, runner: str, secret: str) -> None:
+        """Keep the Runner's credential where its instances read it (a Secret, the environment)."""
         ...

@@ -1,0 +1,101 @@
+"""Provisioning: how many instances a Runner should have, and which ones may go.
+
+Pure rules over what the provisioner observes (pods or processes) and what the engine
+knows (which instance holds which task); the reconciler applies them.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from scheduler.domain.registry import Runner
+
+
+class Phase(enum.StrEnum):
+    PENDING = "pending"  # created, not started yet (scheduling, pulling the image)
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"  # exited 0 (drained)
+    FAILED = "failed"  # exited non-zero, OOM-killed, evicted, or cannot start
+
+
+@dataclass(frozen=True, slots=True)
+class Observed:
+    """One runner instance as the provisioner sees it."""
+
+    name: str  # also the instance id the runner presents (HEAT_INSTANCE_ID)
+    runner: str
+    uid: str
+    phase: Phase
+    ready: bool = False
+    reason: str = ""  # why it failed or cannot start, for operators
+    created: datetime | None = None
+    deleting: bool = False
+
+    @property
+    def live(self) -> bool:
+        return self.phase in (Phase.PENDING, Phase.RUNNING) and not self.deleting
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceSpec:
+    """What a new instance of a Runner is started with."""
+
+    runner: Runner
+    scheduler_address: str
+    scheduler_name: str
+
+
+def desired_instances(runner: Runner, queued: int, running: int) -> int:
+    """Instances for the work: queued + running tasks over tasks per instance, within min/max.
+
+    A disabled Runner gets no new instances, but those with work in hand are not counted
+    away: scale-down drains only idle instances.
+    """
+    if not runner.enabled:
+        return 0
+    wanted = math.ceil((queued + running) / max(runner.tasks_per_pod, 1))
+    return max(runner.min_pods, min(runner.max_pods, wanted))
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """Replacement of failing instances slows down exponentially, and recovers on success."""
+
+    failures: int = 0
+    until: datetime | None = None
+
+    def after_failure(self, now: datetime, base: timedelta, cap: timedelta) -> Backoff:
+        delay = min(cap, base * (2 ** min(self.failures, 16)))
+        return Backoff(self.failures + 1, now + delay)
+
+    def allows(self, now: datetime) -> bool:
+        return self.until is None or now >= self.until
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    create: int
+    delete: tuple[Observed, ...]
+
+
+def plan(
+    runner: Runner,
+    desired: int,
+    observed: list[Observed],
+    *,
+    now: datetime,
+    backoff: Backoff,
+) -> Plan:
+    """Create what is missing (unless failures are backing off); delete what has ended."""
+    live = [o for o in observed if o.live]
+    ended = tuple(o for o in observed if not o.live and not o.deleting)
+    create = max(desired - len(live), 0) if backoff.allows(now) else 0
+    return Plan(create, ended)
+
+
+def drain_budget(desired: int, live: int, draining: int) -> int:
+    """How many more idle instances may be told to drain without going below ``desired``."""
+    return max(live - draining - desired, 0)
