@@ -25,15 +25,19 @@ from heat.scheduler.v1 import (
 
 from scheduler.domain.clock import SystemClock
 from scheduler.domain.limits import Limits
+from scheduler.domain.ports import Provisioner
+from scheduler.provisioner.local import LocalProvisioner, parse_commands
 from scheduler.service.engine import Engine, EngineSettings
+from scheduler.service.provisioning import ProvisionSettings, Reconciler
 from scheduler.service.registry import Registry
 from scheduler.service.sessions import Sessions
 from scheduler.service.signals import Signals
-from scheduler.settings import Settings
+from scheduler.settings import Settings, SettingsError
 from scheduler.store.database import Store, create_pool
 from scheduler.store.embedded import EmbeddedPostgres
 from scheduler.store.listener import Listener
 from scheduler.store.migrations import migrate
+from scheduler.store.provisioning import TICK_CHANNEL
 from scheduler.store.sessions import CANCEL_CHANNEL, READY_CHANNEL, SESSION_CHANNEL
 from scheduler.transport.errors import ErrorInterceptor
 from scheduler.transport.registry import RegistryServicer
@@ -57,6 +61,7 @@ class Running:
     health: health.aio.HealthServicer
     store: Store
     engine: Engine
+    reconciler: Reconciler | None
 
 
 @asynccontextmanager
@@ -111,6 +116,7 @@ async def running(settings: Settings) -> AsyncIterator[Running]:
                 lease_duration=timedelta(seconds=settings.lease_duration),
                 heartbeat_interval=timedelta(seconds=settings.heartbeat_interval),
                 max_output_bytes=settings.max_output_bytes,
+                drain_idle=settings.provisioner != "none",
             ),
         )
         listener = Listener(
@@ -121,6 +127,7 @@ async def running(settings: Settings) -> AsyncIterator[Running]:
                     int(i) for i in ids.split(",") if i
                 ),
                 CANCEL_CHANNEL: lambda ids: signals.cancelled([i for i in ids.split(",") if i]),
+                TICK_CHANNEL: lambda _: engine.nudge_timekeeper(),
             },
             on_reconnect=signals.everything_changed,
         )
@@ -136,8 +143,9 @@ async def running(settings: Settings) -> AsyncIterator[Running]:
             ("grpc.so_reuseport", 0),
         ]
         server = grpc.aio.server(interceptors=[ErrorInterceptor()], options=options)
+        registry = Registry(store, limits)
         registry_service_pb2_grpc.add_RegistryServiceServicer_to_server(
-            RegistryServicer(Registry(store, limits), limits), server
+            RegistryServicer(registry, limits), server
         )
         session_service_pb2_grpc.add_SessionServiceServicer_to_server(
             SessionServicer(Sessions(store, signals, clock, limits), limits), server
@@ -148,19 +156,62 @@ async def running(settings: Settings) -> AsyncIterator[Running]:
         reflection.enable_server_reflection(
             (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
         )
-        port = server.add_insecure_port(settings.listen)
+        try:
+            port = server.add_insecure_port(settings.listen)
+        except RuntimeError:
+            raise SettingsError(
+                f"setting listen (--listen / HEAT_LISTEN): cannot listen on {settings.listen}; "
+                "the port is taken or the address is not this machine's"
+            ) from None
         await server.start()
         for name in ("", *SERVICE_NAMES):
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
 
         async def shutdown() -> None:
+            signals.close()
             await health_servicer.enter_graceful_shutdown()
             await server.stop(settings.shutdown_grace)
 
         stack.push_async_callback(shutdown)
         host = settings.listen.rsplit(":", 1)[0]
+        reconciler = None
+        if settings.provisioner != "none":
+            # Stopped before the server, so local instances can hand their tasks back.
+            reconciler = Reconciler(
+                store,
+                await make_provisioner(settings),
+                registry,
+                signals,
+                clock,
+                ProvisionSettings(
+                    scheduler_address=settings.advertise_address or advertised(host, port),
+                    scheduler_name=settings.scheduler_name,
+                ),
+            )
+            reconciler.start()
+            stack.push_async_callback(reconciler.stop)
         log.info("serving", extra={"address": f"{host}:{port}"})
-        yield Running(server, port, health_servicer, store, engine)
+        yield Running(server, port, health_servicer, store, engine, reconciler)
+
+
+def advertised(host: str, port: int) -> str:
+    """The address instances on this machine dial when we listen on every interface."""
+    if host in ("0.0.0.0", "[::]", ""):  # noqa: S104 (compared, not bound)
+        host = "127.0.0.1"
+    return f"{host}:{port}"
+
+
+async def make_provisioner(settings: Settings) -> Provisioner:
+    if settings.provisioner == "kubernetes":
+        from scheduler.provisioner.kubernetes import KubernetesProvisioner
+
+        return await KubernetesProvisioner.connect(
+            kubeconfig=settings.kubeconfig or None,
+            context=settings.k8s_context or None,
+            namespace=settings.k8s_namespace or None,
+            scheduler_name=settings.scheduler_name,
+        )
+    return LocalProvisioner(parse_commands(settings.local_runners))
 
 
 async def serve(settings: Settings) -> None:

@@ -178,12 +178,14 @@ class _Display:
         self.tty = out.isatty()
 
     def show(self, view: render.WatchView, response: sspb.WatchSessionResponse) -> None:
-        lines = view.apply(response, verbose=not self.tty)
+        self.write(view, view.apply(response, verbose=not self.tty), render.event_time(response))
+
+    def write(self, view: render.WatchView, lines: list[str], at: datetime | None = None) -> None:
         if self.tty:
             text = "".join(f"\r\x1b[2K{line}\n" for line in lines)
             self.out.write(text + "\r\x1b[2K" + view.status_line(_width() - 1))
         else:
-            at = render.event_time(response) or datetime.now(UTC)
+            at = at or datetime.now(UTC)
             self.out.write("".join(render.log_line(line, at) + "\n" for line in lines))
         self.out.flush()
 
@@ -215,11 +217,12 @@ def watch(channel: grpc.Channel, name: str, cursor: str, timeout: float) -> int:
             # Counts need every node's state, and a stream after the last change of an
             # ended Session would wait for ever: look at the current state first.
             first = _snapshot(stub, name, timeout)
-            view.seed(first.snapshot)
-            if view.ended and first.cursor == cursor:
-                view.cursor = cursor
-                print(view.end_line())
+            if first.snapshot.state in render.FINAL_SESSION and _at_or_after(cursor, first.cursor):
+                view.apply(first)
+                display.write(view, [view.end_line()])
                 return 0 if view.succeeded else 1
+            view.seed(first.snapshot)
+            display.write(view, [view.summary_line(f"resuming after cursor {cursor}")])
         view.cursor = cursor
         _follow(stub, channel, view, display, timeout)
     except KeyboardInterrupt:
@@ -231,8 +234,22 @@ def watch(channel: grpc.Channel, name: str, cursor: str, timeout: float) -> int:
                 file=sys.stderr,
             )
         return 130
+    except (grpc.RpcError, Unreachable):
+        display.close(view)  # end the status line before the error
+        raise
     display.close(view)
     return 0 if view.succeeded else 1
+
+
+def _at_or_after(cursor: str, last: str) -> bool:
+    """Whether ``cursor`` is at or past ``last``, the cursor of a snapshot.
+
+    Cursors are opaque; this scheduler's are sequence numbers, so compare them as such when
+    both are, rather than open a stream that would wait for a change that never comes.
+    """
+    if cursor.isdigit() and last.isdigit():
+        return int(cursor) >= int(last)
+    return cursor == last
 
 
 def _snapshot(

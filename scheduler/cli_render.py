@@ -278,10 +278,7 @@ class WatchView:
     cursor: str = ""
     nodes: dict[str, NodeState] = field(default_factory=dict)
     started: dict[str, datetime] = field(default_factory=dict)
-
-    @property
-    def ended(self) -> bool:
-        return self.state in FINAL_SESSION
+    ended: bool = False  # the stream has said the Session ended
 
     @property
     def succeeded(self) -> bool:
@@ -294,7 +291,8 @@ class WatchView:
         return progress_line(self.name, self.state, self.counts(), width)
 
     def seed(self, session: spb.Session) -> None:
-        """Take the Session's state and nodes, printing nothing (resuming after a cursor)."""
+        """Take the Session's state and nodes (resuming after a cursor); ``ended`` waits
+        for the stream to replay the Session's end."""
         self.state = session.state
         self.reason = session.state_reason
         self.nodes = {n.key: n.state for n in session.nodes}
@@ -316,16 +314,17 @@ class WatchView:
             change = response.session_change
             self.state = change.state
             self.reason = change.state_reason
+            self.ended = change.state in FINAL_SESSION
             return [self.end_line()] if self.ended else []
         return []
 
     def _snapshot(self, session: spb.Session) -> list[str]:
         self.seed(session)
+        self.ended = session.state in FINAL_SESSION
         lines = [f"{n.key} failed{_attempt(n)}: {_node_error(n)}" for n in _failed(session)]
         if self.ended:
             return [*lines, self.end_line()]
-        summary = f"session {self.name} {session_state(self.state)}: {counts_text(self.counts())}"
-        return [summary, *lines]
+        return [self.summary_line(), *lines]
 
     def _node(self, node: spb.Node, verbose: bool) -> list[str]:
         state = node.state
@@ -359,6 +358,12 @@ class WatchView:
         if verbose:
             return [f"{node.key} {node_state(state)}"]
         return []
+
+    def summary_line(self, note: str = "") -> str:
+        note = f" ({note})" if note else ""
+        return (
+            f"session {self.name} {session_state(self.state)}{note}: {counts_text(self.counts())}"
+        )
 
     def end_line(self) -> str:
         reason = f" ({self.reason})" if self.reason else ""

@@ -16,6 +16,7 @@ from typing import Any, Final
 
 LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR")
 LOG_FORMATS: Final = ("text", "json")
+PROVISIONERS: Final = ("local", "kubernetes", "none")
 
 
 class SettingsError(Exception):
@@ -38,6 +39,23 @@ def _database_url(value: str) -> str:
             "or leave it empty to run an embedded PostgreSQL"
         )
     return value
+
+
+def _local_runners(value: str) -> str:
+    from scheduler.provisioner.local import parse_commands
+
+    parse_commands(value)
+    return value
+
+
+def _label(value: str) -> str:
+    if not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", value):
+        raise ValueError("is not a DNS label; use lower-case letters, digits and '-'")
+    return value
+
+
+def _advertised(value: str) -> str:
+    return _address(value) if value else value
 
 
 def _seconds(value: str) -> float:
@@ -84,6 +102,13 @@ class Settings:
     lease_duration: float = 30.0
     heartbeat_interval: float = 10.0
     max_output_bytes: int = 1024 * 1024
+    provisioner: str = "local"
+    local_runners: str = ""
+    scheduler_name: str = "heat-scheduler"
+    advertise_address: str = ""
+    k8s_namespace: str = ""
+    kubeconfig: str = ""
+    k8s_context: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +134,21 @@ _SPECS: Final[Mapping[str, _Spec]] = {
     ),
     "heartbeat_interval": _Spec(_seconds, "seconds between a runner's heartbeats"),
     "max_output_bytes": _Spec(_positive_int, "largest task output accepted, in bytes"),
+    "provisioner": _Spec(
+        _choice(PROVISIONERS),
+        "who starts runner instances: local (processes here), kubernetes (pods), none",
+    ),
+    "local_runners": _Spec(
+        _local_runners,
+        "local provisioner: RUNNER=COMMAND[;RUNNER=COMMAND…], the command of each Runner",
+    ),
+    "scheduler_name": _Spec(_label, "names this scheduler's instances (pod labels)"),
+    "advertise_address": _Spec(
+        _advertised, "host:port runner instances dial; default the listen address"
+    ),
+    "k8s_namespace": _Spec(str, "kubernetes: namespace of runner pods (default: in-cluster's)"),
+    "kubeconfig": _Spec(str, "kubernetes: kubeconfig file (default: in-cluster, ~/.kube/config)"),
+    "k8s_context": _Spec(str, "kubernetes: kubeconfig context (default: the current one)"),
 }
 
 

@@ -87,9 +87,11 @@ def book(
             failed_nodes=b.failed_nodes + (closes and change.state is NodeState.FAILED),
             cancelled_nodes=b.cancelled_nodes + (closes and change.state is NodeState.CANCELLED),
         )
-        if change.state is NodeState.RUNNING and b.state is SessionState.PENDING:
-            b = replace(b, state=SessionState.RUNNING, start_time=b.start_time or now)
         books[change.session_id] = b
+        if change.state is NodeState.RUNNING and b.state is SessionState.PENDING:
+            started = replace(b, state=SessionState.RUNNING, start_time=b.start_time or now)
+            books[change.session_id], event = _logged(started, now)
+            events.append(event)
     for session_id, reason in (cancel_reasons or {}).items():
         if session_id not in touched:
             touched.append(session_id)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
-from scheduler.domain.provisioning import InstanceSpec, Observed
+from scheduler.domain.provisioning import InstanceSpec, Observed, RunnerStatus
 from scheduler.domain.registry import NodeTemplate, Runner, RunnerCredential, SessionTemplate
 from scheduler.domain.sessions import (
     ClaimedTask,
@@ -87,12 +87,6 @@ class RegistryTx(Protocol):
     async def revoke_credential(self, credential_id: str) -> RunnerCredential | None: ...
 
 
-class RegistryStore(Protocol):
-    def transaction(self) -> AbstractAsyncContextManager[RegistryTx]:
-        """A transaction: committed when the block ends normally, rolled back on an exception."""
-        ...
-
-
 class SessionTx(RegistryTx, Protocol):
     """One open transaction over the registry and the Session tables."""
 
@@ -142,12 +136,30 @@ class SessionTx(RegistryTx, Protocol):
     async def queued_runners(self) -> list[str]: ...
 
 
+class ProvisioningTx(Protocol):
+    async def all_runners(self) -> list[Runner]: ...
+    async def work_by_runner(self) -> dict[str, tuple[int, int]]: ...
+    async def save_runner_status(self, statuses: Sequence[RunnerStatus], now: datetime) -> None: ...
+    async def runner_status(self, names: Sequence[str]) -> dict[str, RunnerStatus]: ...
+    async def claim_drain(
+        self, instance_id: str, runner: str, reason: str, now: datetime
+    ) -> bool: ...
+    async def draining(self) -> dict[str, str]: ...
+    async def forget_drains(self, instance_ids: Sequence[str]) -> None: ...
+    async def expire_leases_of(self, instance_ids: Sequence[str], now: datetime) -> int: ...
+    async def notify_tick(self) -> None: ...
+
+
+class Tx(SessionTx, ProvisioningTx, Protocol):
+    """Everything the services may do in one transaction."""
+
+
 class Store(Protocol):
-    def transaction(self) -> AbstractAsyncContextManager[SessionTx]:
+    def transaction(self) -> AbstractAsyncContextManager[Tx]:
         """A read-write transaction, committed when the block ends normally."""
         ...
 
-    def snapshot(self) -> AbstractAsyncContextManager[SessionTx]:
+    def snapshot(self) -> AbstractAsyncContextManager[Tx]:
         """A read-only, repeatable-read transaction: several reads, one point in time."""
         ...
 

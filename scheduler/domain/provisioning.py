@@ -99,3 +99,15 @@ def plan(
 def drain_budget(desired: int, live: int, draining: int) -> int:
     """How many more idle instances may be told to drain without going below ``desired``."""
     return max(live - draining - desired, 0)
+
+
+@dataclass(frozen=True, slots=True)
+class RunnerStatus:
+    runner: str
+    desired: int = 0
+    observed: int = 0
+    ready: int = 0
+    last_error: str = ""
+    last_error_time: datetime | None = None
+    queued: int = 0
+    running: int = 0

@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Final
@@ -60,6 +60,8 @@ class EngineSettings:
     max_claim_batch: int = 256
     max_result_batch: int = 512
     max_output_bytes: int = 1024 * 1024
+    # Whether idle instances are drained (a provisioner starts and stops them).
+    drain_idle: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +90,9 @@ class Instance:
     outbox: asyncio.Queue[ClaimedTask | Drain] = field(default_factory=asyncio.Queue)
     connected: bool = True
     drain: Drain | None = None
+    held: set[str] = field(default_factory=set)
+    idle_period: timedelta | None = None  # None: nobody scales this Runner down
+    idle_timer: asyncio.TimerHandle | None = None
 
 
 @dataclass(eq=False)
@@ -234,7 +239,56 @@ class Engine:
             self._dispatchers[key] = dispatcher
         dispatcher.instances[instance_id] = instance
         dispatcher.wake.set()
+        if self.settings.drain_idle:
+            self._spawn(self._arm_idle(instance))
         return instance
+
+    def _spawn(self, coro: Coroutine[Any, Any, object]) -> None:
+        task = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _arm_idle(self, instance: Instance) -> None:
+        async with self._store.transaction() as tx:
+            found = await tx.runners_by_name([instance.runner])
+        runner = found.get(instance.runner)
+        if runner is not None:
+            instance.idle_period = runner.idle_period
+            self._idle(instance)
+
+    def _busy(self, instance: Instance, attempt_id: str) -> None:
+        instance.held.add(attempt_id)
+        if instance.idle_timer is not None:
+            instance.idle_timer.cancel()
+            instance.idle_timer = None
+
+    def _idle(self, instance: Instance) -> None:
+        """The instance holds nothing now: drain it if that lasts for its Runner's idle period."""
+        if instance.held or instance.idle_period is None or not instance.connected:
+            return
+        if instance.idle_timer is not None:
+            instance.idle_timer.cancel()
+        instance.idle_timer = asyncio.get_running_loop().call_later(
+            instance.idle_period.total_seconds(),
+            lambda: self._spawn(self._drain_if_idle(instance)),
+        )
+
+    async def _drain_if_idle(self, instance: Instance) -> None:
+        instance.idle_timer = None
+        if instance.held or not instance.connected or instance.drain is not None:
+            return
+        assert instance.idle_period is not None
+        async with self._store.transaction() as tx:
+            granted = await tx.claim_drain(
+                instance.instance_id, instance.runner, "idle", self._clock.now()
+            )
+        if granted:
+            seconds = instance.idle_period.total_seconds()
+            log.info("draining idle instance %s (idle %gs)", instance.instance_id, seconds)
+            self.drain(instance.instance_id, f"idle for {seconds:g}s")
+        else:
+            # The Runner wants every instance it has; look again after another idle period.
+            self._idle(instance)
 
     def grant(self, instance: Instance, credits: int) -> None:
         if credits <= 0 or not instance.connected:
@@ -246,6 +300,9 @@ class Engine:
 
     def disconnect(self, instance: Instance) -> None:
         instance.connected = False
+        if instance.idle_timer is not None:
+            instance.idle_timer.cancel()
+            instance.idle_timer = None
         if self._instances.get(instance.instance_id) is instance:
             del self._instances[instance.instance_id]
         dispatcher = self._dispatchers.get((instance.runner, instance.templates))
@@ -297,6 +354,7 @@ class Engine:
                         self._release_later(task)
                         continue
                     self._holder[task.attempt_id] = instance.instance_id
+                    self._busy(instance, task.attempt_id)
                     instance.outbox.put_nowait(task)
                 if len(tasks) < len(owners):
                     break
@@ -321,9 +379,7 @@ class Engine:
 
     def _release_later(self, task: ClaimedTask) -> None:
         outcome = Outcome(task.attempt_id, OutcomeKind.RELEASE, message="instance went away")
-        task_ = asyncio.create_task(self._results.submit(_Posted(None, outcome)))
-        self._background.add(task_)
-        task_.add_done_callback(self._background.discard)
+        self._spawn(self._results.submit(_Posted(None, outcome)))
 
     # -- results ---------------------------------------------------------------------------
 
@@ -404,14 +460,22 @@ class Engine:
             await tx.record_verdicts(verdicts, now)
             settled = await tx.notify()
         self._after_commit(settled)
-        for node, *_ in changes:
-            self._forget(node.attempt_id)
+        for attempt_id, (status, _) in answers.items():
+            if status is not ResultStatus.FORBIDDEN:
+                self._forget(attempt_id)
         return [answers[i.outcome.attempt_id] for i in items]
 
     def _forget(self, attempt_id: str) -> None:
         self._known_leases.pop(attempt_id, None)
-        self._holder.pop(attempt_id, None)
         self._cancelled.pop(attempt_id, None)
+        self._release_holder(attempt_id)
+
+    def _release_holder(self, attempt_id: str) -> None:
+        holder = self._holder.pop(attempt_id, None)
+        instance = self._instances.get(holder) if holder is not None else None
+        if instance is not None:
+            instance.held.discard(attempt_id)
+            self._idle(instance)
 
     def _after_commit(self, settled: Settled) -> None:
         self._signals.ready(settled.ready_runners)
@@ -460,7 +524,7 @@ class Engine:
             elif attempt_id in self._known_leases:
                 leases.append((attempt_id, self._known_leases[attempt_id]))
                 self._holder[attempt_id] = instance_id
-        for attempt_id in lost:
+        for attempt_id in lost + [a for a, _ in cancellations]:
             self._forget(attempt_id)
         return HeartbeatReply(
             leases,
@@ -509,6 +573,8 @@ class Engine:
             if holder is not None and holder in self._pushes:
                 pushes.setdefault(holder, []).append((attempt_id, "cancelled"))
         for holder, cancellations in pushes.items():
+            for attempt_id, _ in cancellations:
+                self._release_holder(attempt_id)
             instance = self._instances.get(holder)
             drain = instance.drain if instance is not None else None
             self._pushes[holder].put_nowait(

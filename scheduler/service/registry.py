@@ -18,7 +18,8 @@ from scheduler.domain.errors import (
 )
 from scheduler.domain.limits import Limits
 from scheduler.domain.paging import Page, PageRequest
-from scheduler.domain.ports import RegistryStore, RegistryTx, RunnerFilter
+from scheduler.domain.ports import RegistryTx, RunnerFilter, Store
+from scheduler.domain.provisioning import RunnerStatus
 from scheduler.domain.registry import (
     NodeTemplate,
     Runner,
@@ -76,7 +77,7 @@ def _classify(kind: str, name: str, old: object | None, new: object) -> ApplyAct
 
 
 class Registry:
-    def __init__(self, store: RegistryStore, limits: Limits) -> None:
+    def __init__(self, store: Store, limits: Limits) -> None:
         self._store = store
         self._limits = limits
 
@@ -98,6 +99,11 @@ class Registry:
         if name not in found:
             raise NotFound("runner", name)
         return found[name]
+
+    async def runner_status(self, names: Sequence[str]) -> dict[str, RunnerStatus]:
+        """What the provisioner wants and sees for these Runners, with their task counts."""
+        async with self._store.transaction() as tx:
+            return await tx.runner_status(names)
 
     async def list_runners(self, page: PageRequest, where: RunnerFilter) -> Page[Runner]:
         async with self._store.transaction() as tx:

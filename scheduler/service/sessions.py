@@ -218,15 +218,23 @@ class Sessions:
             session_id, session = await self._find(tx, name, with_nodes=not cursor)
             if not cursor:
                 seq = session.event_seq
+            elif seq > session.event_seq:
+                raise InvalidArgument(
+                    [FieldViolation("cursor", f"is past the last change ({session.event_seq})")]
+                )
         changed = self._signals.watch_session(session_id)
         try:
             if not cursor:
                 yield Snapshot(str(seq), session)
-            ended = session.state.final and not cursor
-            while not ended:
+            ended = session.state.final and seq >= session.event_seq
+            while not ended and not self._signals.closing:
                 changed.clear()
                 async with self._store.snapshot() as tx:
                     events = await tx.events_after(session_id, seq, _WATCH_BATCH)
+                    if not events:
+                        # A cursor at (or past) the end of an ended Session: nothing follows.
+                        now_state = await tx.session(name, with_nodes=False)
+                        ended = now_state is not None and now_state[1].state.final
                 for event in events:
                     seq = event.seq
                     yield Change(str(seq), event)

@@ -14,9 +14,11 @@ from collections.abc import Callable, Iterable
 class Signals:
     def __init__(self) -> None:
         self._ready: dict[str, set[Callable[[], None]]] = defaultdict(set)
+        self._any_ready: set[Callable[[], None]] = set()
         self._sessions: dict[int, set[asyncio.Event]] = defaultdict(set)
         self._any_session: set[asyncio.Event] = set()
         self._cancel: set[Callable[[list[str]], None]] = set()
+        self.closing = False
 
     # -- a Runner has claimable work -------------------------------------------------------------
 
@@ -24,14 +26,27 @@ class Signals:
         self._ready[runner].add(callback)
         return lambda: self._ready[runner].discard(callback)
 
+    def on_any_ready(self, callback: Callable[[], None]) -> Callable[[], None]:
+        self._any_ready.add(callback)
+        return lambda: self._any_ready.discard(callback)
+
     def ready(self, runners: Iterable[str]) -> None:
+        woke = False
         for runner in runners:
+            woke = True
             for callback in list(self._ready.get(runner, ())):
+                callback()
+        if woke:
+            for callback in list(self._any_ready):
                 callback()
 
     def ready_all(self) -> None:
         """After missed notifications (LISTEN reconnected): every dispatcher looks again."""
-        self.ready(list(self._ready))
+        for callbacks in list(self._ready.values()):
+            for callback in list(callbacks):
+                callback()
+        for callback in list(self._any_ready):
+            callback()
 
     # -- a Session changed -----------------------------------------------------------------------
 
@@ -52,6 +67,9 @@ class Signals:
         self._any_session.add(event)
         return event
 
+    def unwatch_any_session(self, event: asyncio.Event) -> None:
+        self._any_session.discard(event)
+
     def sessions_changed(self, session_ids: Iterable[int]) -> None:
         for session_id in session_ids:
             for event in self._sessions.get(session_id, ()):
@@ -65,6 +83,11 @@ class Signals:
     def everything_changed(self) -> None:
         """Notifications may have been missed: every waiter looks again."""
         self.ready_all()
+        self.all_sessions_changed()
+
+    def close(self) -> None:
+        """Shutting down: end every Watch now (clients resume from their cursor elsewhere)."""
+        self.closing = True
         self.all_sessions_changed()
 
     # -- attempts were cancelled -----------------------------------------------------------------

@@ -12,6 +12,7 @@ import asyncpg
 
 from scheduler.domain.errors import Unavailable
 from scheduler.store.listener import leadership
+from scheduler.store.provisioning import PgProvisioningTx
 from scheduler.store.registry import PgRegistryTx
 from scheduler.store.sessions import PgSessionTx
 
@@ -34,7 +35,7 @@ def _unavailable_when_down() -> Iterator[None]:
         raise Unavailable(f"the database is unavailable ({type(exc).__name__}); retry") from exc
 
 
-class PgTx(PgRegistryTx, PgSessionTx):
+class PgTx(PgRegistryTx, PgSessionTx, PgProvisioningTx):
     """Everything the services can do in one transaction."""
 
 

@@ -15,6 +15,7 @@ from heat.scheduler.v1 import (
 )
 
 from scheduler.domain import registry as reg
+from scheduler.domain.provisioning import RunnerStatus
 from scheduler.service.registry import ApplyAction, ApplyOutcome, Manifest
 
 
@@ -88,8 +89,21 @@ def runner(message: runner_pb2.Runner) -> reg.Runner:
     )
 
 
-def runner_message(value: reg.Runner) -> runner_pb2.Runner:
+def status_message(value: RunnerStatus) -> runner_pb2.RunnerStatus:
+    return runner_pb2.RunnerStatus(
+        desired_pods=value.desired,
+        observed_pods=value.observed,
+        ready_pods=value.ready,
+        queued_tasks=value.queued,
+        running_tasks=value.running,
+        last_provisioning_error=value.last_error,
+        last_provisioning_error_time=to_timestamp(value.last_error_time),
+    )
+
+
+def runner_message(value: reg.Runner, status: RunnerStatus | None = None) -> runner_pb2.Runner:
     return runner_pb2.Runner(
+        status=status_message(status) if status is not None else None,
         id=value.id,
         name=value.name,
         description=value.description,

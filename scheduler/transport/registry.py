@@ -7,10 +7,12 @@ from typing import Any, TypeAlias
 import grpc
 from heat.scheduler.v1 import registry_service_pb2 as pb
 from heat.scheduler.v1 import registry_service_pb2_grpc as pb_grpc
+from heat.scheduler.v1 import runner_pb2
 
 from scheduler.domain.limits import Limits
 from scheduler.domain.paging import PageRequest
 from scheduler.domain.ports import RunnerFilter
+from scheduler.domain.registry import Runner
 from scheduler.service.registry import Registry
 from scheduler.transport import convert
 
@@ -33,11 +35,16 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
         created = await self._registry.create_runner(convert.runner(request.runner))
         return pb.CreateRunnerResponse(runner=convert.runner_message(created))
 
+    async def _with_status(self, runners: list[Runner]) -> list[runner_pb2.Runner]:
+        statuses = await self._registry.runner_status([r.name for r in runners])
+        return [convert.runner_message(r, statuses.get(r.name)) for r in runners]
+
     async def GetRunner(
         self, request: pb.GetRunnerRequest, context: Context
     ) -> pb.GetRunnerResponse:
         found = await self._registry.get_runner(request.name)
-        return pb.GetRunnerResponse(runner=convert.runner_message(found))
+        (message,) = await self._with_status([found])
+        return pb.GetRunnerResponse(runner=message)
 
     async def ListRunners(
         self, request: pb.ListRunnersRequest, context: Context
@@ -48,7 +55,7 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
         )
         page = await self._registry.list_runners(self._page(request), where)
         return pb.ListRunnersResponse(
-            runners=[convert.runner_message(r) for r in page.items],
+            runners=await self._with_status(page.items),
             next_page_token=page.next_token,
         )
 

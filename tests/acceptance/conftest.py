@@ -94,7 +94,7 @@ def serve(
 
 @pytest.fixture
 def served(db_dsn: str) -> Iterator[Served]:
-    server = serve("--database-url", db_dsn, "--shutdown-grace", "2")
+    server = serve("--database-url", db_dsn, "--shutdown-grace", "2", "--provisioner", "none")
     yield server
     if server.process.poll() is None:
         server.process.kill()

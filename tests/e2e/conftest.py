@@ -29,7 +29,10 @@ FINAL = {
     session_pb2.SESSION_STATE_FAILED,
     session_pb2.SESSION_STATE_CANCELLED,
 }
-QUICK = ("--lease-duration", "2", "--heartbeat-interval", "0.5", "--shutdown-grace", "2")
+QUICK = (
+    "--lease-duration", "2", "--heartbeat-interval", "0.5", "--shutdown-grace", "2",
+    "--provisioner", "none",
+)  # fmt: skip
 
 
 def manifest(max_attempts: int = 3) -> dict[str, Any]:

@@ -18,7 +18,13 @@ from tests.helpers import Scheduler
 @asynccontextmanager
 async def serving(dsn: str, **overrides: Any) -> AsyncIterator[Scheduler]:
     settings = Settings(
-        **{"listen": "127.0.0.1:0", "database_url": dsn, "shutdown_grace": 1.0, **overrides}
+        **{
+            "listen": "127.0.0.1:0",
+            "database_url": dsn,
+            "shutdown_grace": 1.0,
+            "provisioner": "none",
+            **overrides,
+        }
     )
     async with app.running(settings) as running:
         address = f"127.0.0.1:{running.port}"

@@ -211,11 +211,13 @@ async def test_watch_streams_changes_and_resumes_from_a_cursor(scheduler: Schedu
     claimer = Claimer(scheduler, secret, "i1", credits=2)
     try:
         a = await claimer.task()
-        first = await asyncio.wait_for(watch.read(), 10)
-        assert (first.node_change.node.key, first.node_change.node.state) == (
+        running = await asyncio.wait_for(watch.read(), 10)
+        assert (running.node_change.node.key, running.node_change.node.state) == (
             "a",
             s.NODE_STATE_RUNNING,
         )
+        first = await asyncio.wait_for(watch.read(), 10)
+        assert first.session_change.state == s.SESSION_STATE_RUNNING, "the Session started"
         watch.cancel()  # the watcher goes away mid-session...
         await post(scheduler, secret, success(a.attempt_id, 1))
         b = await claimer.task()
@@ -242,6 +244,10 @@ async def test_watch_streams_changes_and_resumes_from_a_cursor(scheduler: Schedu
         ("b", "NODE_STATE_SUCCEEDED"),
         ("session", "SESSION_STATE_SUCCEEDED"),
     ]
+    at_end = sessions(scheduler).WatchSession(
+        spb.WatchSessionRequest(name=created.name, cursor=rest[-1].cursor)
+    )
+    assert [m async for m in at_end] == [], "a cursor at the end of an ended Session: done"
     cursors = [int(m.cursor) for m in rest]
     assert cursors == list(range(int(first.cursor) + 1, int(first.cursor) + 6))
     # A watch of an ended Session sends the snapshot and ends.

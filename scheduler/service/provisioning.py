@@ -1,0 +1,240 @@
+"""The reconciler: runner instances follow the work, one replica at a time.
+
+Level-triggered: every pass compares what each Runner should have (from queued and running
+tasks) with what the provisioner observes, creates what is missing, removes instances that
+have ended, and records the Runner's status. A pass runs when something changes — work
+becomes ready, the provisioner's watch sees an instance change — or when a failure backoff
+ends; never on a polling interval. Scale-down is not decided here: an instance that stays
+idle for its Runner's idle period drains itself through the engine, within a budget this
+pass records (live instances beyond the desired count).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Final
+
+import asyncpg
+
+from scheduler.domain.clock import Clock
+from scheduler.domain.errors import Unavailable
+from scheduler.domain.ports import Provisioner, Store
+from scheduler.domain.provisioning import (
+    Backoff,
+    InstanceSpec,
+    Observed,
+    Phase,
+    RunnerStatus,
+    desired_instances,
+    plan,
+)
+from scheduler.domain.registry import Runner
+from scheduler.service.registry import Registry
+from scheduler.service.signals import Signals
+
+log = logging.getLogger(__name__)
+
+RECONCILER_LOCK: Final = 0x4845415450524F56  # "HEATPROV"
+SETTLE_GAP: Final = 0.25
+
+
+@dataclass(frozen=True, slots=True)
+class ProvisionSettings:
+    scheduler_address: str
+    scheduler_name: str
+    failure_backoff: timedelta = timedelta(seconds=1)
+    failure_backoff_cap: timedelta = timedelta(minutes=5)
+
+
+class Reconciler:
+    def __init__(
+        self,
+        store: Store,
+        provisioner: Provisioner,
+        registry: Registry,
+        signals: Signals,
+        clock: Clock,
+        settings: ProvisionSettings,
+    ) -> None:
+        self._store = store
+        self._provisioner = provisioner
+        self._registry = registry
+        self._signals = signals
+        self._clock = clock
+        self._settings = settings
+        self._wake = asyncio.Event()
+        self._backoff: dict[str, Backoff] = defaultdict(Backoff)
+        self._errors: dict[str, str] = {}
+        self._task: asyncio.Task[None] | None = None
+        self.passes = 0
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="reconciler")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def _run(self) -> None:
+        delay = 0.1
+        while True:
+            try:
+                async with self._store.leadership(RECONCILER_LOCK) as lost:
+                    log.info("this replica provisions runners (%s)", self._provisioner.name)
+                    delay = 0.1
+                    await self._provisioner.start(self.wake)
+                    try:
+                        await self._lead(lost)
+                    finally:
+                        await self._provisioner.stop()
+            except (Unavailable, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.warning("reconciler lost its database (%s); retrying", exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+    async def _lead(self, lost: asyncio.Event) -> None:
+        # Ready work wakes a pass at once (scale-up latency matters). Any other change of a
+        # Session (tasks finishing) may lower the desired count: that wakes a pass too, but
+        # at most every SETTLE_GAP, so a busy scheduler does not reconcile per result.
+        unsubscribe = self._signals.on_any_ready(self.wake)
+        changed = self._signals.watch_any_session()
+        try:
+            while not lost.is_set():
+                self._wake.clear()
+                changed.clear()
+                next_at = await self.reconcile()
+                timeout = None
+                if next_at is not None:
+                    timeout = max((next_at - self._clock.now()).total_seconds(), 0.0) + 0.01
+                hard = [asyncio.create_task(e.wait()) for e in (self._wake, lost)]
+                soft = asyncio.create_task(self._after(changed, SETTLE_GAP))
+                try:
+                    await asyncio.wait(
+                        [*hard, soft], timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+                    )
+                finally:
+                    for waiter in [*hard, soft]:
+                        waiter.cancel()
+        finally:
+            unsubscribe()
+            self._signals.unwatch_any_session(changed)
+
+    @staticmethod
+    async def _after(event: asyncio.Event, gap: float) -> None:
+        await event.wait()
+        await asyncio.sleep(gap)
+
+    async def reconcile(self) -> datetime | None:
+        """One pass over every Runner; when the next pass is due without a wake-up."""
+        self.passes += 1
+        now = self._clock.now()
+        async with self._store.transaction() as tx:
+            runners = await tx.all_runners()
+            work = await tx.work_by_runner()
+        observed: dict[str, list[Observed]] = defaultdict(list)
+        for instance in self._provisioner.observed():
+            observed[instance.runner].append(instance)
+        statuses: list[RunnerStatus] = []
+        ended: list[str] = []
+        failed: list[str] = []
+        for runner in runners:
+            queued, running = work.get(runner.name, (0, 0))
+            desired = desired_instances(runner, queued, running)
+            instances = observed.pop(runner.name, [])
+            error = await self._converge(runner, desired, instances, now, ended, failed)
+            live = [i for i in self._provisioner.observed() if i.runner == runner.name and i.live]
+            statuses.append(
+                RunnerStatus(
+                    runner=runner.name,
+                    desired=desired,
+                    observed=len(live),
+                    ready=sum(i.ready for i in live),
+                    last_error=error,
+                    last_error_time=now if error else None,
+                )
+            )
+        for orphans in observed.values():
+            # Instances of Runners that were deleted: nothing will ever claim for them.
+            for instance in orphans:
+                if not instance.deleting:
+                    await self._delete(instance)
+                    ended.append(instance.name)
+        async with self._store.transaction() as tx:
+            await tx.save_runner_status(statuses, now)
+            await tx.forget_drains(ended)
+            expired = await tx.expire_leases_of(failed, now)
+            if expired:
+                await tx.notify_tick()
+        if expired:
+            log.info("requeueing %d tasks of failed instances", expired)
+        waits = [b.until for b in self._backoff.values() if b.until is not None and b.until > now]
+        return min(waits, default=None)
+
+    async def _converge(
+        self,
+        runner: Runner,
+        desired: int,
+        instances: list[Observed],
+        now: datetime,
+        ended: list[str],
+        failed: list[str],
+    ) -> str:
+        """Create and remove this Runner's instances; the error to show on its status."""
+        error = ""
+        if any(i.phase is Phase.RUNNING and i.ready for i in instances):
+            self._backoff[runner.name] = Backoff()
+        steps = plan(runner, desired, instances, now=now, backoff=self._backoff[runner.name])
+        for instance in steps.delete:
+            if instance.phase is Phase.FAILED:
+                error = f"instance {instance.name} failed: {instance.reason or 'unknown reason'}"
+                failed.append(instance.name)
+                self._backoff[runner.name] = self._backoff[runner.name].after_failure(
+                    now, self._settings.failure_backoff, self._settings.failure_backoff_cap
+                )
+                log.warning("runner %s: %s", runner.name, error)
+            error = await self._delete(instance) or error
+            ended.append(instance.name)
+        if steps.create and self._backoff[runner.name].allows(now):
+            error = await self._create(runner, steps.create, now) or error
+        return error
+
+    async def _create(self, runner: Runner, count: int, now: datetime) -> str:
+        try:
+            if not await self._provisioner.has_credential(runner.name):
+                credential = await self._registry.issue_credential(
+                    runner.name,
+                    f"{self._provisioner.name} instances of scheduler "
+                    f"{self._settings.scheduler_name}",
+                )
+                await self._provisioner.store_credential(runner.name, credential.secret)
+            spec = InstanceSpec(
+                runner, self._settings.scheduler_address, self._settings.scheduler_name
+            )
+            for _ in range(count):
+                created = await self._provisioner.create(spec)
+                log.info("runner %s: created instance %s", runner.name, created.name)
+        except Exception as exc:  # the backend's errors are shown on the Runner, then retried
+            message = f"cannot create an instance: {exc}"
+            log.warning("runner %s: %s", runner.name, message)
+            self._backoff[runner.name] = self._backoff[runner.name].after_failure(
+                now, self._settings.failure_backoff, self._settings.failure_backoff_cap
+            )
+            return message
+        return ""
+
+    async def _delete(self, instance: Observed) -> str:
+        try:
+            await self._provisioner.delete(instance)
+        except Exception as exc:  # retried on the next pass, shown meanwhile
+            return f"cannot delete instance {instance.name}: {exc}"
+        return ""

@@ -1,0 +1,162 @@
+"""Provisioning with the local backend: runner processes follow the work, then go away."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from google.protobuf import json_format
+from heat.scheduler.v1 import registry_service_pb2 as rpb
+from heat.scheduler.v1 import session_pb2 as s
+from heat.scheduler.v1 import session_service_pb2 as spb
+from heat.scheduler.v1 import session_service_pb2_grpc as spb_grpc
+
+from scheduler.domain.provisioning import Phase
+from tests.helpers import Scheduler
+from tests.integration.conftest import serving
+
+WORKER = Path(__file__).parent.parent / "e2e" / "worker.py"
+FINAL = {s.SESSION_STATE_SUCCEEDED, s.SESSION_STATE_FAILED, s.SESSION_STATE_CANCELLED}
+
+
+async def apply(sc: Scheduler, **runner: Any) -> None:
+    manifest = {
+        "runners": [
+            {
+                "name": "w",
+                "containerImage": "busybox",
+                "cpuLimit": "1",
+                "memoryLimit": "64Mi",
+                "tasksPerPod": 2,
+                "maxPods": 3,
+                "idlePeriod": "1s",
+                **runner,
+            }
+        ],
+        "nodeTemplates": [{"name": "echo", "runner": "w", "multipleInputs": True}],
+    }
+    await sc.registry.ApplyManifest(
+        json_format.ParseDict({"manifest": manifest}, rpb.ApplyManifestRequest())
+    )
+
+
+async def submit(sc: Scheduler, nodes: list[dict[str, Any]]) -> str:
+    created = await spb_grpc.SessionServiceStub(sc.channel).CreateSession(
+        json_format.ParseDict({"dag": {"nodes": nodes}}, spb.CreateSessionRequest())
+    )
+    name: str = created.session.name
+    return name
+
+
+async def finished(sc: Scheduler, name: str, timeout: float = 60) -> s.Session:
+    stub = spb_grpc.SessionServiceStub(sc.channel)
+    async with asyncio.timeout(timeout):
+        async for item in stub.WatchSession(spb.WatchSessionRequest(name=name)):
+            if item.WhichOneof("event") == "snapshot" and item.snapshot.state in FINAL:
+                break
+            if item.WhichOneof("event") == "session_change" and item.session_change.state in FINAL:
+                break
+    got = await stub.GetSession(spb.GetSessionRequest(name=name))
+    return got.session
+
+
+async def until(predicate: Any, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.05)
+
+
+def local(log: Path, command: str | None = None) -> dict[str, Any]:
+    command = command or f"{sys.executable} {WORKER}"
+    return {
+        "provisioner": "local",
+        "local_runners": f"w={command}",
+        "lease_duration": 2.0,
+        "heartbeat_interval": 0.5,
+    }
+
+
+async def test_instances_follow_the_work_and_go_away_when_idle(
+    db_dsn: str, tmp_path: Path, monkeypatch: Any
+) -> None:
+    log = tmp_path / "worker.log"
+    monkeypatch.setenv("HEAT_TEST_LOG", str(log))
+    async with serving(db_dsn, **local(log)) as sc:
+        await apply(sc)
+        reconciler = sc.running.reconciler
+        assert reconciler is not None
+        provisioner = reconciler._provisioner
+        started = time.monotonic()
+        name = await submit(
+            sc,
+            [{"key": f"n{i}", "nodeTemplate": "echo", "config": {"sleep": 0.5}} for i in range(8)],
+        )
+        # Eight tasks, two per instance, at most three instances.
+        await until(lambda: sum(o.live for o in provisioner.observed()) == 3)
+        created = min(o.created for o in provisioner.observed() if o.created is not None)
+        session = await spb_grpc.SessionServiceStub(sc.channel).GetSession(
+            spb.GetSessionRequest(name=name)
+        )
+        ready_at = session.session.create_time.ToDatetime(tzinfo=created.tzinfo)
+        done = await finished(sc, name)
+        assert done.state == s.SESSION_STATE_SUCCEEDED
+        ran_on = {
+            line.split()[5] for line in log.read_text().splitlines() if line.startswith("done")
+        }
+        assert len(ran_on) == 3
+        runner = (await sc.registry.GetRunner(rpb.GetRunnerRequest(name="w"))).runner
+        assert runner.status.queued_tasks == 0 and runner.status.running_tasks == 0
+        # Idle for a second, each instance drains, exits 0 and is removed: no leftovers.
+        last_result = max(n.end_time.ToDatetime(tzinfo=created.tzinfo) for n in done.nodes)
+        await until(lambda: not provisioner.observed(), timeout=30)
+        gone_at = datetime.now(UTC)
+        elapsed = time.monotonic() - started
+        runner = (await sc.registry.GetRunner(rpb.GetRunnerRequest(name="w"))).runner
+        assert runner.status.observed_pods == 0 and runner.status.desired_pods == 0
+        assert not runner.status.last_provisioning_error
+        print(
+            f"\nscale 0 -> 3 -> 0 for 8 tasks in {elapsed:.2f}s; first ready task -> instance "
+            f"created {(created - ready_at).total_seconds() * 1000:.1f} ms; last result -> "
+            f"last instance gone {(gone_at - last_result).total_seconds():.2f} s (idle period 1 s)"
+        )
+
+
+async def test_a_busy_instance_is_never_drained(
+    db_dsn: str, tmp_path: Path, monkeypatch: Any
+) -> None:
+    log = tmp_path / "worker.log"
+    monkeypatch.setenv("HEAT_TEST_LOG", str(log))
+    async with serving(db_dsn, **local(log)) as sc:
+        await apply(sc, idlePeriod="0.3s", tasksPerPod=1)
+        name = await submit(sc, [{"key": "long", "nodeTemplate": "echo", "config": {"sleep": 3}}])
+        done = await finished(sc, name)
+        assert done.state == s.SESSION_STATE_SUCCEEDED
+        assert done.nodes[0].attempt == 1, "the instance holding the task was never drained"
+
+
+async def test_a_crashing_runner_backs_off_and_is_reported(db_dsn: str, tmp_path: Path) -> None:
+    crash = f"{sys.executable} -c 'raise SystemExit(7)'"
+    async with serving(db_dsn, **local(tmp_path / "log", crash)) as sc:
+        await apply(sc, tasksPerPod=1, maxPods=1)
+        await submit(sc, [{"key": "a", "nodeTemplate": "echo"}])
+        reconciler = sc.running.reconciler
+        assert reconciler is not None
+
+        async def status() -> Any:
+            return (await sc.registry.GetRunner(rpb.GetRunnerRequest(name="w"))).runner.status
+
+        deadline = time.monotonic() + 20
+        while "exit code 7" not in (await status()).last_provisioning_error:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.1)
+        failures_at = reconciler._backoff["w"].failures
+        await asyncio.sleep(3)
+        # Backing off 1s, 2s, 4s…: a handful of restarts in three seconds, not hundreds.
+        assert 1 <= reconciler._backoff["w"].failures - failures_at <= 3
+        ended = [o for o in reconciler._provisioner.observed() if o.phase is Phase.FAILED]
+        assert len(ended) <= 1, "failed instances are removed, not piled up"
