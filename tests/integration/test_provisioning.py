@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 import time
 from datetime import UTC, datetime
@@ -160,3 +161,31 @@ async def test_a_crashing_runner_backs_off_and_is_reported(db_dsn: str, tmp_path
         assert 1 <= reconciler._backoff["w"].failures - failures_at <= 3
         ended = [o for o in reconciler._provisioner.observed() if o.phase is Phase.FAILED]
         assert len(ended) <= 1, "failed instances are removed, not piled up"
+
+
+async def test_one_replica_provisions_and_another_takes_over(
+    db_dsn: str, tmp_path: Path, monkeypatch: Any
+) -> None:
+    monkeypatch.setenv("HEAT_TEST_LOG", str(tmp_path / "worker.log"))
+    stacks = [contextlib.AsyncExitStack() for _ in range(2)]
+    replicas = [await st.enter_async_context(serving(db_dsn, **local(tmp_path))) for st in stacks]
+    try:
+        await apply(replicas[0], idlePeriod="60s")
+        reconcilers = [r.running.reconciler for r in replicas]
+        assert all(r is not None for r in reconcilers)
+        await until(lambda: sum(r.passes > 0 for r in reconcilers if r) == 1)
+        leader = next(i for i, r in enumerate(reconcilers) if r and r.passes > 0)
+        follower = 1 - leader
+        name = await submit(replicas[follower], [{"key": "a", "nodeTemplate": "echo"}])
+        assert (await finished(replicas[follower], name)).state == s.SESSION_STATE_SUCCEEDED
+        assert reconcilers[follower] is not None and reconcilers[follower].passes == 0
+        # The leader goes away (its runner processes with it); the other replica takes over.
+        taken_over = time.monotonic()
+        await stacks[leader].aclose()
+        await until(lambda: reconcilers[follower] is not None and reconcilers[follower].passes > 0)
+        print(f"\nleader failover in {time.monotonic() - taken_over:.2f}s")
+        name = await submit(replicas[follower], [{"key": "b", "nodeTemplate": "echo"}])
+        assert (await finished(replicas[follower], name)).state == s.SESSION_STATE_SUCCEEDED
+    finally:
+        for stack in stacks:
+            await stack.aclose()
