@@ -97,8 +97,13 @@ async def migrate_database(dsn: str) -> list[str]:
 
 
 @asynccontextmanager
-async def running(settings: Settings) -> AsyncIterator[Running]:
-    """The scheduler, serving, for as long as the block runs; stopped gracefully after."""
+async def running(
+    settings: Settings, *, provisioner: Provisioner | None = None
+) -> AsyncIterator[Running]:
+    """The scheduler, serving, for as long as the block runs; stopped gracefully after.
+
+    ``provisioner`` replaces the one the settings name (tests hand in one of their own).
+    """
     async with AsyncExitStack() as stack:
         dsn = await stack.enter_async_context(database(settings))
         await migrate_database(dsn)
@@ -177,9 +182,14 @@ async def running(settings: Settings) -> AsyncIterator[Running]:
         reconciler = None
         if settings.provisioner != "none":
             # Stopped before the server, so local instances can hand their tasks back.
+            if provisioner is None:
+                provisioner = await make_provisioner(settings)
+                close = getattr(provisioner, "close", None)
+                if close is not None:
+                    stack.push_async_callback(close)
             reconciler = Reconciler(
                 store,
-                await make_provisioner(settings),
+                provisioner,
                 registry,
                 signals,
                 clock,

@@ -34,6 +34,7 @@ from kubernetes_asyncio.client import (
     V1DeleteOptions,
     V1Preconditions,
 )
+from kubernetes_asyncio.config.config_exception import ConfigException
 from kubernetes_asyncio.config.incluster_config import (
     SERVICE_CERT_FILENAME,
     SERVICE_HOST_ENV_NAME,
@@ -87,7 +88,6 @@ class _Gone(Exception):
 
 @dataclass(frozen=True, slots=True)
 class _Pod:
-    raw: Mapping[str, Any]
     observed: Observed
     rv: str
 
@@ -185,29 +185,23 @@ class KubernetesProvisioner:
     ) -> KubernetesProvisioner:
         """In-cluster configuration when ``KUBERNETES_SERVICE_HOST`` is set and no kubeconfig
         is given (the namespace defaults to the pod's own); else the kubeconfig (default
-        ``~/.kube/config``; the namespace defaults to its context's, then ``default``)."""
+        ``$KUBECONFIG``, then ``~/.kube/config``; the namespace defaults to its context's, then
+        ``default``). ProvisionerError when neither gives a configuration."""
         env = os.environ if environ is None else environ
         config = Configuration()
-        if kubeconfig is None and env.get(SERVICE_HOST_ENV_NAME):
-            folder = Path(service_account_dir)
-            InClusterConfigLoader(
-                token_filename=str(folder / "token"),
-                cert_filename=str(folder / "ca.crt"),
-                environ=dict(env),
-            ).load_and_set(config)
-            if namespace is None:
-                namespace_file = folder / "namespace"
-                namespace = (
-                    namespace_file.read_text().strip() if namespace_file.exists() else "default"
-                )
-        else:
-            loader = await load_kube_config(
-                config_file=kubeconfig, context=context, client_configuration=config,
-                persist_config=False,
-            )  # fmt: skip
-            if namespace is None:
-                current = loader.current_context or {}
-                namespace = str(current.get("context", {}).get("namespace") or "default")
+        try:
+            if kubeconfig is None and env.get(SERVICE_HOST_ENV_NAME):
+                namespace = _in_cluster(config, Path(service_account_dir), env, namespace)
+            else:
+                loader = await load_kube_config(
+                    config_file=_kubeconfig_paths(kubeconfig, env), context=context,
+                    client_configuration=config, persist_config=False,
+                )  # fmt: skip
+                if namespace is None:
+                    current = loader.current_context or {}
+                    namespace = str(current.get("context", {}).get("namespace") or "default")
+        except ConfigException as exc:
+            raise ProvisionerError(f"cannot configure the Kubernetes client: {exc}") from exc
         return cls(
             ApiClient(configuration=config),
             namespace=namespace,
@@ -360,7 +354,7 @@ class KubernetesProvisioner:
         observed = observe_pod(raw)
         if observed.created is None:
             observed = replace(observed, created=self._clock.now())
-        return _Pod(raw, observed, str(meta.get("resourceVersion") or ""))
+        return _Pod(observed, str(meta.get("resourceVersion") or ""))
 
     def _replace(self, pods: list[_Pod], version: str) -> None:
         """The cache becomes the list, except for pods created after it was taken."""
@@ -534,6 +528,30 @@ class KubernetesProvisioner:
         if not isinstance(data, dict):
             raise ValueError(f"expected a JSON object from the API, got {type(data).__name__}")
         return data
+
+
+def _in_cluster(
+    config: Configuration, folder: Path, env: Mapping[str, str], namespace: str | None
+) -> str:
+    """Configure from the pod's service account; the namespace (the pod's own by default)."""
+    InClusterConfigLoader(
+        token_filename=str(folder / "token"),
+        cert_filename=str(folder / "ca.crt"),
+        environ=dict(env),
+    ).load_and_set(config)
+    if namespace is not None:
+        return namespace
+    namespace_file = folder / "namespace"
+    return namespace_file.read_text().strip() if namespace_file.exists() else "default"
+
+
+def _kubeconfig_paths(kubeconfig: str | None, env: Mapping[str, str]) -> str:
+    """The kubeconfig file(s) to load (``$KUBECONFIG`` may list several); one must exist."""
+    paths = kubeconfig or env.get("KUBECONFIG") or str(Path.home() / ".kube" / "config")
+    if not any(Path(p).expanduser().exists() for p in paths.split(os.pathsep) if p):
+        where = "" if kubeconfig else f" and {SERVICE_HOST_ENV_NAME} is not set"
+        raise ProvisionerError(f"no Kubernetes configuration: no kubeconfig {paths}{where}")
+    return paths
 
 
 def _failure(action: str, exc: Exception) -> ProvisionerError:

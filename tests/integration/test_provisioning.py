@@ -171,18 +171,18 @@ async def test_one_replica_provisions_and_another_takes_over(
     replicas = [await st.enter_async_context(serving(db_dsn, **local(tmp_path))) for st in stacks]
     try:
         await apply(replicas[0], idlePeriod="60s")
-        reconcilers = [r.running.reconciler for r in replicas]
-        assert all(r is not None for r in reconcilers)
-        await until(lambda: sum(r.passes > 0 for r in reconcilers if r) == 1)
-        leader = next(i for i, r in enumerate(reconcilers) if r and r.passes > 0)
+        reconcilers = [r.running.reconciler for r in replicas if r.running.reconciler is not None]
+        assert len(reconcilers) == 2
+        await until(lambda: sum(r.passes > 0 for r in reconcilers) == 1)
+        leader = next(i for i, r in enumerate(reconcilers) if r.passes > 0)
         follower = 1 - leader
         name = await submit(replicas[follower], [{"key": "a", "nodeTemplate": "echo"}])
         assert (await finished(replicas[follower], name)).state == s.SESSION_STATE_SUCCEEDED
-        assert reconcilers[follower] is not None and reconcilers[follower].passes == 0
+        assert reconcilers[follower].passes == 0
         # The leader goes away (its runner processes with it); the other replica takes over.
         taken_over = time.monotonic()
         await stacks[leader].aclose()
-        await until(lambda: reconcilers[follower] is not None and reconcilers[follower].passes > 0)
+        await until(lambda: reconcilers[follower].passes > 0)
         print(f"\nleader failover in {time.monotonic() - taken_over:.2f}s")
         name = await submit(replicas[follower], [{"key": "b", "nodeTemplate": "echo"}])
         assert (await finished(replicas[follower], name)).state == s.SESSION_STATE_SUCCEEDED
