@@ -398,6 +398,15 @@ def _revoke(args: argparse.Namespace) -> int:
     return 0
 
 
+def _runners(args: argparse.Namespace) -> int:
+    with _channel(args) as channel:
+        stub = rpb_grpc.RegistryServiceStub(channel)
+        found = stub.ListRunners(rpb.ListRunnersRequest(page_size=1000), timeout=args.timeout)
+    for line in render.runners_table(found.runners, _width()):
+        print(line)
+    return 0
+
+
 # -- the command line -------------------------------------------------------------------------
 
 
@@ -483,6 +492,8 @@ def add_client_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
     cancel.add_argument("name")
     cancel.add_argument("--node", metavar="KEY", help="cancel only this node")
     cancel.add_argument("--reason", default="", metavar="TEXT")
+
+    add(commands, "runners", _runners, "Runners with their instances, work and last error")
 
     credentials = commands.add_parser("credentials", help="runner credentials")
     actions = credentials.add_subparsers(dest="credentials_command", required=True)

@@ -256,6 +256,23 @@ def credentials_table(credentials: Sequence[runner_pb2.RunnerCredential]) -> lis
     return table(["ID", "CREATED", "REVOKED", "DESCRIPTION"], rows)
 
 
+def runners_table(runners: Sequence[runner_pb2.Runner], width: int = 0) -> list[str]:
+    """Each Runner with its provisioning status: instances wanted / seen / ready, work, error."""
+    rows = [
+        [
+            r.name,
+            "yes" if r.enabled else "no",
+            f"{r.status.desired_pods}/{r.status.observed_pods}/{r.status.ready_pods}",
+            f"{r.status.queued_tasks}/{r.status.running_tasks}",
+            f"{r.min_pods}-{r.max_pods} x{r.tasks_per_pod}",
+            r.status.last_provisioning_error or "-",
+        ]
+        for r in runners
+    ]
+    headers = ["RUNNER", "ENABLED", "PODS WANT/SEE/READY", "TASKS Q/RUN", "SCALE", "LAST ERROR"]
+    return table(headers, rows, width)
+
+
 def error_lines(code: str, details: str, violations: Iterable[tuple[str, str]]) -> list[str]:
     """``error: CODE: details``, then one indented line per BadRequest field violation."""
     return [f"error: {code}: {details}", *(f"  {f}: {d}" for f, d in violations)]

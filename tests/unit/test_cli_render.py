@@ -310,3 +310,25 @@ def test_error_lines_list_each_field_violation() -> None:
         "  runner.memory_limit: '1GB' is not a Kubernetes quantity",
         "  runner.name: empty",
     ]
+
+
+def test_runners_table_shows_provisioning_status() -> None:
+    runner = runner_pb2.Runner(
+        name="csv-runner",
+        enabled=True,
+        min_pods=0,
+        max_pods=3,
+        tasks_per_pod=2,
+        status=runner_pb2.RunnerStatus(
+            desired_pods=2,
+            observed_pods=3,
+            ready_pods=1,
+            queued_tasks=4,
+            running_tasks=1,
+            last_provisioning_error="instance csv-runner-ab12 failed: exit code 7",
+        ),
+    )
+    header, row = render.runners_table([runner])
+    assert "PODS WANT/SEE/READY" in header
+    assert "2/3/1" in row and "4/1" in row and "0-3 x2" in row
+    assert "exit code 7" in row
