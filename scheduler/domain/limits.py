@@ -15,3 +15,8 @@ class Limits:
     max_page_size: int = 1000
     default_page_size: int = 100
     max_parameters_bytes: int = 256 * 1024
+    # Sessions larger than these come back without their nodes (they would not fit one
+    # message): CreateSession acknowledges, GetSession shows up to the second bound, and
+    # WatchSession streams every change.
+    max_created_nodes_shown: int = 1_000
+    max_nodes_shown: int = 10_000

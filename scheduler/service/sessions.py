@@ -119,7 +119,9 @@ class Sessions:
             )
             await tx.insert_session(new, now)
             settled = await tx.notify()
-            found = await tx.session(new.name, with_nodes=True)
+            found = await tx.session(
+                new.name, with_nodes=True, max_nodes=self._limits.max_created_nodes_shown
+            )
             assert found is not None
         self._signals.ready(settled.ready_runners)
         return found[1]
@@ -142,7 +144,9 @@ class Sessions:
 
     async def _find(self, tx: SessionTx, name: str, *, with_nodes: bool) -> tuple[int, Session]:
         raise_if(check_dns_label(name, "name"))
-        found = await tx.session(name, with_nodes=with_nodes)
+        found = await tx.session(
+            name, with_nodes=with_nodes, max_nodes=self._limits.max_nodes_shown
+        )
         if found is None:
             raise NotFound("session", name)
         return found

@@ -88,15 +88,19 @@ class PgSessionTx(Tx):
         self._ready_runners |= {n.runner for n in nodes if not n.upstream}
         return session_id
 
-    async def session(self, name: str, *, with_nodes: bool) -> tuple[int, Session] | None:
+    async def session(
+        self, name: str, *, with_nodes: bool, max_nodes: int = 1_000_000
+    ) -> tuple[int, Session] | None:
         rows = await self._fetch("session_by_name", name)
         if not rows:
             return None
         row = rows[0]
         counts = await self._counts([row["id"]])
         nodes: tuple[Node, ...] = ()
-        if with_nodes:
-            nodes = tuple(_node(n) for n in await self._fetch("session_nodes", row["id"]))
+        if with_nodes and row["node_count"] <= max_nodes:
+            rows = await self._fetch("session_nodes", row["id"])
+            keys = [n["key"] for n in rows]  # rows are in index order: idx i is keys[i]
+            nodes = tuple(_node(n, keys) for n in rows)
         return row["id"], _session(row, counts.get(row["id"], {}), nodes)
 
     async def _counts(self, ids: Sequence[int]) -> dict[int, dict[NodeState, int]]:
@@ -475,14 +479,14 @@ class PgSessionTx(Tx):
         return [r["runner"] for r in await self._fetch("queued_runners")]
 
 
-def _node(row: asyncpg.Record) -> Node:
+def _node(row: asyncpg.Record, keys: Sequence[str]) -> Node:
     state = NodeState(row["state"])
     return Node(
         key=row["key"],
         node_template=row["node_template"],
         runner=row["runner"],
         config=row["config"],
-        depends_on=tuple(row["depends_on"]),
+        depends_on=tuple(keys[i] for i in row["upstream"]),
         state=state,
         attempt=row["attempt"],
         outputs=row["outputs"],

@@ -293,3 +293,16 @@ async def test_expired_lease_makes_a_new_attempt(quick_scheduler: Scheduler) -> 
     outputs: Any = json_format.MessageToDict(got.nodes[0].outputs)
     assert outputs == "ok"
     assert "lease expired" in got.nodes[0].error.message
+
+
+async def test_large_sessions_come_back_without_their_nodes_where_they_would_not_fit(
+    scheduler: Scheduler,
+) -> None:
+    await setup_registry(scheduler)
+    created = (
+        await sessions(scheduler).CreateSession(dag(*((f"n{i}", []) for i in range(1500))))
+    ).session
+    assert not created.nodes, "CreateSession acknowledges a large Session without its nodes"
+    assert created.node_counts == {"NODE_STATE_QUEUED": 1500}
+    got = (await sessions(scheduler).GetSession(spb.GetSessionRequest(name=created.name))).session
+    assert len(got.nodes) == 1500 and got.nodes[1499].key == "n1499"

@@ -37,15 +37,12 @@ FROM nodes WHERE session_id = ANY($1::bigint[])
 GROUP BY session_id, state;
 
 -- session_nodes --
--- A Session's nodes in index (topological) order, with upstream keys.
-SELECT n.idx, n.key, n.node_template, n.runner, n.config, n.state, n.attempt, n.outputs,
-       n.error, n.ready_time, n.start_time, n.end_time, n.not_before,
-       ARRAY(SELECT u.key FROM nodes AS u
-             WHERE u.session_id = n.session_id AND u.idx = ANY(n.upstream)
-             ORDER BY u.idx) AS depends_on
-FROM nodes AS n
-WHERE n.session_id = $1
-ORDER BY n.idx;
+-- A Session's nodes in index (topological) order; upstream nodes by index.
+SELECT idx, key, node_template, runner, config, state, attempt, outputs, error, ready_time,
+       start_time, end_time, not_before, upstream
+FROM nodes
+WHERE session_id = $1
+ORDER BY idx;
 
 -- list_sessions --
 -- A page of Sessions, newest first, after a (create_time, id) position, filtered.
