@@ -10,6 +10,7 @@ from typing import Any, Final, TypeVar
 from scheduler.domain.errors import FieldViolation, InvalidArgument
 from scheduler.domain.limits import Limits
 from scheduler.domain.validation import (
+    ConfigChecker,
     DagNodeSpec,
     check_config,
     check_cpu,
@@ -19,6 +20,7 @@ from scheduler.domain.validation import (
     check_json_schema,
     check_memory,
     check_text,
+    config_checker,
     merge_config,
 )
 
@@ -249,13 +251,15 @@ def check_dag_nodes(
         multiple_inputs=multiple_inputs,
         max_nodes=limits.max_dag_nodes,
     )
+    checkers: dict[str, ConfigChecker] = {}
     for i, node in enumerate(nodes):
         template = templates(node.node_template)
-        if template is not None:
-            merged_path = f"{prefix}.nodes[{i}].config"
-            out += check_config(
-                effective_config(template, node), template.config_schema, merged_path
-            )
+        if template is None or not template.config_schema:
+            continue
+        check = checkers.get(template.name)
+        if check is None:
+            check = checkers[template.name] = config_checker(template.config_schema)
+        out += check(effective_config(template, node), f"{prefix}.nodes[{i}].config")
     return out
 
 

@@ -351,6 +351,41 @@ def check_json_schema(schema: Mapping[str, Any] | None, field: str) -> list[Fiel
     return []
 
 
+ConfigChecker = Callable[[Mapping[str, Any], str], list[FieldViolation]]
+
+
+def config_checker(schema: Mapping[str, Any] | None, *, partial: bool = False) -> ConfigChecker:
+    """``check_config`` for one schema, its validator built once: a DAG of 100,000 nodes of one
+    template checks each node's configuration without compiling the schema again."""
+    if not schema:
+        return lambda config, field: []
+    validator = (_dialect(schema) or Draft202012Validator)(schema)
+
+    def check(config: Mapping[str, Any], field: str) -> list[FieldViolation]:
+        try:
+            errors = sorted(validator.iter_errors(config), key=_error_order)
+        except Unresolvable as error:
+            # Remote references are never fetched: validation stays pure and offline.
+            return [
+                FieldViolation(
+                    field,
+                    f"cannot be checked: the schema's reference {_shown(error.ref)} does not "
+                    "resolve; a schema may only refer to its own parts",
+                )
+            ]
+        except RecursionError:
+            return [
+                FieldViolation(field, "is nested too deeply to check; flatten the configuration")
+            ]
+        return [
+            FieldViolation(_config_path(field, e.absolute_path), _bounded(e.message))
+            for e in errors
+            if not (partial and e.validator == "required")
+        ]
+
+    return check
+
+
 def check_config(
     config: Mapping[str, Any],
     schema: Mapping[str, Any] | None,
@@ -363,27 +398,7 @@ def check_config(
     ``partial`` is for defaults that nodes complete: a missing required property is fine there,
     a present property of the wrong kind is not.
     """
-    if not schema:
-        return []
-    validator = (_dialect(schema) or Draft202012Validator)(schema)
-    try:
-        errors = sorted(validator.iter_errors(config), key=_error_order)
-    except Unresolvable as error:
-        # Remote references are never fetched: validation stays pure and offline.
-        return [
-            FieldViolation(
-                field,
-                f"cannot be checked: the schema's reference {_shown(error.ref)} does not resolve;"
-                " a schema may only refer to its own parts",
-            )
-        ]
-    except RecursionError:
-        return [FieldViolation(field, "is nested too deeply to check; flatten the configuration")]
-    return [
-        FieldViolation(_config_path(field, e.absolute_path), _bounded(e.message))
-        for e in errors
-        if not (partial and e.validator == "required")
-    ]
+    return config_checker(schema, partial=partial)(config, field)
 
 
 def merge_config(defaults: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:

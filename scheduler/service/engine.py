@@ -51,6 +51,7 @@ _RETRYABLE_DB_ERRORS: Final = (
 )
 _TIMEKEEPER_BATCH: Final = 500
 _CREDENTIAL_TTL: Final = timedelta(seconds=10)
+_PRUNE_AT: Final = 50_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -375,7 +376,19 @@ class Engine:
             self._after_commit(settled)
         for task in tasks:
             self._known_leases[task.attempt_id] = task.lease_deadline
+        if len(self._known_leases) > _PRUNE_AT:
+            self._prune(now)
         return tasks
+
+    def _prune(self, now: datetime) -> None:
+        """Forget leases that ran out long ago: their attempts were settled by another
+        replica (or expired), so no heartbeat or result will come here for them."""
+        cutoff = now - self.settings.lease_duration
+        for attempt_id, deadline in list(self._known_leases.items()):
+            if deadline < cutoff:
+                del self._known_leases[attempt_id]
+        for attempt_id in [a for a in self._holder if a not in self._known_leases]:
+            self._release_holder(attempt_id)
 
     def _release_later(self, task: ClaimedTask) -> None:
         outcome = Outcome(task.attempt_id, OutcomeKind.RELEASE, message="instance went away")
