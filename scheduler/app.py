@@ -8,7 +8,7 @@ import signal
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import asyncpg
 import grpc
@@ -132,7 +132,9 @@ async def running(
                     int(i) for i in ids.split(",") if i
                 ),
                 CANCEL_CHANNEL: lambda ids: signals.cancelled([i for i in ids.split(",") if i]),
-                TICK_CHANNEL: lambda _: engine.nudge_timekeeper(),
+                TICK_CHANNEL: lambda at: engine.deadline_written(
+                    datetime.fromisoformat(at) if at else None
+                ),
             },
             on_reconnect=signals.everything_changed,
         )

@@ -96,7 +96,7 @@ class Settings:
     shutdown_grace: float = 10.0
     log_level: str = "INFO"
     log_format: str = "text"
-    max_message_bytes: int = 4 * 1024 * 1024
+    max_message_bytes: int = 64 * 1024 * 1024
     max_dag_nodes: int = 100_000
     db_pool_size: int = 20
     lease_duration: float = 30.0

@@ -264,6 +264,10 @@ def check_dag_nodes(
 
 
 def effective_config(template: NodeTemplate, node: DagNode) -> JsonObject:
+    """Defaults merged with the node's overrides. Without overrides it is the template's
+    own (shared, so never to be changed in place: configurations are read-only from here)."""
+    if not node.config:
+        return template.default_config
     return merge_config(template.default_config, node.config)
 
 

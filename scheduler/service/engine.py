@@ -167,6 +167,7 @@ class Engine:
         )
         self._timekeeper: asyncio.Task[None] | None = None
         self._tick = asyncio.Event()
+        self._sleep_until: datetime | None = None
         self._unsubscribe_cancel = signals.on_cancel(self._on_cancelled)
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -186,9 +187,6 @@ class Engine:
         await self._results.close()
         await self._leases.close()
         self._unsubscribe_cancel()
-
-    def nudge_timekeeper(self) -> None:
-        self._tick.set()
 
     # -- authentication --------------------------------------------------------------------
 
@@ -376,6 +374,8 @@ class Engine:
             self._after_commit(settled)
         for task in tasks:
             self._known_leases[task.attempt_id] = task.lease_deadline
+        if tasks:
+            self.deadline_written(min(t.attempt_deadline for t in tasks))
         if len(self._known_leases) > _PRUNE_AT:
             self._prune(now)
         return tasks
@@ -471,6 +471,9 @@ class Engine:
                     downstream[attempt_id] = children
             await tx.settle(changes, downstream, now)
             await tx.record_verdicts(verdicts, now)
+            retry_at = min((c[4] for c in changes if c[4] is not None), default=None)
+            if retry_at is not None:
+                await tx.notify_tick(retry_at)
             settled = await tx.notify()
         self._after_commit(settled)
         for attempt_id, (status, _) in answers.items():
@@ -614,9 +617,7 @@ class Engine:
             delay = min(delay * 2, 5.0)
 
     async def _lead(self, lost: asyncio.Event) -> None:
-        changed = self._signals.watch_any_session()
         while not lost.is_set():
-            changed.clear()
             self._tick.clear()
             now = self._clock.now()
             busy = await self._expire(now) | await self._requeue(now)
@@ -624,17 +625,26 @@ class Engine:
                 continue
             async with self._store.transaction() as tx:
                 at = await tx.next_deadline()
-            # New leases and retries come from commits, which set ``changed``; the cap only
-            # bounds how stale a deadline computed here can get.
+            # Claims only write leases later than now + lease_duration, so the cap covers
+            # them without a wake-up; an earlier deadline (a retry's backoff, a short attempt
+            # timeout) arrives through deadline_written(), from this replica or by NOTIFY.
+            now = self._clock.now()
             wait = self.settings.lease_duration.total_seconds()
             if at is not None:
-                wait = min(wait, max((at - self._clock.now()).total_seconds(), 0.0) + 0.001)
-            waiters = [asyncio.create_task(e.wait()) for e in (changed, self._tick, lost)]
+                wait = min(wait, max((at - now).total_seconds(), 0.0) + 0.001)
+            self._sleep_until = now + timedelta(seconds=wait)
+            waiters = [asyncio.create_task(e.wait()) for e in (self._tick, lost)]
             try:
                 await asyncio.wait(waiters, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
             finally:
+                self._sleep_until = None
                 for waiter in waiters:
                     waiter.cancel()
+
+    def deadline_written(self, at: datetime | None) -> None:
+        """Somebody wrote a deadline: wake the timekeeper if it sleeps past it."""
+        if at is None or self._sleep_until is None or at < self._sleep_until:
+            self._tick.set()
 
     async def _expire(self, now: datetime) -> bool:
         async with self._store.transaction() as tx:

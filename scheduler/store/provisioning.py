@@ -68,6 +68,6 @@ class PgProvisioningTx(Tx):
         count: int = row["n"]
         return count
 
-    async def notify_tick(self) -> None:
-        """Wake the timekeeper, wherever it runs: leases were cut short."""
-        await self._fetch("notify", TICK_CHANNEL, [""])
+    async def notify_tick(self, at: datetime | None = None) -> None:
+        """Tell the timekeeper, wherever it runs, of a deadline at ``at`` (None: now)."""
+        await self._fetch("notify", TICK_CHANNEL, [at.isoformat() if at else ""])

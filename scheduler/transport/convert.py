@@ -190,7 +190,7 @@ def dag_node(message: session_template_pb2.DagNode) -> reg.DagNode:
     return reg.DagNode(
         key=message.key,
         node_template=message.node_template,
-        config=struct_to_dict(message.config),
+        config=struct_to_dict(message.config) if message.config.fields else {},
         depends_on=tuple(message.depends_on),
     )
 

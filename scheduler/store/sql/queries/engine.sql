@@ -1,6 +1,7 @@
 -- claim --
 -- Lease up to $2 of a Runner's queued tasks, oldest first, to the instances in $3 (one
--- entry per task); SKIP LOCKED so concurrent claimers never get the same task.
+-- entry per task); SKIP LOCKED so concurrent claimers never get the same task. Inputs are
+-- looked up by primary key, one per upstream node.
 WITH picked AS (
     SELECT session_id, idx FROM nodes
     WHERE runner = $1 AND state = 'queued'
@@ -19,15 +20,16 @@ SET state = 'running', attempt = n.attempt + 1, attempt_id = gen_random_uuid(),
     start_time = $5::timestamptz,
     attempt_deadline = $5::timestamptz + n.attempt_timeout_ms * interval '1 millisecond',
     not_before = NULL
-FROM numbered
+FROM numbered JOIN sessions AS s ON s.id = numbered.session_id
 WHERE n.session_id = numbered.session_id AND n.idx = numbered.idx
 RETURNING n.session_id, n.idx, n.key, n.node_template, n.attempt, n.attempt_id::text,
           n.lease_owner, n.lease_deadline, n.attempt_deadline, n.config,
-          (SELECT s.name FROM sessions AS s WHERE s.id = n.session_id) AS session_name,
-          (SELECT s.parameters FROM sessions AS s WHERE s.id = n.session_id) AS parameters,
-          (SELECT s.trace_id FROM sessions AS s WHERE s.id = n.session_id) AS trace_id,
-          (SELECT COALESCE(jsonb_object_agg(u.key, u.outputs), '{}'::jsonb) FROM nodes AS u
-           WHERE u.session_id = n.session_id AND u.idx = ANY(n.upstream)) AS inputs;
+          s.name AS session_name, s.parameters, s.trace_id,
+          CASE WHEN cardinality(n.upstream) = 0 THEN '{}'::jsonb
+               ELSE (SELECT jsonb_object_agg(u.key, u.outputs)
+                     FROM unnest(n.upstream) AS up(idx)
+                     JOIN nodes AS u ON u.session_id = n.session_id AND u.idx = up.idx)
+          END AS inputs;
 
 -- held_nodes --
 -- Lock the nodes that the posted attempts name, in lock order.

@@ -1,0 +1,1 @@
+"""Benchmarks of heat-scheduler (not tests): see bench/README.md."""

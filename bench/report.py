@@ -1,0 +1,276 @@
+"""The printed table and the targets, from the results dictionary."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _get(results: dict[str, Any], *path: Any) -> Any:
+    node: Any = results
+    for key in path:
+        found = isinstance(node, dict) and key in node
+        found |= isinstance(node, list) and isinstance(key, int) and -len(node) <= key < len(node)
+        if found:
+            node = node[key]
+        else:
+            return None
+    return node
+
+
+def _num(value: Any, digits: int = 0) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int | float):
+        return f"{value:,.{digits}f}"
+    return str(value)
+
+
+def _ratio(a: Any, b: Any) -> float | None:
+    if isinstance(a, int | float) and isinstance(b, int | float) and b:
+        return float(a) / float(b)
+    return None
+
+
+def peer_figures(results: dict[str, Any]) -> tuple[float | None, float | None]:
+    """pgqueuer's best jobs/s and the pgbench commit ceiling."""
+    runs = _get(results, "peer", "pgqueuer", "runs") or []
+    pgq = max((r["jobs_per_s"] for r in runs), default=None)
+    ceiling = _get(results, "peer", "pgbench", "ceiling_tps")
+    return pgq, ceiling
+
+
+def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    pgq, _ = peer_figures(results)
+    runs = _get(results, "throughput", "runs") or []
+    ours = max((r["one_session"]["tasks_per_s"] for r in runs), default=None)
+    ratio = _ratio(ours, pgq)
+    out.append(
+        {
+            "target": "throughput >= 1.0x pgqueuer jobs/s (batch 10)",
+            "measured": ratio,
+            "unit": "x",
+            "met": None if ratio is None else ratio >= 1.0,
+        }
+    )
+    p50 = _get(results, "latency", "all_ms", "p50")
+    p99 = _get(results, "latency", "all_ms", "p99")
+    out.append(
+        {
+            "target": "dispatch latency p50 <= 2 ms",
+            "measured": p50,
+            "unit": "ms",
+            "met": None if p50 is None else p50 <= 2.0,
+        }
+    )
+    out.append(
+        {
+            "target": "dispatch latency p99 <= 10 ms",
+            "measured": p99,
+            "unit": "ms",
+            "met": None if p99 is None else p99 <= 10.0,
+        }
+    )
+    dag = _get(results, "dag", "runs") or []
+    biggest = max(dag, key=lambda r: r["nodes"]) if dag else None
+    create = biggest["create_s"] if biggest else None
+    out.append(
+        {
+            "target": f"{_num(biggest['nodes'] if biggest else None)}-node Session created <= 5 s",
+            "measured": create,
+            "unit": "s",
+            "met": None if create is None else create <= 5.0,
+        }
+    )
+    growth = _get(results, "dag", "per_node_growth")
+    out.append(
+        {
+            "target": "per-node run cost, largest DAG / smallest <= 1.2",
+            "measured": growth,
+            "unit": "x",
+            "met": None if growth is None else growth <= 1.2,
+        }
+    )
+    rss = _get(results, "streams", "scheduler_rss_mb")
+    out.append(
+        {
+            "target": f"{_num(_get(results, 'streams', 'instances'))} idle runners:"
+            " scheduler RSS <= 300 MB",
+            "measured": rss,
+            "unit": "MB",
+            "met": None if rss is None else rss <= 300,
+        }
+    )
+    writes = _get(results, "streams", "db_per_minute_due_to_runners", "tuples_written")
+    statements = _get(results, "streams", "db_per_minute", "write_statements")
+    out.append(
+        {
+            "target": "idle heartbeats cause no PostgreSQL writes (tuples/min over the baseline)",
+            "measured": writes,
+            "unit": "tuples/min",
+            "met": None
+            if writes is None
+            else round(writes) <= 0 and (statements is None or round(statements) == 0),
+        }
+    )
+    return out
+
+
+def table(results: dict[str, Any]) -> str:
+    lines: list[str] = []
+    pgq, ceiling = peer_figures(results)
+
+    def row(*cells: str) -> None:
+        lines.append("| " + " | ".join(cells) + " |")
+
+    lines.append(f"heat-scheduler benchmark ({results.get('mode')} mode)")
+    pg = results.get("postgres", {})
+    lines.append(
+        f"PostgreSQL {pg.get('server_version')} fsync={pg.get('fsync')}"
+        f" synchronous_commit={pg.get('synchronous_commit')};"
+        f" {_get(results, 'machine', 'cpus')} CPUs; took {_num(results.get('elapsed_s'))} s"
+    )
+    lines.append("")
+    lines.append("| scenario | figure | value | vs pgqueuer | vs pgbench ceiling |")
+    lines.append("| --- | --- | --- | --- | --- |")
+    for r in _get(results, "throughput", "runs") or []:
+        for part, label in (("one_session", "1 Session"), ("many_sessions", "Sessions")):
+            fig = r[part]
+            what = (
+                f"{label} x {_num(fig['nodes'])} nodes"
+                if part == "one_session"
+                else f"{fig['sessions']} x {fig['nodes_per_session']} nodes"
+            )
+            row(
+                "1 throughput",
+                f"{what}, R={r['runners']} x cap {r['capacity_per_runner']}",
+                f"{_num(fig['tasks_per_s'])} tasks/s (sched CPU {_num(fig['scheduler_cpu_pct'])}%)",
+                _num(_ratio(fig["tasks_per_s"], pgq), 2) + "x",
+                _num(_ratio(fig["tasks_per_s"], ceiling), 2) + "x",
+            )
+    if "error" in (results.get("throughput") or {}):
+        row("1 throughput", "error", str(results["throughput"]["error"]), "", "")
+    lat = results.get("latency") or {}
+    pgq_lat = _get(results, "peer", "pgqueuer", "latency_ms") or {}
+    for key, label in (
+        ("all_ms", "all nodes"),
+        ("roots_ms", "roots"),
+        ("children_ms", "children"),
+        ("ready_to_claim_ms", "part: ready -> claim begins"),
+        ("claim_to_process_ms", "part: claim begins -> process()"),
+    ):
+        p = lat.get(key)
+        if p and p.get("count"):
+            row(
+                "2 dispatch latency",
+                f"{label} @ {_num(lat.get('offered_nodes_per_s'))} nodes/s, n={p['count']}",
+                f"p50 {_num(p['p50'], 2)} / p90 {_num(p['p90'], 2)} / p99 {_num(p['p99'], 2)}"
+                f" / max {_num(p['max'], 2)} ms",
+                (_num(_ratio(p["p50"], pgq_lat.get("p50")), 2) + "x p50")
+                if key == "all_ms"
+                else "",
+                "",
+            )
+    if "error" in lat:
+        row("2 dispatch latency", "error", str(lat["error"]), "", "")
+    for r in _get(results, "dag", "runs") or []:
+        row(
+            "3 DAG size",
+            f"{_num(r['nodes'])} nodes, {_num(r['edges'])} edges",
+            f"create {_num(r['create_s'], 2)} s; run {_num(r['per_node_ms'], 3)} ms/node"
+            f" ({_num(r['tasks_per_s'])} tasks/s)",
+            _num(_ratio(r["tasks_per_s"], pgq), 2) + "x",
+            _num(_ratio(r["tasks_per_s"], ceiling), 2) + "x",
+        )
+    growth = _get(results, "dag", "per_node_growth")
+    if growth is not None:
+        row("3 DAG size", "per-node cost, largest / smallest", f"{_num(growth, 2)}x", "", "")
+    if "error" in (results.get("dag") or {}):
+        row("3 DAG size", "error", str(results["dag"]["error"]), "", "")
+    fan = results.get("fanout") or {}
+    if "per_node_ms" in fan:
+        row(
+            "4 fan-out/fan-in",
+            f"1 -> {_num(fan['width'])} -> 1",
+            f"{_num(fan['per_node_ms'], 3)} ms/node; fan-out {_num(fan['fan_out_ms'], 1)} ms,"
+            f" fan-in {_num(fan['fan_in_ms'], 1)} ms",
+            _num(_ratio(1000 / fan["per_node_ms"], pgq), 2) + "x",
+            "",
+        )
+    elif "error" in fan:
+        row("4 fan-out/fan-in", "error", str(fan["error"]), "", "")
+    st = results.get("streams") or {}
+    if "scheduler_rss_mb" in st:
+        per = st["db_per_minute"]
+        row(
+            "5 idle streams",
+            f"{_num(st['instances'])} instances, heartbeat {_num(st['heartbeat_interval_s'], 1)} s",
+            f"RSS {_num(st['scheduler_rss_mb_before'])} -> {_num(st['scheduler_rss_mb'])} MB;"
+            f" CPU {_num(st['scheduler_cpu_pct'], 1)}%"
+            f" (no runner: {_num(st.get('scheduler_cpu_pct_baseline'), 1)}%)",
+            "",
+            "",
+        )
+        for key, label in (
+            ("db_per_minute", "with the instances"),
+            ("db_per_minute_baseline", "baseline, no runner"),
+        ):
+            per = st[key]
+            row(
+                "5 idle streams",
+                f"PostgreSQL per minute, {label}",
+                f"{_num(per.get('tuples_written'))} tuples written,"
+                f" {_num(per.get('write_statements'))} write statements"
+                f" ({_num(per.get('statements'))} statements in all),"
+                f" {_num(per.get('commits'))} commits, {_num(per.get('wal_records'))} WAL records",
+                "",
+                "",
+            )
+        tables = st.get("tables_written_per_minute") or {}
+        if tables:
+            row(
+                "5 idle streams",
+                "tuples written per minute, by table",
+                ", ".join(f"{k} {_num(v)}" for k, v in sorted(tables.items())),
+                "",
+                "",
+            )
+    elif "error" in st:
+        row("5 idle streams", "error", str(st["error"]), "", "")
+    for r in _get(results, "peer", "pgbench", "runs") or []:
+        row(
+            "6 pgbench",
+            f"one-row UPDATE, {r['clients']} clients",
+            f"{_num(r['tps'])} commits/s",
+            "",
+            "",
+        )
+    for r in _get(results, "peer", "pgqueuer", "runs") or []:
+        row(
+            "6 pgqueuer",
+            f"{_num(r['jobs'])} no-op jobs, {r['workers']} worker(s), batch {r['batch_size']}",
+            f"{_num(r['jobs_per_s'])} jobs/s",
+            "1.00x" if r["jobs_per_s"] == pgq else "",
+            _num(_ratio(r["jobs_per_s"], ceiling), 2) + "x",
+        )
+    if pgq_lat.get("count"):
+        row(
+            "6 pgqueuer",
+            f"enqueue -> start @ {_num(_get(results, 'peer', 'pgqueuer', 'latency_rate'))} jobs/s",
+            f"p50 {_num(pgq_lat['p50'], 2)} / p90 {_num(pgq_lat['p90'], 2)} / p99"
+            f" {_num(pgq_lat['p99'], 2)} / max {_num(pgq_lat['max'], 2)} ms",
+            "",
+            "",
+        )
+    if "error" in (results.get("peer") or {}):
+        row("6 peer", "error", str(results["peer"]["error"]), "", "")
+    lines.append("")
+    lines.append("| target | measured | met |")
+    lines.append("| --- | --- | --- |")
+    for t in results.get("targets", []):
+        digits = 2 if t["unit"] in ("x", "ms", "s") else 0
+        met = {True: "yes", False: "NO", None: "-"}[t["met"]]
+        lines.append(f"| {t['target']} | {_num(t['measured'], digits)} {t['unit']} | {met} |")
+    return "\n".join(lines)
