@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 
 RECONCILER_LOCK: Final = 0x4845415450524F56  # "HEATPROV"
 SETTLE_GAP: Final = 0.25
+PROVEN_AFTER: Final = timedelta(seconds=10)
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +153,9 @@ class Reconciler:
             desired = desired_instances(runner, queued, running)
             instances = observed.pop(runner.name, [])
             error = await self._converge(runner, desired, instances, now, ended, failed)
+            if error:
+                self._errors[runner.name] = error
+            shown = self._errors.get(runner.name, "")
             live = [i for i in self._provisioner.observed() if i.runner == runner.name and i.live]
             statuses.append(
                 RunnerStatus(
@@ -159,8 +163,8 @@ class Reconciler:
                     desired=desired,
                     observed=len(live),
                     ready=sum(i.ready for i in live),
-                    last_error=error,
-                    last_error_time=now if error else None,
+                    last_error=shown,
+                    last_error_time=now if shown else None,
                 )
             )
         for orphans in observed.values():
@@ -191,8 +195,9 @@ class Reconciler:
     ) -> str:
         """Create and remove this Runner's instances; the error to show on its status."""
         error = ""
-        if any(i.phase is Phase.RUNNING and i.ready for i in instances):
+        if any(self._proven(i, now) for i in instances):
             self._backoff[runner.name] = Backoff()
+            self._errors.pop(runner.name, None)
         steps = plan(runner, desired, instances, now=now, backoff=self._backoff[runner.name])
         for instance in steps.delete:
             if instance.phase is Phase.FAILED:
@@ -207,6 +212,15 @@ class Reconciler:
         if steps.create and self._backoff[runner.name].allows(now):
             error = await self._create(runner, steps.create, now) or error
         return error
+
+    @staticmethod
+    def _proven(instance: Observed, now: datetime) -> bool:
+        """An instance that shows the Runner works: it drained and exited 0, or it has been up
+        a while (a container that crashes at start looks ready for a moment)."""
+        if instance.phase is Phase.SUCCEEDED:
+            return True
+        up = instance.created is not None and now - instance.created >= PROVEN_AFTER
+        return instance.phase is Phase.RUNNING and instance.ready and up
 
     async def _create(self, runner: Runner, count: int, now: datetime) -> str:
         try:

@@ -12,7 +12,8 @@ GROUP BY runner;
 SELECT * FROM runners ORDER BY name;
 
 -- save_runner_status --
--- Record what the reconciler wants and sees; an empty error keeps the last one.
+-- Record what the reconciler wants and sees; an error keeps its first time while it lasts,
+-- and an empty one clears it.
 INSERT INTO runner_status (runner, desired, observed, ready, last_error, last_error_time,
                            update_time)
 SELECT x.runner, x.desired, x.observed, x.ready, COALESCE(x.last_error, ''), x.last_error_time,
@@ -23,9 +24,11 @@ FROM unnest($1::text[], $2::integer[], $3::integer[], $4::integer[], $5::text[],
 WHERE EXISTS (SELECT 1 FROM runners AS r WHERE r.name = x.runner)
 ON CONFLICT (runner) DO UPDATE
 SET desired = excluded.desired, observed = excluded.observed, ready = excluded.ready,
-    last_error = CASE WHEN excluded.last_error <> '' THEN excluded.last_error
-                      ELSE runner_status.last_error END,
-    last_error_time = COALESCE(excluded.last_error_time, runner_status.last_error_time),
+    last_error = excluded.last_error,
+    last_error_time = CASE WHEN excluded.last_error = '' THEN NULL
+                           WHEN excluded.last_error = runner_status.last_error
+                               THEN runner_status.last_error_time
+                           ELSE excluded.last_error_time END,
     update_time = excluded.update_time;
 
 -- runner_status --
