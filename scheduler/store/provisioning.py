@@ -70,4 +70,4 @@ class PgProvisioningTx(Tx):
 
     async def notify_tick(self, at: datetime | None = None) -> None:
         """Tell the timekeeper, wherever it runs, of a deadline at ``at`` (None: now)."""
-        await self._fetch("notify", TICK_CHANNEL, [at.isoformat() if at else ""])
+        await self._fetch("notify", [TICK_CHANNEL], [at.isoformat() if at else ""])

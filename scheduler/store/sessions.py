@@ -13,7 +13,7 @@ from typing import Any, Final
 
 import asyncpg
 
-from scheduler.domain.ledger import Event, NodeChange, SessionBook, book
+from scheduler.domain.ledger import NodeChange, SessionBook, book
 from scheduler.domain.registry import RetryPolicy
 from scheduler.domain.sessions import (
     ClaimedTask,
@@ -237,16 +237,6 @@ class PgSessionTx(Tx):
             [b.state_reason for b in books],
             [b.start_time for b in books],
             [b.end_time for b in books],
-        )
-        await self._insert_events(events)
-        self._sessions_changed |= {b.id for b in books}
-        return books
-
-    async def _insert_events(self, events: Sequence[Event]) -> None:
-        if not events:
-            return
-        await self._fetch(
-            "insert_events",
             [e.session_id for e in events],
             [e.seq for e in events],
             [e.time for e in events],
@@ -255,21 +245,19 @@ class PgSessionTx(Tx):
             [e.attempt for e in events],
             [e.detail for e in events],
         )
+        self._sessions_changed |= {b.id for b in books}
+        return books
 
     async def notify(self) -> Settled:
         """Queue NOTIFYs for what this transaction changed; they go out at commit."""
-        if self._ready_runners:
-            await self._fetch("notify", READY_CHANNEL, sorted(self._ready_runners))
-        if self._sessions_changed:
-            await self._fetch(
-                "notify", SESSION_CHANNEL, [str(i) for i in sorted(self._sessions_changed)]
-            )
-        if self._cancelled:
-            chunks = [
-                ",".join(self._cancelled[i : i + _CANCEL_IDS_PER_NOTIFY])
-                for i in range(0, len(self._cancelled), _CANCEL_IDS_PER_NOTIFY)
-            ]
-            await self._fetch("notify", CANCEL_CHANNEL, chunks)
+        messages = [(READY_CHANNEL, r) for r in sorted(self._ready_runners)]
+        messages += [(SESSION_CHANNEL, str(i)) for i in sorted(self._sessions_changed)]
+        messages += [
+            (CANCEL_CHANNEL, ",".join(self._cancelled[i : i + _CANCEL_IDS_PER_NOTIFY]))
+            for i in range(0, len(self._cancelled), _CANCEL_IDS_PER_NOTIFY)
+        ]
+        if messages:
+            await self._fetch("notify", [c for c, _ in messages], [p for _, p in messages])
         return Settled(set(self._ready_runners), set(self._sessions_changed), list(self._cancelled))
 
     # -- the runner protocol -------------------------------------------------------------------

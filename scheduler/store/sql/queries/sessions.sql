@@ -63,27 +63,29 @@ ORDER BY id
 FOR UPDATE;
 
 -- update_sessions --
--- Write the bookkeeping computed for a batch of Sessions.
-UPDATE sessions AS s
-SET event_seq = x.event_seq, open_nodes = x.open_nodes, failed_nodes = x.failed_nodes,
-    cancelled_nodes = x.cancelled_nodes, state = x.state,
-    state_reason = COALESCE(x.state_reason, s.state_reason),
-    start_time = x.start_time, end_time = x.end_time
-FROM unnest($1::bigint[], $2::bigint[], $3::integer[], $4::integer[], $5::integer[],
-            $6::text[], $7::text[], $8::timestamptz[], $9::timestamptz[])
-     AS x(id, event_seq, open_nodes, failed_nodes, cancelled_nodes, state, state_reason,
-          start_time, end_time)
-WHERE s.id = x.id;
-
--- insert_events --
--- Append to the change logs of a batch of Sessions.
+-- Write the bookkeeping computed for a batch of Sessions and append their change logs, in
+-- one round trip.
+WITH updated AS (
+    UPDATE sessions AS s
+    SET event_seq = x.event_seq, open_nodes = x.open_nodes, failed_nodes = x.failed_nodes,
+        cancelled_nodes = x.cancelled_nodes, state = x.state,
+        state_reason = COALESCE(x.state_reason, s.state_reason),
+        start_time = x.start_time, end_time = x.end_time
+    FROM unnest($1::bigint[], $2::bigint[], $3::integer[], $4::integer[], $5::integer[],
+                $6::text[], $7::text[], $8::timestamptz[], $9::timestamptz[])
+         AS x(id, event_seq, open_nodes, failed_nodes, cancelled_nodes, state, state_reason,
+              start_time, end_time)
+    WHERE s.id = x.id
+    RETURNING s.id
+)
 INSERT INTO session_events (session_id, seq, time, idx, state, attempt, detail)
-SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::timestamptz[], $4::integer[], $5::text[],
-                     $6::integer[], $7::jsonb[]);
+SELECT * FROM unnest($10::bigint[], $11::bigint[], $12::timestamptz[], $13::integer[],
+                     $14::text[], $15::integer[], $16::jsonb[]);
 
 -- notify --
--- Wake listeners on other replicas (delivered at commit, so they see what we wrote).
-SELECT pg_notify($1, payload) FROM unnest($2::text[]) AS payload;
+-- Wake listeners on other replicas (delivered at commit, so they see what we wrote); one
+-- round trip for every channel and payload.
+SELECT pg_notify(x.channel, x.payload) FROM unnest($1::text[], $2::text[]) AS x(channel, payload);
 
 -- events_after --
 -- A Session's changes after a sequence number, with the node's key.
