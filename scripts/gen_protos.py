@@ -32,7 +32,7 @@ def generate(into: Path) -> None:
     sources = sorted(str(p.relative_to(PROTOS)) for p in PROTOS.rglob("*.proto"))
     bin_dir = str(Path(sys.executable).parent)
     env = dict(os.environ, PATH=bin_dir + os.pathsep + os.environ.get("PATH", ""))
-    subprocess.run(
+    result = subprocess.run(
         [
             sys.executable,
             "-m",
@@ -45,10 +45,15 @@ def generate(into: Path) -> None:
             f"--mypy_grpc_out={into}",
             *sources,
         ],
-        check=True,
         cwd=PROTOS,
         env=env,
+        capture_output=True,
+        text=True,
+        check=False,
     )
+    if result.returncode != 0:
+        sys.stderr.write(result.stdout + result.stderr)
+        raise SystemExit(f"protoc failed (exit {result.returncode})")
     package = into / "heat"
     for folder in [package, *(p for p in package.rglob("*") if p.is_dir())]:
         (folder / "__init__.py").write_text(HEADER)
