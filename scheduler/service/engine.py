@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Callable, Coroutine, Iterable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Final
@@ -679,7 +679,3 @@ class Engine:
         if settled is not None:
             self._after_commit(settled)
         return count == _TIMEKEEPER_BATCH
-
-
-def ids_of(tasks: Iterable[ClaimedTask]) -> list[str]:
-    return [t.attempt_id for t in tasks]

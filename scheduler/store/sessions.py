@@ -502,7 +502,3 @@ def _session(row: asyncpg.Record, counts: dict[NodeState, int], nodes: tuple[Nod
         nodes=nodes,
         event_seq=row["event_seq"],
     )
-
-
-def payload_size(value: Any) -> int:
-    return len(json.dumps(value, separators=(",", ":")))
