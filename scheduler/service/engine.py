@@ -26,7 +26,7 @@ import asyncpg
 
 from scheduler.domain import credentials
 from scheduler.domain.clock import Clock
-from scheduler.domain.errors import PermissionDenied, Unauthenticated, Unavailable
+from scheduler.domain.errors import PermissionDenied, Unauthenticated
 from scheduler.domain.ports import Store
 from scheduler.domain.sessions import (
     ClaimedTask,
@@ -40,6 +40,7 @@ from scheduler.domain.sessions import (
     judge,
 )
 from scheduler.service.batcher import Batcher
+from scheduler.service.leadership import DATABASE_ERRORS, lead_forever
 from scheduler.service.signals import Signals
 
 log = logging.getLogger(__name__)
@@ -336,7 +337,7 @@ class Engine:
                     break
                 try:
                     tasks = await self._claim(dispatcher, owners)
-                except (Unavailable, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                except DATABASE_ERRORS as exc:
                     for owner in owners:
                         owner.credits += 1
                     log.warning("claim for runner %s failed: %s; retrying", dispatcher.runner, exc)
@@ -604,17 +605,12 @@ class Engine:
     # -- the timekeeper --------------------------------------------------------------------
 
     async def _keep_time(self) -> None:
-        delay = 0.1
-        while True:
-            try:
-                async with self._store.leadership(TIMEKEEPER_LOCK) as lost:
-                    log.info("this replica keeps time (expires leases, requeues retries)")
-                    delay = 0.1
-                    await self._lead(lost)
-            except (Unavailable, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                log.warning("timekeeper lost its database; retrying", extra={"error": str(exc)})
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
+        await lead_forever(
+            self._store,
+            TIMEKEEPER_LOCK,
+            "keeps time (expires leases, requeues retries)",
+            self._lead,
+        )
 
     async def _lead(self, lost: asyncio.Event) -> None:
         while not lost.is_set():

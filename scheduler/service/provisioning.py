@@ -19,10 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Final
 
-import asyncpg
-
 from scheduler.domain.clock import Clock
-from scheduler.domain.errors import Unavailable
 from scheduler.domain.ports import Provisioner, Store
 from scheduler.domain.provisioning import (
     Backoff,
@@ -34,6 +31,7 @@ from scheduler.domain.provisioning import (
     plan,
 )
 from scheduler.domain.registry import Runner
+from scheduler.service.leadership import lead_forever
 from scheduler.service.registry import Registry
 from scheduler.service.signals import Signals
 
@@ -87,21 +85,19 @@ class Reconciler:
         self._wake.set()
 
     async def _run(self) -> None:
-        delay = 0.1
-        while True:
-            try:
-                async with self._store.leadership(RECONCILER_LOCK) as lost:
-                    log.info("this replica provisions runners (%s)", self._provisioner.name)
-                    delay = 0.1
-                    await self._provisioner.start(self.wake)
-                    try:
-                        await self._lead(lost)
-                    finally:
-                        await self._provisioner.stop()
-            except (Unavailable, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                log.warning("reconciler lost its database (%s); retrying", exc)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
+        await lead_forever(
+            self._store,
+            RECONCILER_LOCK,
+            f"provisions runners ({self._provisioner.name})",
+            self._provision,
+        )
+
+    async def _provision(self, lost: asyncio.Event) -> None:
+        await self._provisioner.start(self.wake)
+        try:
+            await self._lead(lost)
+        finally:
+            await self._provisioner.stop()
 
     async def _lead(self, lost: asyncio.Event) -> None:
         # Ready work wakes a pass at once (scale-up latency matters). Any other change of a
