@@ -201,8 +201,9 @@ func (r *Runner) session(client schedulerv1.RunnerServiceClient) error {
 		})
 	}
 	if err != nil {
-		return err
+		return streamError("ClaimTask", err)
 	}
+	r.log.Info("connected to the scheduler", "address", r.cfg.Address, "held", r.held())
 	wake(c.postWake) // results of an earlier connection still wait for their acknowledgement
 
 	g := newGroup(cancel)

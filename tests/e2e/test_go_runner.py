@@ -58,6 +58,7 @@ class Mixed:
     """A scheduler, the two example Runners registered, and their runner processes."""
 
     served: Served
+    dsn: str
     log_dir: Path
     secrets: dict[str, str] = field(default_factory=dict)
     processes: list[subprocess.Popen[str]] = field(default_factory=list)
@@ -98,6 +99,13 @@ class Mixed:
         log.close()
         self.processes.append(process)
         return process
+
+    def restart_scheduler(self) -> None:
+        """Kills the scheduler (no goodbye to anyone) and starts another on the same port."""
+        self.served.process.send_signal(signal.SIGKILL)
+        self.served.process.wait()
+        port = int(self.served.address.rsplit(":", 1)[1])
+        self.served = serve("--database-url", self.dsn, *QUICK, port=port)
 
     def log(self, instance: str) -> str:
         return (self.log_dir / f"{instance}.log").read_text()
@@ -142,7 +150,7 @@ class Mixed:
 
 @pytest.fixture
 def mixed(db_dsn: str, tmp_path: Path) -> Iterator[Mixed]:
-    made = Mixed(serve("--database-url", db_dsn, *QUICK), tmp_path)
+    made = Mixed(serve("--database-url", db_dsn, *QUICK), db_dsn, tmp_path)
     try:
         made.register()
         yield made
@@ -228,3 +236,31 @@ def test_go_runner_with_a_wrong_credential_is_refused(mixed: Mixed, go_runner_bi
     assert go.wait(30) == 3
     assert "the scheduler refused this instance" in mixed.log("go-1")
     assert "Unauthenticated" in mixed.log("go-1")
+
+
+def test_go_runner_reconnects_and_posts_after_a_scheduler_restart(
+    mixed: Mixed, go_runner_binary: Path
+) -> None:
+    """The scheduler dies while the Go runner processes a task: the runner reconnects to the
+    restarted scheduler and the Session ends with the right outputs."""
+    mixed.start([sys.executable, str(CSV_RUNNER / "runner.py")], "csv-runner", "py-1")
+    mixed.start([str(go_runner_binary)], "go-runner", "go-1")
+    csv = "region,amount\nnorth,10\n"
+    name = mixed.create(
+        dag={
+            "nodes": [
+                {"key": "src", "nodeTemplate": "csv-column-sum", "config": {"csv": csv}},
+                {"key": "x5", "nodeTemplate": "scale-sum", "dependsOn": ["src"],
+                 "config": {"factor": 5, "delay": 1}},
+            ]
+        }
+    )  # fmt: skip
+    mixed.wait_for(name, lambda got: nodes(got)["x5"].state == s.NODE_STATE_RUNNING)
+
+    mixed.restart_scheduler()
+
+    done = mixed.wait_for(name, ended)
+    assert done.state == s.SESSION_STATE_SUCCEEDED, done
+    assert outputs(done)["x5"] == {"sum": 50, "factor": 5, "from": "src", "runtime": "go"}
+    log = mixed.log("go-1")
+    assert log.index("scheduler connection lost; reconnecting") < log.rindex("connected to the")
