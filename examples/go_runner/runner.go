@@ -46,6 +46,7 @@ const (
 	runtimeVersion   = "heat-go-runner-example/0.1.0"
 	ackGrace         = 10 * time.Second // results get this long to be acknowledged when draining
 	stableConnection = 5 * time.Second  // a connection that lasted this long resets the backoff
+	maxReceiveBytes  = 64 << 20
 )
 
 // attempt is a task this instance holds, from its arrival until its outcome is acknowledged
@@ -122,6 +123,8 @@ func (r *Runner) Serve(stop <-chan string) error {
 		r.cfg.Address,
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithPerRPCCredentials(bearer(r.cfg.Credential)),
+		// A task carries its upstream nodes' outputs: allow as much as the Python runtime.
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxReceiveBytes)),
 	)
 	if err != nil {
 		return fmt.Errorf("HEAT_SCHEDULER_ADDRESS %q: %w", r.cfg.Address, err)
@@ -140,8 +143,7 @@ func (r *Runner) Serve(stop <-chan string) error {
 		started := time.Now()
 		err := r.session(runners)
 		if err == nil {
-			r.log.Info("drained; exiting", "instance_id", r.cfg.InstanceID)
-			return nil
+			break // drained
 		}
 		var refused RefusedError
 		if errors.As(err, &refused) {
@@ -154,10 +156,13 @@ func (r *Runner) Serve(stop <-chan string) error {
 		select {
 		case <-time.After(backoff):
 		case <-r.drained:
+			r.log.Info("drained; exiting", "instance_id", r.cfg.InstanceID)
 			return nil
 		}
 		backoff = min(backoff*2, 5*time.Second)
 	}
+	r.log.Info("drained; exiting", "instance_id", r.cfg.InstanceID)
+	return nil
 }
 
 var errDrained = errors.New("drained")
