@@ -45,6 +45,8 @@ GENERATED: dict[str, list[str]] = {
     "go": ["heat"],
     "ts": ["heat", "index.js", "index.d.ts"],
 }
+# What each gen/<language>/ holds besides its generated code: the package's own files.
+HAND_WRITTEN = {"README.md", "pyproject.toml", "go.mod", "go.sum", "package.json"}
 
 
 def proto_files() -> list[str]:
@@ -151,6 +153,17 @@ def differences(fresh: Path, committed: Path) -> list[str]:
     return [f"{committed.name}/{name}" for name in sorted(found)] if found else []
 
 
+def strays(language: str) -> list[str]:
+    """Entries of gen/<language>/ that are neither generated nor the package's own files."""
+    known = {*GENERATED[language], *HAND_WRITTEN}
+    return sorted(
+        p.name
+        for p in (GEN / language).iterdir()
+        # what installing the package leaves behind is git-ignored, not ours
+        if p.name not in known and not p.name.endswith(".egg-info") and p.name != "node_modules"
+    )
+
+
 def replace(fresh: Path, committed: Path) -> None:
     if committed.is_dir():
         shutil.rmtree(committed)
@@ -176,6 +189,7 @@ def main() -> int:
                     stale += [f"gen/{language}/{name}" for name in found]
                 else:
                     replace(fresh / language / path, GEN / language / path)
+            stale += [f"gen/{language}/{name} (not generated)" for name in strays(language)]
     elapsed = time.monotonic() - started
     languages = ", ".join(GENERATED)
     if not args.check:
