@@ -12,9 +12,7 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import sys
-import tempfile
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -24,7 +22,6 @@ from typing import Any, Final
 import asyncpg
 import grpc
 import grpc.aio
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from heat.scheduler.v1 import (
     node_template_pb2,
     registry_service_pb2,
@@ -36,6 +33,7 @@ from heat.scheduler.v1 import (
 )
 
 from scheduler.store.embedded import EmbeddedPostgres
+from tests.support import free_port, open_tmp_dir, wait_serving
 
 ROOT: Final = Path(__file__).resolve().parent.parent
 PYTHON: Final = sys.executable
@@ -47,13 +45,6 @@ CHANNEL_OPTIONS: Final = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
 ]
 FINAL_STATES: Final = ("succeeded", "failed", "cancelled")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def log(message: str) -> None:
@@ -73,8 +64,7 @@ class Postgres:
 
     @classmethod
     async def start(cls) -> Postgres:
-        folder = Path(tempfile.mkdtemp(prefix="heat-bench-", dir="/tmp"))
-        os.chmod(folder, 0o755)  # noqa: PTH101, S103 (the server runs as 'postgres' when we are root)
+        folder = open_tmp_dir("heat-bench-")
         server = EmbeddedPostgres(folder / "pg", durable=True)
         await server.start()
         made = cls(folder, server)
@@ -172,19 +162,8 @@ class Scheduler:
         return made
 
     async def _wait_serving(self) -> None:
-        deadline = time.monotonic() + 60.0
-        async with grpc.aio.insecure_channel(self.address) as channel:
-            stub = health_pb2_grpc.HealthStub(channel)
-            while time.monotonic() < deadline:
-                if self.process.returncode is not None:
-                    break
-                try:
-                    reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1.0)
-                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                        return
-                except grpc.aio.AioRpcError:
-                    pass
-                await asyncio.sleep(0.1)
+        if await wait_serving(self.address, alive=lambda: self.process.returncode is None):
+            return
         tail = self.log_file.read_text(errors="replace")[-3000:]
         raise RuntimeError(f"the scheduler did not start serving:\n{tail}")
 

@@ -6,16 +6,16 @@ HEAT_DATABASE_URL), drives one small Session through the raw runner protocol, on
 time, and prints each transaction as the named queries it ran (BEGIN and COMMIT not counted).
 Not a test: nothing is asserted.
 
-    .venv/bin/python bench/statements.py
+    .venv/bin/python -m bench.statements        (from the repository root)
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import re
 import shutil
-import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,8 @@ from heat.scheduler.v1 import session_service_pb2_grpc as spb_grpc
 
 from scheduler import app
 from scheduler.settings import Settings
+from scheduler.store.embedded import EmbeddedPostgres
+from tests.support import open_tmp_dir
 
 _BLOCK = re.compile(r"^-- ([a-z_][a-z0-9_]*) --$", re.MULTILINE)
 
@@ -85,7 +87,7 @@ def _counting_pool(dsn: str, **kwargs: Any) -> Any:
     async def counted(conn: asyncpg.Connection) -> None:
         if init is not None:
             await init(conn)
-        conn.add_query_logger(lambda record, i=id(conn): RECORDER.log(i, record))
+        conn.add_query_logger(functools.partial(RECORDER.log, id(conn)))
 
     return _create_pool(dsn, init=counted, **kwargs)
 
@@ -114,10 +116,7 @@ DAG = [
 
 @contextlib.asynccontextmanager
 async def database() -> AsyncIterator[str]:
-    from scheduler.store.embedded import EmbeddedPostgres
-
-    folder = Path(tempfile.mkdtemp(prefix="heat-statements-", dir="/tmp"))
-    folder.chmod(0o755)
+    folder = open_tmp_dir("heat-statements-")
     try:
         async with EmbeddedPostgres(folder / "data", durable=False) as server:
             conn = await asyncpg.connect(server.dsn)
@@ -192,7 +191,9 @@ async def drive(channel: grpc.aio.Channel) -> None:
         RECORDER.take()
         await requests.put(pb.ClaimTaskRequest(credit=pb.ClaimCredit(credits=count)))
         for _ in range(count):
-            task = (await claims.read()).task
+            response = await claims.read()
+            assert isinstance(response, pb.ClaimTaskResponse)
+            task = response.task
             tasks[task.node_key] = task
         await asyncio.sleep(0.2)
         show(what)

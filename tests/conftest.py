@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ import pytest_asyncio
 
 from scheduler.store.embedded import EmbeddedPostgres
 from scheduler.store.migrations import migrate
+from tests.support import open_tmp_dir
 
 TEST_DATABASE_URL_ENV = "HEAT_TEST_DATABASE_URL"
 TEMPLATE_DB = "heat_template"
@@ -43,21 +43,10 @@ class PgServer:
         return urlunsplit(parts._replace(path="/" + quote(database, safe="")))
 
 
-def make_open_tmp_dir() -> Path:
-    """A new folder the unprivileged PostgreSQL user can reach even when we are root.
-
-    pytest's ``tmp_path`` lies under a 0700 folder of root's, which that user cannot enter.
-    """
-    # mkdtemp's folder is private to us; 0755 lets the server user through, not in.
-    path = Path(tempfile.mkdtemp(prefix="heat-test-", dir="/tmp"))
-    path.chmod(0o755)
-    return path
-
-
 @pytest.fixture
 def open_tmp_path() -> Iterator[Path]:
     """Like ``tmp_path``, but usable as the parent of an embedded server's data folder."""
-    path = make_open_tmp_dir()
+    path = open_tmp_dir()
     yield path
     shutil.rmtree(path, ignore_errors=True)
 
@@ -69,7 +58,7 @@ async def pg_server() -> AsyncIterator[PgServer]:
     if external:
         yield PgServer(dsn=external, pg_bin=None)
         return
-    folder = make_open_tmp_dir()
+    folder = open_tmp_dir()
     try:
         async with EmbeddedPostgres(folder / "data", durable=False) as server:
             yield PgServer(dsn=server.dsn, pg_bin=server.pg_bin)

@@ -6,7 +6,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from tests.acceptance.conftest import free_port
+from tests.support import free_port
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 

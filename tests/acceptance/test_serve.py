@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.acceptance.conftest import Served, serve
+from tests.support import Served, serve
 
 LEGACY_RUNNER = {
     "id": 2,

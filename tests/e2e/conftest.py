@@ -21,7 +21,7 @@ from heat.scheduler.v1 import session_pb2
 from heat.scheduler.v1 import session_service_pb2 as spb
 from heat.scheduler.v1 import session_service_pb2_grpc as spb_grpc
 
-from tests.acceptance.conftest import Served, serve
+from tests.support import Served, serve
 
 WORKER = Path(__file__).with_name("worker.py")
 FINAL = {

@@ -3,35 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from typing import Any
 
-import grpc
 import pytest_asyncio
-from heat.scheduler.v1 import registry_service_pb2_grpc
 
-from scheduler import app
-from scheduler.settings import Settings
-from tests.helpers import Scheduler
-
-
-@asynccontextmanager
-async def serving(dsn: str, **overrides: Any) -> AsyncIterator[Scheduler]:
-    settings = Settings(
-        **{
-            "listen": "127.0.0.1:0",
-            "database_url": dsn,
-            "shutdown_grace": 1.0,
-            "provisioner": "none",
-            **overrides,
-        }
-    )
-    async with app.running(settings) as running:
-        address = f"127.0.0.1:{running.port}"
-        async with grpc.aio.insecure_channel(address) as channel:
-            yield Scheduler(
-                address, channel, registry_service_pb2_grpc.RegistryServiceStub(channel), running
-            )
+from tests.support import Scheduler, serving
 
 
 @pytest_asyncio.fixture

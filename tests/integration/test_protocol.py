@@ -16,7 +16,7 @@ from heat.scheduler.v1 import session_pb2
 from heat.scheduler.v1 import session_service_pb2 as spb
 from heat.scheduler.v1 import session_service_pb2_grpc as spb_grpc
 
-from tests.helpers import Scheduler, failure
+from tests.support import Scheduler, failure, serving
 
 
 async def setup_registry(s: Scheduler, *, max_attempts: int = 3, backoff: str = "0s") -> str:
@@ -211,8 +211,6 @@ async def test_credentials_are_checked(scheduler: Scheduler) -> None:
 
 
 async def test_oversize_outputs_are_refused_and_fail_the_attempt(db_dsn: str) -> None:
-    from tests.integration.conftest import serving
-
     async with serving(db_dsn, max_output_bytes=100) as sc:
         secret = await setup_registry(sc)
         created = await spb_grpc.SessionServiceStub(sc.channel).CreateSession(dag(("a", [])))

@@ -17,8 +17,7 @@ from heat.scheduler.v1 import session_service_pb2 as spb
 from heat.scheduler.v1 import session_service_pb2_grpc as spb_grpc
 
 from scheduler.domain.provisioning import Phase
-from tests.helpers import Scheduler
-from tests.integration.conftest import serving
+from tests.support import Scheduler, eventually, serving
 
 WORKER = Path(__file__).parent.parent / "e2e" / "worker.py"
 FINAL = {s.SESSION_STATE_SUCCEEDED, s.SESSION_STATE_FAILED, s.SESSION_STATE_CANCELLED}
@@ -65,13 +64,6 @@ async def finished(sc: Scheduler, name: str, timeout: float = 60) -> s.Session:
     return got.session
 
 
-async def until(predicate: Any, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.05)
-
-
 def local(log: Path, command: str | None = None) -> dict[str, Any]:
     command = command or f"{sys.executable} {WORKER}"
     return {
@@ -98,7 +90,7 @@ async def test_instances_follow_the_work_and_go_away_when_idle(
             [{"key": f"n{i}", "nodeTemplate": "echo", "config": {"sleep": 0.5}} for i in range(8)],
         )
         # Eight tasks, two per instance, at most three instances.
-        await until(lambda: sum(o.live for o in provisioner.observed()) == 3)
+        await eventually(lambda: sum(o.live for o in provisioner.observed()) == 3, timeout=30)
         created = min(o.created for o in provisioner.observed() if o.created is not None)
         session = await spb_grpc.SessionServiceStub(sc.channel).GetSession(
             spb.GetSessionRequest(name=name)
@@ -114,7 +106,7 @@ async def test_instances_follow_the_work_and_go_away_when_idle(
         assert runner.status.queued_tasks == 0 and runner.status.running_tasks == 0
         # Idle for a second, each instance drains, exits 0 and is removed: no leftovers.
         last_result = max(n.end_time.ToDatetime(tzinfo=created.tzinfo) for n in done.nodes)
-        await until(lambda: not provisioner.observed(), timeout=30)
+        await eventually(lambda: not provisioner.observed(), timeout=30)
         gone_at = datetime.now(UTC)
         elapsed = time.monotonic() - started
         runner = (await sc.registry.GetRunner(rpb.GetRunnerRequest(name="w"))).runner
@@ -173,7 +165,7 @@ async def test_one_replica_provisions_and_another_takes_over(
         await apply(replicas[0], idlePeriod="60s")
         reconcilers = [r.running.reconciler for r in replicas if r.running.reconciler is not None]
         assert len(reconcilers) == 2
-        await until(lambda: sum(r.passes > 0 for r in reconcilers) == 1)
+        await eventually(lambda: sum(r.passes > 0 for r in reconcilers) == 1, timeout=30)
         leader = next(i for i, r in enumerate(reconcilers) if r.passes > 0)
         follower = 1 - leader
         name = await submit(replicas[follower], [{"key": "a", "nodeTemplate": "echo"}])
@@ -182,7 +174,7 @@ async def test_one_replica_provisions_and_another_takes_over(
         # The leader goes away (its runner processes with it); the other replica takes over.
         taken_over = time.monotonic()
         await stacks[leader].aclose()
-        await until(lambda: reconcilers[follower].passes > 0)
+        await eventually(lambda: reconcilers[follower].passes > 0, timeout=30)
         print(f"\nleader failover in {time.monotonic() - taken_over:.2f}s")
         name = await submit(replicas[follower], [{"key": "b", "nodeTemplate": "echo"}])
         assert (await finished(replicas[follower], name)).state == s.SESSION_STATE_SUCCEEDED

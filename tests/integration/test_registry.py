@@ -10,7 +10,7 @@ import pytest
 from google.protobuf import json_format
 from heat.scheduler.v1 import registry_service_pb2 as pb
 
-from tests.helpers import Scheduler, failure
+from tests.support import Scheduler, failure
 
 LEGACY_RUNNER = {
     "id": 2,

@@ -14,8 +14,8 @@ from heat.scheduler.v1 import session_pb2 as s
 from heat.scheduler.v1 import session_service_pb2 as spb
 from heat.scheduler.v1 import session_service_pb2_grpc as spb_grpc
 
-from tests.helpers import Scheduler, failure
 from tests.integration.test_protocol import Claimer, dag, post, setup_registry, success
+from tests.support import Scheduler, failure
 
 
 def sessions(sc: Scheduler) -> Any:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -12,6 +11,9 @@ from scheduler.domain.provisioning import InstanceSpec
 from scheduler.domain.registry import Runner
 from scheduler.provisioner.kubernetes import KubernetesProvisioner
 from tests.k8s.emulator import ApiServer
+from tests.support import eventually
+
+__all__ = ["NAMESPACE", "Changes", "MakeProvisioner", "Served", "eventually", "runner", "spec"]
 
 NAMESPACE = "heat"
 
@@ -50,15 +52,3 @@ def runner(name: str = "csv-runner", **kwargs: Any) -> Runner:
 
 def spec(name: str = "csv-runner", scheduler_name: str = "alpha", **kwargs: Any) -> InstanceSpec:
     return InstanceSpec(runner(name, **kwargs), "heat-scheduler.heat.svc:50051", scheduler_name)
-
-
-async def eventually(check: Callable[[], Any], timeout: float = 5.0) -> Any:
-    """Wait until ``check()`` is truthy (the test waits; the code under test never polls)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not true within {timeout}s: {check}")
-        await asyncio.sleep(0.01)

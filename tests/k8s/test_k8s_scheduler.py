@@ -17,7 +17,6 @@ import itertools
 import json
 import os
 import signal
-import socket
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -28,24 +27,22 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import grpc
 import pytest
 import pytest_asyncio
 from google.protobuf import json_format
 from google.protobuf.timestamp_pb2 import Timestamp
 from heat.scheduler.v1 import registry_service_pb2 as rpb
-from heat.scheduler.v1 import registry_service_pb2_grpc, runner_pb2
+from heat.scheduler.v1 import runner_pb2
 from heat.scheduler.v1 import session_pb2 as s
 from kubernetes_asyncio.client import ApiClient, Configuration
 
-from scheduler import app
 from scheduler.provisioner.kubernetes import KubernetesProvisioner
-from scheduler.settings import Settings
-from tests.helpers import Scheduler
+from tests import support
 from tests.integration.test_provisioning import apply, finished, submit
 from tests.k8s.emulator import ApiServer, ApiStatus, Call, JsonObj
 from tests.k8s.helpers import NAMESPACE, Served, eventually
 from tests.k8s.kubelet import Kubelet
+from tests.support import Scheduler, free_port
 
 WORKER = Path(__file__).parent.parent / "e2e" / "worker.py"
 SCHEDULER = "heat-test"
@@ -238,13 +235,6 @@ async def process_kubelet(served: Served, worker_log: Path) -> AsyncIterator[Pro
 # --- schedulers on the emulator -------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @asynccontextmanager
 async def serving(
     dsn: str, served: Served, port: int, **overrides: Any
@@ -252,30 +242,22 @@ async def serving(
     """A scheduler in-process whose provisioner makes pods on the emulator, as its own client;
     it listens on (and advertises) ``port``, so a restart can take its runners back."""
     address = f"127.0.0.1:{port}"
-    settings = Settings(
-        **{
-            "listen": address,
-            "advertise_address": address,
-            "database_url": dsn,
-            "shutdown_grace": 1.0,
-            "provisioner": "kubernetes",
-            "scheduler_name": SCHEDULER,
-            "lease_duration": 2.0,
-            "heartbeat_interval": 0.5,
-            **overrides,
-        }
-    )
+    settings: dict[str, Any] = {
+        "listen": address,
+        "advertise_address": address,
+        "provisioner": "kubernetes",
+        "scheduler_name": SCHEDULER,
+        "lease_duration": 2.0,
+        "heartbeat_interval": 0.5,
+        **overrides,
+    }
     async with ApiClient(Configuration(host=served.url)) as client:
         provisioner = KubernetesProvisioner(
-            client, namespace=NAMESPACE, scheduler_name=settings.scheduler_name,
+            client, namespace=NAMESPACE, scheduler_name=settings["scheduler_name"],
             request_timeout=1.0,
         )  # fmt: skip
-        async with (
-            app.running(settings, provisioner=provisioner) as running,
-            grpc.aio.insecure_channel(address) as channel,
-        ):
-            stub = registry_service_pb2_grpc.RegistryServiceStub(channel)
-            yield Scheduler(address, channel, stub, running)
+        async with support.serving(dsn, backend=provisioner, **settings) as sc:
+            yield sc
 
 
 async def runner_status(sc: Scheduler) -> runner_pb2.RunnerStatus:
