@@ -32,7 +32,7 @@ from heat.scheduler.v1 import (
     session_template_pb2,
 )
 
-from scheduler.store.embedded import EmbeddedPostgres
+from scheduler.embedded import EmbeddedPostgres
 from tests.support import free_port, open_tmp_dir, wait_serving
 
 ROOT: Final = Path(__file__).resolve().parent.parent

@@ -31,8 +31,8 @@ from heat.scheduler.v1 import session_service_pb2 as spb
 from heat.scheduler.v1 import session_service_pb2_grpc as spb_grpc
 
 from scheduler import app
+from scheduler.embedded import EmbeddedPostgres
 from scheduler.settings import Settings
-from scheduler.store.embedded import EmbeddedPostgres
 from tests.support import open_tmp_dir
 
 _BLOCK = re.compile(r"^-- ([a-z_][a-z0-9_]*) --$", re.MULTILINE)

@@ -26,6 +26,7 @@ from heat.scheduler.v1 import (
 from scheduler.domain.clock import SystemClock
 from scheduler.domain.limits import Limits
 from scheduler.domain.ports import Provisioner
+from scheduler.embedded import EmbeddedPostgres
 from scheduler.provisioner.local import LocalProvisioner, parse_commands
 from scheduler.service.engine import Engine, EngineSettings
 from scheduler.service.provisioning import ProvisionSettings, Reconciler
@@ -34,7 +35,6 @@ from scheduler.service.sessions import Sessions
 from scheduler.service.signals import Signals
 from scheduler.settings import Settings, SettingsError
 from scheduler.store.database import Store, create_pool
-from scheduler.store.embedded import EmbeddedPostgres
 from scheduler.store.listener import Listener
 from scheduler.store.migrations import migrate
 from scheduler.store.provisioning import TICK_CHANNEL
@@ -73,16 +73,7 @@ async def database(settings: Settings) -> AsyncIterator[str]:
     embedded = EmbeddedPostgres(settings.data_dir.resolve() / "postgres")
     log.info("starting embedded PostgreSQL", extra={"data_dir": str(embedded.data_dir)})
     async with embedded:
-        conn = await asyncpg.connect(embedded.dsn)
-        try:
-            exists = await conn.fetchval(
-                "SELECT 1 FROM pg_database WHERE datname = $1", EMBEDDED_DATABASE
-            )
-            if not exists:
-                await conn.execute(f'CREATE DATABASE "{EMBEDDED_DATABASE}"')
-        finally:
-            await conn.close()
-        yield embedded.dsn_for(EMBEDDED_DATABASE)
+        yield await embedded.database(EMBEDDED_DATABASE)
 
 
 async def migrate_database(dsn: str) -> list[str]:

@@ -4,7 +4,7 @@ One server runs for the whole session (``pg_server``). The migrations are applie
 template database (``template_db``); each test that asks for ``db_dsn`` or ``db_pool`` gets its
 own ``CREATE DATABASE … TEMPLATE heat_template``, dropped afterwards.
 
-By default ``pg_server`` starts an embedded server (``scheduler.store.embedded``) in a fresh
+By default ``pg_server`` starts an embedded server (``scheduler.embedded``) in a fresh
 folder. Set ``HEAT_TEST_DATABASE_URL`` to a superuser DSN (any database, usually ``postgres``)
 to use an existing server instead; the tests create and drop databases on it.
 """
@@ -23,7 +23,7 @@ import asyncpg
 import pytest
 import pytest_asyncio
 
-from scheduler.store.embedded import EmbeddedPostgres
+from scheduler.embedded import EmbeddedPostgres
 from scheduler.store.migrations import migrate
 from tests.support import open_tmp_dir
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from scheduler.store.embedded import (
+from scheduler.embedded import (
     EmbeddedPostgres,
     EmbeddedPostgresError,
     PostgresNotInstalled,

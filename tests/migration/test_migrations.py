@@ -14,7 +14,7 @@ import asyncpg
 import pytest
 import pytest_asyncio
 
-from scheduler.store.embedded import PostgresNotInstalled, find_pg_bin
+from scheduler.embedded import PostgresNotInstalled, find_pg_bin
 from scheduler.store.migrations import (
     Migration,
     MigrationError,

@@ -11,7 +11,7 @@ from heat.scheduler.v1 import runner_pb2
 from heat.scheduler.v1 import session_pb2 as spb
 from heat.scheduler.v1 import session_service_pb2 as sspb
 
-from scheduler import cli_render as render
+from scheduler.cli import render
 
 T0 = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
 NAME = "s-20260301-120000-0a1b2c3d"

@@ -1,6 +1,6 @@
 """Text for the operator CLI: pure functions from heat.scheduler.v1 messages to lines.
 
-Nothing here does I/O or reads a clock; ``scheduler.cli_client`` passes in the time and the
+Nothing here does I/O or reads a clock; ``scheduler.cli.sessions`` passes in the time and the
 terminal width, so every function can be tested on hand-built messages.
 """
 

@@ -1,23 +1,4 @@
-"""A PostgreSQL server of our own, in a local data folder.
-
-``serve`` without a database URL runs one (its data folder persists across restarts), and the
-test suite runs one for the whole session. The server binaries are looked up in this order:
-
-1. the folder named by ``HEAT_PG_BIN`` (when set, it is the only place looked at);
-2. ``pg_ctl``, ``initdb`` and ``postgres`` on ``PATH``;
-3. the highest version under ``/usr/lib/postgresql/*/bin`` (Debian's layout).
-
-PostgreSQL refuses to run as root. When we are root, every server program runs as the
-``postgres`` system user (else ``nobody``): the data folder is handed to that user, and each of
-its parent folders must let that user through (``chmod o+x``); an error names the first that
-does not.
-
-One data folder belongs to one scheduler at a time: a server found still running on it (left by
-a scheduler that was killed) is stopped before ours starts.
-
-    EmbeddedPostgresError
-     └── PostgresNotInstalled    no server binaries were found
-"""
+"""The server: one cluster in a data folder, started and stopped with pg_ctl."""
 
 from __future__ import annotations
 
@@ -25,131 +6,32 @@ import asyncio
 import contextlib
 import logging
 import os
-import pwd
-import re
 import shlex
 import shutil
 import socket
 import stat
 import tempfile
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Final, Self
 from urllib.parse import quote
 
-__all__ = [
-    "DEBIAN_PG_ROOT",
-    "PG_BIN_ENV",
-    "SUPERUSER",
-    "EmbeddedPostgres",
-    "EmbeddedPostgresError",
-    "PostgresNotInstalled",
-    "find_pg_bin",
-]
+import asyncpg
+
+from scheduler.embedded.binaries import RunAs, find_pg_bin, run_as
+from scheduler.embedded.errors import EmbeddedPostgresError
 
 log = logging.getLogger(__name__)
 
-PG_BIN_ENV: Final = "HEAT_PG_BIN"
-DEBIAN_PG_ROOT: Final = Path("/usr/lib/postgresql")
 SUPERUSER: Final = "heat"
 
-_SERVER_PROGRAMS: Final = ("pg_ctl", "initdb", "postgres")
 _PG_CTL_TIMEOUT_S: Final = 60
 # Leftover backends of a killed postmaster notice its death within milliseconds; this is slack.
 _LINGER_TIMEOUT_S: Final = 10.0
 _LOG_ROTATE_BYTES: Final = 10 * 1024 * 1024
 _LOG_TAIL_LINES: Final = 30
 _PORT_ATTEMPTS: Final = 3
-
-
-class EmbeddedPostgresError(Exception):
-    """The embedded PostgreSQL server could not be set up, started or stopped."""
-
-
-class PostgresNotInstalled(EmbeddedPostgresError):
-    """No PostgreSQL server binaries were found."""
-
-
-def find_pg_bin(
-    *, environ: Mapping[str, str] | None = None, debian_root: Path = DEBIAN_PG_ROOT
-) -> Path:
-    """The folder holding ``pg_ctl``, ``initdb`` and ``postgres``; see the module docstring.
-
-    ``environ`` defaults to ``os.environ`` (``HEAT_PG_BIN`` and ``PATH`` are read from it).
-    """
-    env = os.environ if environ is None else environ
-    explicit = env.get(PG_BIN_ENV)
-    if explicit:
-        # A wrong explicit setting must not be papered over by some other installed version.
-        folder = Path(explicit)
-        missing = [p for p in _SERVER_PROGRAMS if not _is_executable(folder / p)]
-        if missing:
-            raise PostgresNotInstalled(
-                f"{PG_BIN_ENV}={explicit} but that folder lacks {', '.join(missing)}; point "
-                f"{PG_BIN_ENV} at PostgreSQL's bin folder (the one holding "
-                f"{', '.join(_SERVER_PROGRAMS)}), or unset it to search PATH and {debian_root}"
-            )
-        return folder
-
-    path = env.get("PATH", "")
-    found = [shutil.which(p, path=path) for p in _SERVER_PROGRAMS]
-    if all(found):
-        # Debian links only some programs into /usr/bin; the folder of the real pg_ctl has all.
-        real = Path(str(found[0])).resolve().parent
-        if all(_is_executable(real / p) for p in _SERVER_PROGRAMS):
-            return real
-        return Path(str(found[0])).parent
-
-    versions: list[tuple[tuple[int, ...], Path]] = []
-    if debian_root.is_dir():
-        for child in debian_root.iterdir():
-            if re.fullmatch(r"\d+(\.\d+)*", child.name) and all(
-                _is_executable(child / "bin" / p) for p in _SERVER_PROGRAMS
-            ):
-                versions.append((tuple(int(n) for n in child.name.split(".")), child / "bin"))
-    if versions:
-        return max(versions)[1]
-
-    raise PostgresNotInstalled(
-        f"PostgreSQL server programs ({', '.join(_SERVER_PROGRAMS)}) not found: "
-        f"{PG_BIN_ENV} is not set, they are not on PATH, and {debian_root}/<version>/bin "
-        "holds none. Install PostgreSQL (e.g. Debian's 'postgresql-15' package), or set "
-        f"{PG_BIN_ENV} to the folder holding them, or set HEAT_DATABASE_URL to use an "
-        "existing PostgreSQL server instead of an embedded one."
-    )
-
-
-def _is_executable(path: Path) -> bool:
-    return path.is_file() and os.access(path, os.X_OK)
-
-
-@dataclass(frozen=True, slots=True)
-class _RunAs:
-    """The unprivileged account the server programs run as when we are root."""
-
-    name: str
-    uid: int
-    gid: int
-    groups: list[int]
-
-
-def _run_as() -> _RunAs | None:
-    if os.geteuid() != 0:
-        return None
-    for name in ("postgres", "nobody"):
-        try:
-            entry = pwd.getpwnam(name)
-        except KeyError:
-            continue
-        return _RunAs(name, entry.pw_uid, entry.pw_gid, os.getgrouplist(name, entry.pw_gid))
-    raise EmbeddedPostgresError(
-        "running as root, and PostgreSQL refuses to run as root, but neither a 'postgres' "
-        "nor a 'nobody' user exists to run it as; create one, or run the scheduler as a "
-        "non-root user"
-    )
 
 
 class EmbeddedPostgres:
@@ -178,7 +60,7 @@ class EmbeddedPostgres:
         self.log_file = self.data_dir / "log" / "embedded.log"
         self._requested_port = port
         self._port = port
-        self._run_as = _run_as()
+        self._run_as = run_as()
         self._socket_dir: Path | None = None
         self._running = False
 
@@ -203,6 +85,16 @@ class EmbeddedPostgres:
     @property
     def running(self) -> bool:
         return self._running
+
+    async def database(self, name: str) -> str:
+        """The DSN of database ``name`` on the running server, created if it is missing."""
+        conn = await asyncpg.connect(self.dsn)
+        try:
+            if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
+                await conn.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await conn.close()
+        return self.dsn_for(name)
 
     async def start(self) -> None:
         if self._running:
@@ -264,7 +156,7 @@ class EmbeddedPostgres:
         # PostgreSQL refuses a data folder that others may read.
         data.chmod(0o700)
 
-    def _check_reachable(self, user: _RunAs) -> None:
+    def _check_reachable(self, user: RunAs) -> None:
         for folder in self.data_dir.parents:
             st = folder.stat()
             if st.st_uid == user.uid:
@@ -282,7 +174,7 @@ class EmbeddedPostgres:
                 )
 
     @staticmethod
-    def _chown_tree(root: Path, user: _RunAs) -> None:
+    def _chown_tree(root: Path, user: RunAs) -> None:
         os.chown(root, user.uid, user.gid)
         for folder, dirs, files in os.walk(root):
             for name in dirs + files:
