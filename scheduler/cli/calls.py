@@ -11,6 +11,7 @@ import os
 import shutil
 import sys
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Final
 
@@ -19,12 +20,12 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from scheduler.cli import render
+from scheduler.domain.backoff import Backoff
 
 DEFAULT_ADDRESS: Final = "127.0.0.1:50051"
 # A stream that breaks (the scheduler restarting) is resumed after these backoffs.
 RETRYABLE: Final = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED})
-BACKOFF_FIRST: Final = 0.2
-BACKOFF_MAX: Final = 5.0
+RECONNECT: Final = Backoff(timedelta(seconds=0.2), timedelta(seconds=5), spread=0.5)
 CHANNEL_OPTIONS: Final = [
     ("grpc.initial_reconnect_backoff_ms", 200),
     ("grpc.min_reconnect_backoff_ms", 200),

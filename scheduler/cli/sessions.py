@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import random
 import sys
 import time
 from datetime import UTC, datetime
@@ -16,8 +15,7 @@ from heat.scheduler.v1 import session_service_pb2_grpc as sspb_grpc
 
 from scheduler.cli import render
 from scheduler.cli.calls import (
-    BACKOFF_FIRST,
-    BACKOFF_MAX,
+    RECONNECT,
     RETRYABLE,
     InputError,
     Unreachable,
@@ -29,6 +27,7 @@ from scheduler.cli.calls import (
     read_json,
     width,
 )
+from scheduler.domain.backoff import Retries
 
 
 def _parameters(args: argparse.Namespace) -> struct_pb2.Struct:
@@ -176,12 +175,12 @@ def _follow(
     display: _Display,
     timeout: float,
 ) -> None:
-    delay = BACKOFF_FIRST
+    retries = Retries(RECONNECT)
     while True:
         call = stub.WatchSession(sspb.WatchSessionRequest(name=view.name, cursor=view.cursor))
         try:
             for response in call:
-                delay = BACKOFF_FIRST
+                retries.reset()
                 display.show(view, response)
                 if view.ended:
                     call.cancel()
@@ -194,8 +193,7 @@ def _follow(
         finally:
             call.cancel()
         display.note(view, f"watch: {why}; reconnecting after cursor {view.cursor or '(none)'}")
-        time.sleep(delay * (0.5 + random.random() / 2))  # noqa: S311 - jitter, not secrets
-        delay = min(delay * 2, BACKOFF_MAX)
+        time.sleep(retries.wait())
         try:
             grpc.channel_ready_future(channel).result(timeout=timeout)
         except grpc.FutureTimeoutError:

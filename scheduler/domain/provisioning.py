@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import enum
 import math
+import random
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 
+from scheduler.domain.backoff import Backoff
 from scheduler.domain.registry import Runner
 
 
@@ -61,15 +63,18 @@ def desired_instances(runner: Runner, queued: int, running: int) -> int:
 
 
 @dataclass(frozen=True, slots=True)
-class Backoff:
-    """Replacement of failing instances slows down exponentially, and recovers on success."""
+class CrashBackoff:
+    """Replacement of failing instances slows down exponentially, and recovers on success.
+
+    With ``spread=0`` (the reconciler's) it waits the whole bound, without jitter: one leader
+    decides, and operators read the delays (1 s, 2 s, 4 s, …) in the Runner's status.
+    """
 
     failures: int = 0
     until: datetime | None = None
 
-    def after_failure(self, now: datetime, base: timedelta, cap: timedelta) -> Backoff:
-        delay = min(cap, base * (2 ** min(self.failures, 16)))
-        return Backoff(self.failures + 1, now + delay)
+    def after_failure(self, now: datetime, backoff: Backoff, rng: random.Random) -> CrashBackoff:
+        return CrashBackoff(self.failures + 1, now + backoff.delay(self.failures + 1, rng))
 
     def allows(self, now: datetime) -> bool:
         return self.until is None or now >= self.until
@@ -87,7 +92,7 @@ def plan(
     observed: list[Observed],
     *,
     now: datetime,
-    backoff: Backoff,
+    backoff: CrashBackoff,
 ) -> Plan:
     """Create what is missing (unless failures are backing off); delete what has ended."""
     live = [o for o in observed if o.live]

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Final
 
+from scheduler.domain.backoff import Backoff
 from scheduler.domain.registry import DagNode, NodeTemplate, RetryPolicy, effective_config
 
 
@@ -188,11 +189,9 @@ def new_trace_id() -> str:
 
 def backoff(policy: RetryPolicy, failed_attempt: int, rng: random.Random) -> timedelta:
     """Full jitter: uniform in [0, min(max_backoff, initial * multiplier^(attempt-1))]."""
-    bound = policy.initial_backoff.total_seconds() * policy.backoff_multiplier ** max(
-        failed_attempt - 1, 0
+    return Backoff(policy.initial_backoff, policy.max_backoff, policy.backoff_multiplier).delay(
+        failed_attempt, rng
     )
-    bound = min(bound, policy.max_backoff.total_seconds())
-    return timedelta(seconds=rng.uniform(0, bound))
 
 
 class ResultStatus(enum.StrEnum):

@@ -19,10 +19,10 @@ import contextlib
 import json
 import logging
 import os
-import random
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Final, cast
 
@@ -42,6 +42,7 @@ from kubernetes_asyncio.config.incluster_config import (
 )
 from kubernetes_asyncio.config.kube_config import load_kube_config
 
+from scheduler.domain.backoff import Backoff, Retries
 from scheduler.domain.clock import Clock, SystemClock
 from scheduler.domain.provisioning import InstanceSpec, Observed
 from scheduler.provisioner._k8s_pods import (
@@ -113,21 +114,6 @@ def _status_of(body: bytes, status: int, reason: str) -> _ApiError:
     return _ApiError(status, reason or "Error", message or body[:200].decode(errors="replace"))
 
 
-class _Backoff:
-    def __init__(self, base: float, cap: float) -> None:
-        self._base = base
-        self._cap = cap
-        self._attempt = 0
-
-    def next(self) -> float:
-        delay = min(self._cap, self._base * 2 ** min(self._attempt, 30))
-        self._attempt += 1
-        return random.uniform(delay / 2, delay)  # noqa: S311 -- jitter, not cryptography
-
-    def reset(self) -> None:
-        self._attempt = 0
-
-
 class KubernetesProvisioner:
     """Pods in one namespace, for one scheduler (``scheduler_name``)."""
 
@@ -157,7 +143,8 @@ class KubernetesProvisioner:
         self._clock = clock or SystemClock()
         self._request_timeout = request_timeout
         self._watch_timeout = watch_timeout_seconds
-        self._backoff = _Backoff(*backoff)
+        first, cap = (timedelta(seconds=s) for s in backoff)
+        self._backoff = Retries(Backoff(first, cap, spread=0.5))
         self._owns_api = owns_api
         self._pods: dict[str, _Pod] = {}
         self._deleting: set[str] = set()  # uids we asked to delete, until they are gone
@@ -271,10 +258,10 @@ class KubernetesProvisioner:
                 version = None
                 log.info("pod watch expired; listing again", extra={"namespace": self._namespace})
                 if listed and not self._heard:  # gone straight after a list: do not spin
-                    await asyncio.sleep(self._backoff.next())
+                    await asyncio.sleep(self._backoff.wait())
             except Exception as exc:
                 version = None
-                delay = self._backoff.next()
+                delay = self._backoff.wait()
                 expected = isinstance(exc, _ApiError | aiohttp.ClientError | OSError | TimeoutError)
                 log.warning(
                     "pod list/watch failed (%s); retrying in %.1fs",

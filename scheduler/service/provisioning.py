@@ -14,15 +14,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Final
 
+from scheduler.domain.backoff import Backoff
 from scheduler.domain.clock import Clock
 from scheduler.domain.ports import Provisioner, Store
 from scheduler.domain.provisioning import (
-    Backoff,
+    CrashBackoff,
     InstanceSpec,
     Observed,
     Phase,
@@ -40,14 +42,14 @@ log = logging.getLogger(__name__)
 RECONCILER_LOCK: Final = 0x4845415450524F56  # "HEATPROV"
 SETTLE_GAP: Final = 0.25
 PROVEN_AFTER: Final = timedelta(seconds=10)
+CRASH_BACKOFF: Final = Backoff(timedelta(seconds=1), timedelta(minutes=5), spread=0)
 
 
 @dataclass(frozen=True, slots=True)
 class ProvisionSettings:
     scheduler_address: str
     scheduler_name: str
-    failure_backoff: timedelta = timedelta(seconds=1)
-    failure_backoff_cap: timedelta = timedelta(minutes=5)
+    failure_backoff: Backoff = CRASH_BACKOFF
 
 
 class Reconciler:
@@ -67,7 +69,8 @@ class Reconciler:
         self._clock = clock
         self._settings = settings
         self._wake = asyncio.Event()
-        self._backoff: dict[str, Backoff] = defaultdict(Backoff)
+        self._backoff: dict[str, CrashBackoff] = defaultdict(CrashBackoff)
+        self._rng = random.Random()  # noqa: S311 (backoff jitter, not secrets)
         self._errors: dict[str, str] = {}
         self._task: asyncio.Task[None] | None = None
         self.passes = 0
@@ -192,7 +195,7 @@ class Reconciler:
         """Create and remove this Runner's instances; the error to show on its status."""
         error = ""
         if any(self._proven(i, now) for i in instances):
-            self._backoff[runner.name] = Backoff()
+            self._backoff[runner.name] = CrashBackoff()
             self._errors.pop(runner.name, None)
         steps = plan(runner, desired, instances, now=now, backoff=self._backoff[runner.name])
         for instance in steps.delete:
@@ -200,7 +203,7 @@ class Reconciler:
                 error = f"instance {instance.name} failed: {instance.reason or 'unknown reason'}"
                 failed.append(instance.name)
                 self._backoff[runner.name] = self._backoff[runner.name].after_failure(
-                    now, self._settings.failure_backoff, self._settings.failure_backoff_cap
+                    now, self._settings.failure_backoff, self._rng
                 )
                 log.warning("runner %s: %s", runner.name, error)
             error = await self._delete(instance) or error
@@ -237,7 +240,7 @@ class Reconciler:
             message = f"cannot create an instance: {exc}"
             log.warning("runner %s: %s", runner.name, message)
             self._backoff[runner.name] = self._backoff[runner.name].after_failure(
-                now, self._settings.failure_backoff, self._settings.failure_backoff_cap
+                now, self._settings.failure_backoff, self._rng
             )
             return message
         return ""
