@@ -8,9 +8,8 @@ import signal
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 
-import asyncpg
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
@@ -27,22 +26,22 @@ from scheduler.domain.clock import SystemClock
 from scheduler.domain.limits import Limits
 from scheduler.domain.ports import Provisioner
 from scheduler.embedded import EmbeddedPostgres
-from scheduler.provisioner.local import LocalProvisioner, parse_commands
-from scheduler.service.engine import Engine, EngineSettings
+from scheduler.provisioner.local import LocalProvisioner
 from scheduler.service.provisioning import ProvisionSettings, Reconciler
 from scheduler.service.registry import Registry
+from scheduler.service.runner_protocol import ProtocolSettings, RunnerProtocol
 from scheduler.service.sessions import Sessions
 from scheduler.service.signals import Signals
-from scheduler.settings import Settings, SettingsError
-from scheduler.store.database import Store, create_pool
-from scheduler.store.listener import Listener
-from scheduler.store.migrations import migrate
-from scheduler.store.provisioning import TICK_CHANNEL
-from scheduler.store.sessions import CANCEL_CHANNEL, READY_CHANNEL, SESSION_CHANNEL
+from scheduler.settings import Settings, SettingsError, parse_commands
+from scheduler.store.database import PgStore, migrate_database
+from scheduler.store.leadership import AdvisoryLockLeadership
+from scheduler.store.notifications import Listener
 from scheduler.transport.errors import ErrorInterceptor
 from scheduler.transport.registry import RegistryServicer
 from scheduler.transport.runner import RunnerServicer
 from scheduler.transport.sessions import SessionServicer
+
+__all__ = ["Running", "database", "migrate_database", "running", "serve"]
 
 log = logging.getLogger("scheduler")
 
@@ -59,8 +58,8 @@ class Running:
     server: grpc.aio.Server
     port: int
     health: health.aio.HealthServicer
-    store: Store
-    engine: Engine
+    store: PgStore
+    protocol: RunnerProtocol
     reconciler: Reconciler | None
 
 
@@ -76,17 +75,6 @@ async def database(settings: Settings) -> AsyncIterator[str]:
         yield await embedded.database(EMBEDDED_DATABASE)
 
 
-async def migrate_database(dsn: str) -> list[str]:
-    conn = await asyncpg.connect(dsn)
-    try:
-        applied = await migrate(conn)
-    finally:
-        await conn.close()
-    if applied:
-        log.info("applied migrations", extra={"migrations": ",".join(applied)})
-    return applied
-
-
 @asynccontextmanager
 async def running(
     settings: Settings, *, provisioner: Provisioner | None = None
@@ -98,41 +86,29 @@ async def running(
     async with AsyncExitStack() as stack:
         dsn = await stack.enter_async_context(database(settings))
         await migrate_database(dsn)
-        pool = await create_pool(dsn, max_size=settings.db_pool_size)
-        stack.push_async_callback(pool.close)
-        store = Store(pool, dsn)
+        signals = Signals()
+        store = await PgStore.open(dsn, signals, max_size=settings.db_pool_size)
+        stack.push_async_callback(store.close)
+        leadership = AdvisoryLockLeadership(dsn)
         limits = Limits(max_dag_nodes=settings.max_dag_nodes)
         clock = SystemClock()
-        signals = Signals()
-        engine = Engine(
+        protocol = RunnerProtocol(
             store,
+            leadership,
             signals,
             clock,
-            EngineSettings(
+            ProtocolSettings(
                 lease_duration=timedelta(seconds=settings.lease_duration),
                 heartbeat_interval=timedelta(seconds=settings.heartbeat_interval),
                 max_output_bytes=settings.max_output_bytes,
                 drain_idle=settings.provisioner != "none",
             ),
         )
-        listener = Listener(
-            dsn,
-            {
-                READY_CHANNEL: lambda runner: signals.ready([runner]),
-                SESSION_CHANNEL: lambda ids: signals.sessions_changed(
-                    int(i) for i in ids.split(",") if i
-                ),
-                CANCEL_CHANNEL: lambda ids: signals.cancelled([i for i in ids.split(",") if i]),
-                TICK_CHANNEL: lambda at: engine.deadline_written(
-                    datetime.fromisoformat(at) if at else None
-                ),
-            },
-            on_reconnect=signals.everything_changed,
-        )
+        listener = Listener(dsn, signals)
         listener.start()
         stack.push_async_callback(listener.stop)
-        engine.start()
-        stack.push_async_callback(engine.stop)
+        protocol.start()
+        stack.push_async_callback(protocol.stop)
 
         options = [
             ("grpc.max_receive_message_length", settings.max_message_bytes),
@@ -148,7 +124,9 @@ async def running(
         session_service_pb2_grpc.add_SessionServiceServicer_to_server(
             SessionServicer(Sessions(store, signals, clock, limits), limits), server
         )
-        runner_service_pb2_grpc.add_RunnerServiceServicer_to_server(RunnerServicer(engine), server)
+        runner_service_pb2_grpc.add_RunnerServiceServicer_to_server(
+            RunnerServicer(protocol), server
+        )
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection(
@@ -182,6 +160,7 @@ async def running(
                     stack.push_async_callback(close)
             reconciler = Reconciler(
                 store,
+                leadership,
                 provisioner,
                 registry,
                 signals,
@@ -194,7 +173,7 @@ async def running(
             reconciler.start()
             stack.push_async_callback(reconciler.stop)
         log.info("serving", extra={"address": f"{host}:{port}"})
-        yield Running(server, port, health_servicer, store, engine, reconciler)
+        yield Running(server, port, health_servicer, store, protocol, reconciler)
 
 
 def advertised(host: str, port: int) -> str:

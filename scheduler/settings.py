@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shlex
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -41,9 +42,23 @@ def _database_url(value: str) -> str:
     return value
 
 
-def _local_runners(value: str) -> str:
-    from scheduler.provisioner.local import parse_commands
+def parse_commands(value: str) -> dict[str, list[str]]:
+    """``name=command; name=command`` into argv lists; ValueError saying what is wrong."""
+    commands: dict[str, list[str]] = {}
+    for entry in (e.strip() for e in value.split(";")):
+        if not entry:
+            continue
+        name, sep, command = entry.partition("=")
+        if not sep or not name.strip() or not command.strip():
+            raise ValueError(
+                f"{entry!r} is not RUNNER=COMMAND; "
+                "e.g. csv-runner=python examples/csv_sum/runner.py"
+            )
+        commands[name.strip()] = shlex.split(command)
+    return commands
 
+
+def _local_runners(value: str) -> str:
     parse_commands(value)
     return value
 

@@ -9,10 +9,13 @@
      ├── Unauthenticated      no (valid) credential
      ├── PermissionDenied     a valid credential that may not do this
      ├── ResourceExhausted    a size bound was exceeded
-     └── Unavailable          a dependency (PostgreSQL) is down; retrying later may succeed
+     ├── Unavailable          a dependency (PostgreSQL) is down; retrying later may succeed
+     └── Internal             a fault of ours (a database statement failed for no reason a
+                              caller gave); logged, and shown to callers only as INTERNAL
 
 The transport maps each class to one gRPC status code (scheduler.transport.errors);
-nothing below the transport knows about gRPC.
+nothing below the transport knows about gRPC. The store raises Aborted, Unavailable and
+Internal for what its database driver raises, so nothing above it knows the driver either.
 """
 
 from __future__ import annotations
@@ -103,6 +106,10 @@ class ResourceExhausted(SchedulerError):
 
 class Unavailable(SchedulerError):
     reason = "UNAVAILABLE"
+
+
+class Internal(SchedulerError):
+    reason = "INTERNAL"
 
 
 def raise_if(violations: Sequence[FieldViolation]) -> None:

@@ -1,31 +1,41 @@
-"""What the services need from the outside world, as protocols the store implements.
+"""What the services need from the outside world, as protocols the store and provisioners keep.
 
-The services depend on these protocols only; the app's wiring module hands them the
-PostgreSQL store (or, in unit tests, anything else that keeps the promises).
+- ``Store``: units of work (one transaction each) over four repositories, one per aggregate:
+  ``registry`` (Runners, templates, credentials), ``sessions`` (Sessions and their change
+  logs), ``tasks`` (nodes as the runner protocol sees them: claims, attempts, leases, retries)
+  and ``provisioning`` (what each Runner has and wants). Everything crossing them is a named
+  domain value. What a unit of work changed is announced at its commit, to this replica's
+  ``ChangeFeed`` and (through the database) to every other replica's.
+- ``Leadership``: one replica at a time holds a duty.
+- ``Provisioner``: starts and stops runner instances.
+
+The services depend on these protocols only; the app's wiring module hands them PostgreSQL
+and a provisioner (or, in unit tests, fakes that keep the promises).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import enum
+from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Protocol
 
-from scheduler.domain.provisioning import InstanceSpec, Observed, RunnerStatus
+from scheduler.domain.dag import Settlement
+from scheduler.domain.provisioning import InstanceSpec, Observed, RunnerStatus, RunnerWork
 from scheduler.domain.registry import NodeTemplate, Runner, RunnerCredential, SessionTemplate
+from scheduler.domain.runner_protocol import AttemptState, ClaimedTask, ClaimRequest
 from scheduler.domain.sessions import (
-    ClaimedTask,
-    HeldNode,
     NewSession,
-    NodeError,
-    NodeState,
-    Session,
+    NodeRef,
+    SessionCursor,
     SessionFilter,
-    Settled,
     StoredEvent,
+    StoredSession,
 )
+from scheduler.domain.verdicts import ExpiredAttempt, HeldNode, Reply
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,12 +44,14 @@ class RunnerFilter:
     feature_internal_name: str = ""
 
 
-class RegistryTx(Protocol):
-    """One open transaction over the registry. Reads may lock rows for the change at hand."""
+class RegistryRepository(Protocol):
+    """Runners, Node Templates, Session Templates and runner credentials. Reads may lock the
+    rows for the change at hand."""
 
     async def runners_by_name(
         self, names: Sequence[str], *, lock: bool = False
     ) -> dict[str, Runner]: ...
+    async def all_runners(self) -> list[Runner]: ...
     async def runner_ids_taken(self, ids: Sequence[int]) -> dict[int, str]: ...
     async def insert_runners(self, runners: Sequence[Runner]) -> list[Runner]: ...
     async def update_runners(self, runners: Sequence[Runner]) -> list[Runner]: ...
@@ -85,88 +97,136 @@ class RegistryTx(Protocol):
         self, runner: str, *, show_revoked: bool
     ) -> list[RunnerCredential]: ...
     async def revoke_credential(self, credential_id: str) -> RunnerCredential | None: ...
+    async def runner_of_credential(self, secret_hash: bytes) -> str | None:
+        """The Runner a credential (not revoked) belongs to."""
+        ...
 
 
-class SessionTx(RegistryTx, Protocol):
-    """One open transaction over the registry and the Session tables."""
+class SessionRepository(Protocol):
+    """Sessions: created whole, read with their nodes and change logs, cancelled."""
 
-    async def session_by_request_id(self, request_id: str) -> str | None: ...
-    async def insert_session(self, new: NewSession, now: datetime) -> int: ...
-    async def session(
+    async def by_request_id(self, request_id: str) -> str | None: ...
+    async def insert(self, new: NewSession, now: datetime) -> int: ...
+    async def get(
         self, name: str, *, with_nodes: bool, max_nodes: int = 1_000_000
-    ) -> tuple[int, Session] | None: ...
-    async def list_sessions(
-        self, where: SessionFilter, after: tuple[datetime, int] | None, limit: int
-    ) -> list[tuple[int, Session]]: ...
+    ) -> StoredSession | None: ...
+    async def page(
+        self, where: SessionFilter, after: SessionCursor | None, limit: int
+    ) -> list[StoredSession]: ...
     async def events_after(self, session_id: int, seq: int, limit: int) -> list[StoredEvent]: ...
-    async def node_index(self, session_id: int, key: str) -> tuple[int, NodeState] | None: ...
+    async def node(self, session_id: int, key: str) -> NodeRef | None: ...
     async def cancel(
         self, session_id: int, idxs: Sequence[int] | None, now: datetime, reason: str
-    ) -> None: ...
-    async def notify(self) -> Settled: ...
-    async def claim(
-        self,
-        runner: str,
-        templates: Sequence[str] | None,
-        owners: Sequence[str],
-        lease_deadline: datetime,
-        now: datetime,
-    ) -> list[ClaimedTask]: ...
-    async def held_nodes(
-        self, attempt_ids: Sequence[str]
-    ) -> dict[str, tuple[HeldNode, list[int]]]: ...
-    async def earlier_verdicts(self, attempt_ids: Sequence[str]) -> dict[str, tuple[str, str]]: ...
-    async def record_verdicts(
-        self, verdicts: Iterable[tuple[HeldNode, str, str]], now: datetime
-    ) -> None: ...
-    async def settle(
-        self,
-        settled: Sequence[tuple[HeldNode, NodeState, Any, NodeError | None, datetime | None]],
-        downstream: Mapping[str, list[int]],
-        now: datetime,
-    ) -> None: ...
+    ) -> None:
+        """Cancel a whole Session (``idxs`` None) or some of its nodes and what depends on them."""
+        ...
+
+
+class TaskRepository(Protocol):
+    """Nodes as the runner protocol sees them: claims, attempts, leases, expiries, retries."""
+
+    async def claim(self, request: ClaimRequest) -> list[ClaimedTask]: ...
+    async def held(self, attempt_ids: Sequence[str]) -> dict[str, HeldNode]:
+        """The nodes these attempts name (by their current attempt or not), locked."""
+        ...
+
+    async def earlier_verdicts(self, attempt_ids: Sequence[str]) -> dict[str, Reply]: ...
+    async def settle(self, settlement: Settlement, now: datetime) -> None:
+        """Apply a settlement: the held nodes' states, released children, doomed descendants,
+        the Sessions' bookkeeping, the verdicts to remember."""
+        ...
+
     async def extend_leases(
         self, runner: str, attempt_ids: Sequence[str], deadline: datetime
     ) -> set[str]: ...
-    async def attempt_states(
-        self, attempt_ids: Sequence[str]
-    ) -> dict[str, tuple[NodeState, datetime | None, str]]: ...
-    async def expired_attempts(self, now: datetime, limit: int) -> list[tuple[str, str, int]]: ...
+    async def attempt_states(self, attempt_ids: Sequence[str]) -> dict[str, AttemptState]: ...
+    async def expire_leases_of(self, instance_ids: Sequence[str], now: datetime) -> int:
+        """End the leases that instances (which died) hold, for the timekeeper to requeue."""
+        ...
+
+    async def expired(self, now: datetime, limit: int) -> list[ExpiredAttempt]: ...
     async def promote_due_retries(self, now: datetime, limit: int) -> int: ...
     async def next_deadline(self) -> datetime | None: ...
-    async def runner_of_credential(self, secret_hash: bytes) -> str | None: ...
-    async def queued_runners(self) -> list[str]: ...
 
 
-class ProvisioningTx(Protocol):
-    async def all_runners(self) -> list[Runner]: ...
-    async def work_by_runner(self) -> dict[str, tuple[int, int]]: ...
+class ProvisioningRepository(Protocol):
+    """What each Runner has and wants, and which of its instances drain."""
+
+    async def work_by_runner(self) -> dict[str, RunnerWork]: ...
     async def save_runner_status(self, statuses: Sequence[RunnerStatus], now: datetime) -> None: ...
     async def runner_status(self, names: Sequence[str]) -> dict[str, RunnerStatus]: ...
     async def claim_drain(
         self, instance_id: str, runner: str, reason: str, now: datetime
     ) -> bool: ...
-    async def draining(self) -> dict[str, str]: ...
     async def forget_drains(self, instance_ids: Sequence[str]) -> None: ...
-    async def expire_leases_of(self, instance_ids: Sequence[str], now: datetime) -> int: ...
-    async def notify_tick(self, at: datetime | None = None) -> None: ...
 
 
-class Tx(SessionTx, ProvisioningTx, Protocol):
-    """Everything the services may do in one transaction."""
+class UnitOfWork(Protocol):
+    """One transaction over every repository."""
+
+    @property
+    def registry(self) -> RegistryRepository: ...
+    @property
+    def sessions(self) -> SessionRepository: ...
+    @property
+    def tasks(self) -> TaskRepository: ...
+    @property
+    def provisioning(self) -> ProvisioningRepository: ...
 
 
 class Store(Protocol):
-    def transaction(self) -> AbstractAsyncContextManager[Tx]:
-        """A read-write transaction, committed when the block ends normally."""
+    def transaction(self) -> AbstractAsyncContextManager[UnitOfWork]:
+        """A read-write unit of work, committed when the block ends normally."""
         ...
 
-    def snapshot(self) -> AbstractAsyncContextManager[Tx]:
-        """A read-only, repeatable-read transaction: several reads, one point in time."""
+    def snapshot(self) -> AbstractAsyncContextManager[UnitOfWork]:
+        """A read-only, repeatable-read unit of work: several reads, one point in time."""
         ...
 
-    def leadership(self, key: int) -> AbstractAsyncContextManager[asyncio.Event]:
-        """Held while this replica leads; the event is set if leadership is lost."""
+
+@dataclass(slots=True)
+class Changes:
+    """What committed units of work changed, for whoever waits on it."""
+
+    ready_runners: set[str] = field(default_factory=set)  # have claimable work
+    sessions: set[int] = field(default_factory=set)  # logged changes
+    cancelled_attempts: list[str] = field(default_factory=list)  # their runners must hear it
+    deadlines: list[datetime | None] = field(default_factory=list)  # None: due now
+
+    def __bool__(self) -> bool:
+        return bool(
+            self.ready_runners or self.sessions or self.cancelled_attempts or self.deadlines
+        )
+
+
+class ChangeFeed(Protocol):
+    """Where the store announces changes: those of this replica's commits at once, those of
+    other replicas' as they arrive."""
+
+    def changed(self, changes: Changes) -> None: ...
+    def missed(self) -> None:
+        """Announcements may have been lost (the connection that hears them was down)."""
+        ...
+
+
+class Duty(enum.Enum):
+    TIMEKEEPER = "keeps time (expires leases, requeues retries)"
+    PROVISIONING = "provisions runners"
+
+
+@dataclass(frozen=True, slots=True)
+class Term:
+    """One spell of leadership. ``lost`` is set once another replica may lead; ``epoch``
+    orders terms where the implementation counts them (a fencing token), else None."""
+
+    duty: Duty
+    lost: asyncio.Event
+    epoch: int | None = None
+
+
+class Leadership(Protocol):
+    def lead(self, duty: Duty) -> AbstractAsyncContextManager[Term]:
+        """Wait until this replica holds ``duty``; held for as long as the block runs."""
         ...
 
 

@@ -50,6 +50,14 @@ class InstanceSpec:
     scheduler_name: str
 
 
+@dataclass(frozen=True, slots=True)
+class RunnerWork:
+    """A Runner's tasks waiting for an instance, and held by one."""
+
+    queued: int = 0
+    running: int = 0
+
+
 def desired_instances(runner: Runner, queued: int, running: int) -> int:
     """Instances for the work: queued + running tasks over tasks per instance, within min/max.
 

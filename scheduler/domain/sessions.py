@@ -1,19 +1,17 @@
-"""Sessions and nodes: states, the DAG laid out for the engine, retries and result verdicts.
+"""Sessions and nodes: their states, and a DAG laid out for the store.
 
-Everything here is pure: time and randomness come in as arguments.
+Everything here is pure.
 """
 
 from __future__ import annotations
 
 import enum
-import random
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Final
 
-from scheduler.domain.backoff import Backoff
 from scheduler.domain.registry import DagNode, NodeTemplate, RetryPolicy, effective_config
 
 
@@ -135,7 +133,8 @@ class NewNode:
 
     @property
     def state(self) -> NodeState:
-        return NodeState.QUEUED if not self.upstream else NodeState.WAITING
+        """A new node with no upstream nodes is QUEUED at once; the others wait."""
+        return NodeState.WAITING if self.upstream else NodeState.QUEUED
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,133 +186,6 @@ def new_trace_id() -> str:
     return secrets.token_hex(16)
 
 
-def backoff(policy: RetryPolicy, failed_attempt: int, rng: random.Random) -> timedelta:
-    """Full jitter: uniform in [0, min(max_backoff, initial * multiplier^(attempt-1))]."""
-    return Backoff(policy.initial_backoff, policy.max_backoff, policy.backoff_multiplier).delay(
-        failed_attempt, rng
-    )
-
-
-class ResultStatus(enum.StrEnum):
-    ACCEPTED = "accepted"
-    REJECTED_STALE = "rejected_stale"
-    REJECTED_CANCELLED = "rejected_cancelled"
-    REJECTED_INVALID = "rejected_invalid"
-    # Not a verdict: the poster's Runner does not own the task. Never recorded.
-    FORBIDDEN = "forbidden"
-
-
-class OutcomeKind(enum.StrEnum):
-    SUCCESS = "success"
-    FAILURE = "failure"
-    RELEASE = "release"
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """What a runner (or the timekeeper, for expired leases) says happened to an attempt."""
-
-    attempt_id: str
-    kind: OutcomeKind
-    outputs: Any = None
-    outputs_size: int = 0
-    retryable: bool = True
-    message: str = ""
-    details: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class HeldNode:
-    """The parts of a node row a verdict depends on."""
-
-    session_id: int
-    idx: int
-    runner: str
-    state: NodeState
-    attempt: int
-    attempt_id: str
-    policy: RetryPolicy
-
-
-@dataclass(frozen=True, slots=True)
-class Verdict:
-    status: ResultStatus
-    message: str = ""
-    new_state: NodeState | None = None
-    error: NodeError | None = None
-    not_before: datetime | None = None
-
-
-def judge(
-    node: HeldNode,
-    outcome: Outcome,
-    *,
-    now: datetime,
-    rng: random.Random,
-    max_output_bytes: int,
-) -> Verdict:
-    """The verdict on an outcome for the attempt that currently holds ``node``."""
-    if node.state is NodeState.CANCELLED:
-        return Verdict(ResultStatus.REJECTED_CANCELLED, "the task was cancelled")
-    if node.state is not NodeState.RUNNING or node.attempt_id != outcome.attempt_id:
-        return Verdict(
-            ResultStatus.REJECTED_STALE,
-            "the lease is stale: it expired or another attempt owns the task",
-        )
-    if outcome.kind is OutcomeKind.RELEASE:
-        return Verdict(ResultStatus.ACCEPTED, new_state=NodeState.QUEUED)
-    if outcome.kind is OutcomeKind.SUCCESS:
-        if outcome.outputs_size > max_output_bytes:
-            message = (
-                f"outputs of {outcome.outputs_size} bytes exceed the limit of "
-                f"{max_output_bytes} bytes (setting max_output_bytes); the attempt failed"
-            )
-            error = NodeError(node.attempt, False, message, {"outputs_bytes": outcome.outputs_size})
-            return Verdict(
-                ResultStatus.REJECTED_INVALID, message, new_state=NodeState.FAILED, error=error
-            )
-        return Verdict(ResultStatus.ACCEPTED, new_state=NodeState.SUCCEEDED)
-    return failure_verdict(node, outcome.retryable, outcome.message, outcome.details, now, rng)
-
-
-def failure_verdict(
-    node: HeldNode,
-    retryable: bool,
-    message: str,
-    details: dict[str, Any],
-    now: datetime,
-    rng: random.Random,
-) -> Verdict:
-    error = NodeError(node.attempt, retryable, message, details)
-    if retryable and node.attempt < node.policy.max_attempts:
-        delay = backoff(node.policy, node.attempt, rng)
-        return Verdict(
-            ResultStatus.ACCEPTED,
-            new_state=NodeState.RETRY_WAIT,
-            error=error,
-            not_before=now + delay,
-        )
-    return Verdict(ResultStatus.ACCEPTED, new_state=NodeState.FAILED, error=error)
-
-
-@dataclass(frozen=True, slots=True)
-class ClaimedTask:
-    session_id: int
-    session: str
-    idx: int
-    node_key: str
-    node_template: str
-    attempt: int
-    attempt_id: str
-    owner: str
-    lease_deadline: datetime
-    attempt_deadline: datetime
-    config: dict[str, Any]
-    inputs: dict[str, Any]
-    parameters: dict[str, Any]
-    trace_id: str
-
-
 @dataclass(frozen=True, slots=True)
 class StoredEvent:
     seq: int
@@ -327,9 +199,24 @@ class StoredEvent:
 
 
 @dataclass(frozen=True, slots=True)
-class Settled:
-    """What a batch of verdicts changed, for the caller to wake dispatchers and watchers."""
+class StoredSession:
+    """A Session with its row id (what the store's other calls take)."""
 
-    ready_runners: set[str]
-    sessions: set[int]
-    cancelled_attempts: list[str]
+    id: int
+    session: Session
+
+
+@dataclass(frozen=True, slots=True)
+class SessionCursor:
+    """A position in the list of Sessions, newest first."""
+
+    create_time: datetime
+    id: int
+
+
+@dataclass(frozen=True, slots=True)
+class NodeRef:
+    """A node of a stored Session, by index."""
+
+    idx: int
+    state: NodeState

@@ -28,22 +28,6 @@ log = logging.getLogger(__name__)
 _STOP_GRACE_S: Final = 10.0
 
 
-def parse_commands(value: str) -> dict[str, list[str]]:
-    """``name=command; name=command`` into argv lists; ValueError saying what is wrong."""
-    commands: dict[str, list[str]] = {}
-    for entry in (e.strip() for e in value.split(";")):
-        if not entry:
-            continue
-        name, sep, command = entry.partition("=")
-        if not sep or not name.strip() or not command.strip():
-            raise ValueError(
-                f"{entry!r} is not RUNNER=COMMAND; "
-                "e.g. csv-runner=python examples/csv_sum/runner.py"
-            )
-        commands[name.strip()] = shlex.split(command)
-    return commands
-
-
 class LocalProvisioner:
     name = "local"
 

@@ -5,32 +5,34 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 from typing import Final
 
-import asyncpg
-
-from scheduler.domain.errors import Unavailable
-from scheduler.domain.ports import Store
+from scheduler.domain.backoff import Backoff, Retries
+from scheduler.domain.errors import Aborted, Internal, Unavailable
+from scheduler.domain.ports import Duty, Leadership, Term
 
 log = logging.getLogger(__name__)
 
-# What losing the database looks like, from the store or from the lock's own connection.
-DATABASE_ERRORS: Final = (Unavailable, OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
+# What losing (or failing in) the database, or a backend's connection, looks like: the duty
+# is given up and taken again.
+DATABASE_ERRORS: Final = (Unavailable, Aborted, Internal, OSError)
+RETRY: Final = Backoff(timedelta(seconds=0.1), timedelta(seconds=5))
 
 
 async def lead_forever(
-    store: Store, lock: int, duty: str, lead: Callable[[asyncio.Event], Awaitable[None]]
+    leadership: Leadership, duty: Duty, lead: Callable[[Term], Awaitable[None]], *, what: str = ""
 ) -> None:
-    """Wait for the advisory lock, run ``lead(lost)`` while holding it; on a database error,
-    back off (0.1 s doubling to 5 s) and wait for the lock again."""
-    delay = 0.1
+    """Wait to hold ``duty``, run ``lead(term)`` while holding it; after it ends, or the
+    database fails, back off and wait for the duty again."""
+    retries = Retries(RETRY)
+    text = duty.value + (f" ({what})" if what else "")
     while True:
         try:
-            async with store.leadership(lock) as lost:
-                log.info("this replica %s", duty)
-                delay = 0.1
-                await lead(lost)
+            async with leadership.lead(duty) as term:
+                log.info("this replica %s", text)
+                retries.reset()
+                await lead(term)
         except DATABASE_ERRORS as exc:
-            log.warning("lost the database while it %s (%s); retrying", duty, exc)
-        await asyncio.sleep(delay)
-        delay = min(delay * 2, 5.0)
+            log.warning("lost the database while it %s (%s); retrying", text, exc)
+        await asyncio.sleep(retries.wait())

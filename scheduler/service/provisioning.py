@@ -22,13 +22,14 @@ from typing import Final
 
 from scheduler.domain.backoff import Backoff
 from scheduler.domain.clock import Clock
-from scheduler.domain.ports import Provisioner, Store
+from scheduler.domain.ports import Duty, Leadership, Provisioner, Store, Term
 from scheduler.domain.provisioning import (
     CrashBackoff,
     InstanceSpec,
     Observed,
     Phase,
     RunnerStatus,
+    RunnerWork,
     desired_instances,
     plan,
 )
@@ -39,7 +40,6 @@ from scheduler.service.signals import Signals
 
 log = logging.getLogger(__name__)
 
-RECONCILER_LOCK: Final = 0x4845415450524F56  # "HEATPROV"
 SETTLE_GAP: Final = 0.25
 PROVEN_AFTER: Final = timedelta(seconds=10)
 CRASH_BACKOFF: Final = Backoff(timedelta(seconds=1), timedelta(minutes=5), spread=0)
@@ -56,6 +56,7 @@ class Reconciler:
     def __init__(
         self,
         store: Store,
+        leadership: Leadership,
         provisioner: Provisioner,
         registry: Registry,
         signals: Signals,
@@ -63,6 +64,7 @@ class Reconciler:
         settings: ProvisionSettings,
     ) -> None:
         self._store = store
+        self._leadership = leadership
         self._provisioner = provisioner
         self._registry = registry
         self._signals = signals
@@ -76,7 +78,7 @@ class Reconciler:
         self.passes = 0
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="reconciler")
+        self._task = asyncio.create_task(self.run(), name="reconciler")
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -87,18 +89,16 @@ class Reconciler:
     def wake(self) -> None:
         self._wake.set()
 
-    async def _run(self) -> None:
+    async def run(self) -> None:
+        """Provision whenever this replica leads, for as long as the process lives."""
         await lead_forever(
-            self._store,
-            RECONCILER_LOCK,
-            f"provisions runners ({self._provisioner.name})",
-            self._provision,
+            self._leadership, Duty.PROVISIONING, self._provision, what=self._provisioner.name
         )
 
-    async def _provision(self, lost: asyncio.Event) -> None:
+    async def _provision(self, term: Term) -> None:
         await self._provisioner.start(self.wake)
         try:
-            await self._lead(lost)
+            await self._lead(term.lost)
         finally:
             await self._provisioner.stop()
 
@@ -138,9 +138,9 @@ class Reconciler:
         """One pass over every Runner; when the next pass is due without a wake-up."""
         self.passes += 1
         now = self._clock.now()
-        async with self._store.transaction() as tx:
-            runners = await tx.all_runners()
-            work = await tx.work_by_runner()
+        async with self._store.transaction() as unit:
+            runners = await unit.registry.all_runners()
+            work = await unit.provisioning.work_by_runner()
         observed: dict[str, list[Observed]] = defaultdict(list)
         for instance in self._provisioner.observed():
             observed[instance.runner].append(instance)
@@ -148,8 +148,8 @@ class Reconciler:
         ended: list[str] = []
         failed: list[str] = []
         for runner in runners:
-            queued, running = work.get(runner.name, (0, 0))
-            desired = desired_instances(runner, queued, running)
+            load = work.get(runner.name, RunnerWork())
+            desired = desired_instances(runner, load.queued, load.running)
             instances = observed.pop(runner.name, [])
             error = await self._converge(runner, desired, instances, now, ended, failed)
             if error:
@@ -172,12 +172,10 @@ class Reconciler:
                 if not instance.deleting:
                     await self._delete(instance)
                     ended.append(instance.name)
-        async with self._store.transaction() as tx:
-            await tx.save_runner_status(statuses, now)
-            await tx.forget_drains(ended)
-            expired = await tx.expire_leases_of(failed, now)
-            if expired:
-                await tx.notify_tick()
+        async with self._store.transaction() as unit:
+            await unit.provisioning.save_runner_status(statuses, now)
+            await unit.provisioning.forget_drains(ended)
+            expired = await unit.tasks.expire_leases_of(failed, now)
         if expired:
             log.info("requeueing %d tasks of failed instances", expired)
         waits = [b.until for b in self._backoff.values() if b.until is not None and b.until > now]

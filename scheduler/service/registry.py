@@ -18,7 +18,7 @@ from scheduler.domain.errors import (
 )
 from scheduler.domain.limits import Limits
 from scheduler.domain.paging import Page, PageRequest
-from scheduler.domain.ports import RegistryTx, RunnerFilter, Store
+from scheduler.domain.ports import RegistryRepository, RunnerFilter, Store
 from scheduler.domain.provisioning import RunnerStatus
 from scheduler.domain.registry import (
     NodeTemplate,
@@ -85,118 +85,126 @@ class Registry:
 
     async def create_runner(self, runner: Runner) -> Runner:
         raise_if(check_runner(runner, "runner", self._limits))
-        async with self._store.transaction() as tx:
-            if await tx.runners_by_name([runner.name]):
+        async with self._store.transaction() as work:
+            if await work.registry.runners_by_name([runner.name]):
                 raise AlreadyExists("runner", runner.name)
-            await self._check_ids_free(tx, [(0, runner)], "runner")
-            (created,) = await tx.insert_runners([runner])
+            await self._check_ids_free(work.registry, [(0, runner)], "runner")
+            (created,) = await work.registry.insert_runners([runner])
             return created
 
     async def get_runner(self, name: str) -> Runner:
         _required_name(name)
-        async with self._store.transaction() as tx:
-            found = await tx.runners_by_name([name])
+        async with self._store.transaction() as work:
+            found = await work.registry.runners_by_name([name])
         if name not in found:
             raise NotFound("runner", name)
         return found[name]
 
     async def runner_status(self, names: Sequence[str]) -> dict[str, RunnerStatus]:
         """What the provisioner wants and sees for these Runners, with their task counts."""
-        async with self._store.transaction() as tx:
-            return await tx.runner_status(names)
+        async with self._store.transaction() as work:
+            return await work.provisioning.runner_status(names)
 
     async def list_runners(self, page: PageRequest, where: RunnerFilter) -> Page[Runner]:
-        async with self._store.transaction() as tx:
-            rows = await tx.list_runners(page.after, page.size + 1, where)
+        async with self._store.transaction() as work:
+            rows = await work.registry.list_runners(page.after, page.size + 1, where)
         return Page.of(rows, page.size, lambda r: r.name)
 
     async def update_runner(self, runner: Runner, paths: Sequence[str]) -> Runner:
         _required_name(runner.name, "runner.name")
-        async with self._store.transaction() as tx:
-            current = (await tx.runners_by_name([runner.name], lock=True)).get(runner.name)
+        async with self._store.transaction() as work:
+            current = (await work.registry.runners_by_name([runner.name], lock=True)).get(
+                runner.name
+            )
             if current is None:
                 raise NotFound("runner", runner.name)
             updated = apply_mask(current, runner, paths, "Runner")
             raise_if(check_runner(updated, "runner", self._limits))
             if updated == current:
                 return current
-            (stored,) = await tx.update_runners([updated])
+            (stored,) = await work.registry.update_runners([updated])
             return stored
 
     async def delete_runner(self, name: str) -> None:
         _required_name(name)
-        async with self._store.transaction() as tx:
-            if not await tx.runners_by_name([name], lock=True):
+        async with self._store.transaction() as work:
+            if not await work.registry.runners_by_name([name], lock=True):
                 raise NotFound("runner", name)
-            users = await tx.node_templates_of_runner(name)
+            users = await work.registry.node_templates_of_runner(name)
             if users:
                 raise InUse("runner", name, "node templates", users)
-            await tx.delete_runner(name)
+            await work.registry.delete_runner(name)
 
     # -- Node Templates --------------------------------------------------------------------
 
     async def create_node_template(self, template: NodeTemplate) -> NodeTemplate:
-        async with self._store.transaction() as tx:
-            plan = await self._plan(tx, Manifest(node_templates=(template,)), "node_template")
+        async with self._store.transaction() as work:
+            plan = await self._plan(
+                work.registry, Manifest(node_templates=(template,)), "node_template"
+            )
             if not plan.new_node_templates:
                 raise AlreadyExists("node template", template.name)
-            (created,) = await tx.insert_node_templates(plan.new_node_templates)
+            (created,) = await work.registry.insert_node_templates(plan.new_node_templates)
             return created
 
     async def get_node_template(self, name: str) -> NodeTemplate:
         _required_name(name)
-        async with self._store.transaction() as tx:
-            found = await tx.node_templates_by_name([name])
+        async with self._store.transaction() as work:
+            found = await work.registry.node_templates_by_name([name])
         if name not in found:
             raise NotFound("node template", name)
         return found[name]
 
     async def list_node_templates(self, page: PageRequest, runner: str) -> Page[NodeTemplate]:
-        async with self._store.transaction() as tx:
-            rows = await tx.list_node_templates(page.after, page.size + 1, runner)
+        async with self._store.transaction() as work:
+            rows = await work.registry.list_node_templates(page.after, page.size + 1, runner)
         return Page.of(rows, page.size, lambda t: t.name)
 
     async def update_node_template(
         self, template: NodeTemplate, paths: Sequence[str]
     ) -> NodeTemplate:
         _required_name(template.name, "node_template.name")
-        async with self._store.transaction() as tx:
-            current = (await tx.node_templates_by_name([template.name], lock=True)).get(
+        async with self._store.transaction() as work:
+            current = (await work.registry.node_templates_by_name([template.name], lock=True)).get(
                 template.name
             )
             if current is None:
                 raise NotFound("node template", template.name)
             updated = apply_mask(current, template, paths, "NodeTemplate")
-            plan = await self._plan(tx, Manifest(node_templates=(updated,)), "node_template")
+            plan = await self._plan(
+                work.registry, Manifest(node_templates=(updated,)), "node_template"
+            )
             if not plan.changed_node_templates:
                 return current
-            (stored,) = await tx.update_node_templates(plan.changed_node_templates)
+            (stored,) = await work.registry.update_node_templates(plan.changed_node_templates)
             return stored
 
     async def delete_node_template(self, name: str) -> None:
         _required_name(name)
-        async with self._store.transaction() as tx:
-            if not await tx.node_templates_by_name([name], lock=True):
+        async with self._store.transaction() as work:
+            if not await work.registry.node_templates_by_name([name], lock=True):
                 raise NotFound("node template", name)
-            users = await tx.session_templates_using([name])
+            users = await work.registry.session_templates_using([name])
             if users:
                 raise InUse("node template", name, "session templates", [u.name for u in users])
-            await tx.delete_node_template(name)
+            await work.registry.delete_node_template(name)
 
     # -- Session Templates -----------------------------------------------------------------
 
     async def create_session_template(self, template: SessionTemplate) -> SessionTemplate:
-        async with self._store.transaction() as tx:
-            plan = await self._plan(tx, Manifest(session_templates=(template,)), "session_template")
+        async with self._store.transaction() as work:
+            plan = await self._plan(
+                work.registry, Manifest(session_templates=(template,)), "session_template"
+            )
             if not plan.new_session_templates:
                 raise AlreadyExists("session template", template.name)
-            (created,) = await tx.insert_session_templates(plan.new_session_templates)
+            (created,) = await work.registry.insert_session_templates(plan.new_session_templates)
             return created
 
     async def get_session_template(self, name: str) -> SessionTemplate:
         _required_name(name)
-        async with self._store.transaction() as tx:
-            found = await tx.session_templates_by_name([name])
+        async with self._store.transaction() as work:
+            found = await work.registry.session_templates_by_name([name])
         if name not in found:
             raise NotFound("session template", name)
         return found[name]
@@ -204,31 +212,35 @@ class Registry:
     async def list_session_templates(
         self, page: PageRequest, node_template: str
     ) -> Page[SessionTemplate]:
-        async with self._store.transaction() as tx:
-            rows = await tx.list_session_templates(page.after, page.size + 1, node_template)
+        async with self._store.transaction() as work:
+            rows = await work.registry.list_session_templates(
+                page.after, page.size + 1, node_template
+            )
         return Page.of(rows, page.size, lambda t: t.name)
 
     async def update_session_template(
         self, template: SessionTemplate, paths: Sequence[str]
     ) -> SessionTemplate:
         _required_name(template.name, "session_template.name")
-        async with self._store.transaction() as tx:
-            current = (await tx.session_templates_by_name([template.name], lock=True)).get(
-                template.name
-            )
+        async with self._store.transaction() as work:
+            current = (
+                await work.registry.session_templates_by_name([template.name], lock=True)
+            ).get(template.name)
             if current is None:
                 raise NotFound("session template", template.name)
             updated = apply_mask(current, template, paths, "SessionTemplate")
-            plan = await self._plan(tx, Manifest(session_templates=(updated,)), "session_template")
+            plan = await self._plan(
+                work.registry, Manifest(session_templates=(updated,)), "session_template"
+            )
             if not plan.changed_session_templates:
                 return current
-            (stored,) = await tx.update_session_templates(plan.changed_session_templates)
+            (stored,) = await work.registry.update_session_templates(plan.changed_session_templates)
             return stored
 
     async def delete_session_template(self, name: str) -> None:
         _required_name(name)
-        async with self._store.transaction() as tx:
-            if not await tx.delete_session_template(name):
+        async with self._store.transaction() as work:
+            if not await work.registry.delete_session_template(name):
                 raise NotFound("session template", name)
 
     # -- Manifest --------------------------------------------------------------------------
@@ -236,29 +248,29 @@ class Registry:
     async def apply_manifest(
         self, manifest: Manifest, *, validate_only: bool = False
     ) -> list[ApplyOutcome]:
-        async with self._store.transaction() as tx:
-            plan = await self._plan(tx, manifest, "manifest")
+        async with self._store.transaction() as work:
+            plan = await self._plan(work.registry, manifest, "manifest")
             if not validate_only:
-                await self._write(tx, plan)
+                await self._write(work.registry, plan)
             return plan.outcomes
 
-    async def _write(self, tx: RegistryTx, plan: _Plan) -> None:
+    async def _write(self, registry: RegistryRepository, plan: _Plan) -> None:
         # Parents before children: node templates name runners, session templates name
         # node templates.
         if plan.new_runners:
-            await tx.insert_runners(plan.new_runners)
+            await registry.insert_runners(plan.new_runners)
         if plan.changed_runners:
-            await tx.update_runners(plan.changed_runners)
+            await registry.update_runners(plan.changed_runners)
         if plan.new_node_templates:
-            await tx.insert_node_templates(plan.new_node_templates)
+            await registry.insert_node_templates(plan.new_node_templates)
         if plan.changed_node_templates:
-            await tx.update_node_templates(plan.changed_node_templates)
+            await registry.update_node_templates(plan.changed_node_templates)
         if plan.new_session_templates:
-            await tx.insert_session_templates(plan.new_session_templates)
+            await registry.insert_session_templates(plan.new_session_templates)
         if plan.changed_session_templates:
-            await tx.update_session_templates(plan.changed_session_templates)
+            await registry.update_session_templates(plan.changed_session_templates)
 
-    async def _plan(self, tx: RegistryTx, manifest: Manifest, prefix: str) -> _Plan:
+    async def _plan(self, registry: RegistryRepository, manifest: Manifest, prefix: str) -> _Plan:
         """Validate a set of entries against each other and the store; decide each one's action.
 
         ``prefix`` names the request field the entries came from: "manifest" for a manifest
@@ -293,9 +305,9 @@ class Registry:
         template_refs = {t.name for t in manifest.node_templates} | {
             n.node_template for s in manifest.session_templates for n in s.nodes
         }
-        old_runners = await tx.runners_by_name(sorted(runner_refs), lock=True)
-        old_templates = await tx.node_templates_by_name(sorted(template_refs), lock=True)
-        old_sessions = await tx.session_templates_by_name(
+        old_runners = await registry.runners_by_name(sorted(runner_refs), lock=True)
+        old_templates = await registry.node_templates_by_name(sorted(template_refs), lock=True)
+        old_sessions = await registry.session_templates_by_name(
             sorted(t.name for t in manifest.session_templates), lock=True
         )
         plan = _Plan()
@@ -323,7 +335,9 @@ class Registry:
                 plan.new_runners.append(runner)
             elif action is ApplyAction.UPDATED:
                 plan.changed_runners.append(runner)
-        violations += await self._ids_taken(tx, runners, prefix if single else f"{prefix}.runners")
+        violations += await self._ids_taken(
+            registry, runners, prefix if single else f"{prefix}.runners"
+        )
 
         runner_names = set(old_runners) | {r.name for r in manifest.runners}
         new_templates = {t.name: t for t in manifest.node_templates}
@@ -358,12 +372,12 @@ class Registry:
                 plan.changed_session_templates.append(session)
 
         raise_if(violations)
-        await self._check_dependents(tx, plan, manifest, lookup)
+        await self._check_dependents(registry, plan, manifest, lookup)
         return plan
 
     async def _check_dependents(
         self,
-        tx: RegistryTx,
+        registry: RegistryRepository,
         plan: _Plan,
         manifest: Manifest,
         lookup: object,
@@ -374,14 +388,14 @@ class Registry:
             return
         in_manifest = {s.name for s in manifest.session_templates}
         dependents = [
-            s for s in await tx.session_templates_using(changed) if s.name not in in_manifest
+            s for s in await registry.session_templates_using(changed) if s.name not in in_manifest
         ]
         if not dependents:
             return
         extra = {n.node_template for s in dependents for n in s.nodes} - {
             t.name for t in manifest.node_templates
         }
-        stored = await tx.node_templates_by_name(sorted(extra))
+        stored = await registry.node_templates_by_name(sorted(extra))
         overrides = {t.name: t for t in manifest.node_templates}
 
         def resolve(name: str) -> NodeTemplate | None:
@@ -403,12 +417,12 @@ class Registry:
             )
 
     async def _ids_taken(
-        self, tx: RegistryTx, runners: Sequence[tuple[int, Runner]], prefix: str
+        self, registry: RegistryRepository, runners: Sequence[tuple[int, Runner]], prefix: str
     ) -> list[FieldViolation]:
         wanted = {r.id: (i, r) for i, r in runners if r.id}
         if not wanted:
             return []
-        taken = await tx.runner_ids_taken(sorted(wanted))
+        taken = await registry.runner_ids_taken(sorted(wanted))
         single = prefix == "runner"
         return [
             FieldViolation(
@@ -419,9 +433,9 @@ class Registry:
         ]
 
     async def _check_ids_free(
-        self, tx: RegistryTx, runners: Sequence[tuple[int, Runner]], prefix: str
+        self, registry: RegistryRepository, runners: Sequence[tuple[int, Runner]], prefix: str
     ) -> None:
-        violations = await self._ids_taken(tx, runners, prefix)
+        violations = await self._ids_taken(registry, runners, prefix)
         if violations:
             raise AlreadyExists("runner", runners[0][1].name, violations[0].description)
 
@@ -433,24 +447,24 @@ class Registry:
         credential = RunnerCredential(
             id=credentials.new_credential_id(), runner=runner, description=description
         )
-        async with self._store.transaction() as tx:
-            if not await tx.runners_by_name([runner]):
+        async with self._store.transaction() as work:
+            if not await work.registry.runners_by_name([runner]):
                 raise NotFound("runner", runner)
-            stored = await tx.insert_credential(credential, credentials.digest(secret))
+            stored = await work.registry.insert_credential(credential, credentials.digest(secret))
         return replace(stored, secret=secret)
 
     async def list_credentials(self, runner: str, *, show_revoked: bool) -> list[RunnerCredential]:
         _required_name(runner, "runner")
-        async with self._store.transaction() as tx:
-            if not await tx.runners_by_name([runner]):
+        async with self._store.transaction() as work:
+            if not await work.registry.runners_by_name([runner]):
                 raise NotFound("runner", runner)
-            return await tx.list_credentials(runner, show_revoked=show_revoked)
+            return await work.registry.list_credentials(runner, show_revoked=show_revoked)
 
     async def revoke_credential(self, credential_id: str) -> RunnerCredential:
         if not credential_id:
             raise InvalidArgument([FieldViolation("id", "is required: a credential id (rc-…)")])
-        async with self._store.transaction() as tx:
-            revoked = await tx.revoke_credential(credential_id)
+        async with self._store.transaction() as work:
+            revoked = await work.registry.revoke_credential(credential_id)
         if revoked is None:
             raise NotFound("runner credential", credential_id)
         return revoked

@@ -18,14 +18,16 @@ from scheduler.domain.errors import (
 )
 from scheduler.domain.limits import Limits
 from scheduler.domain.paging import Page, PageRequest
-from scheduler.domain.ports import SessionTx, Store
+from scheduler.domain.ports import Store, UnitOfWork
 from scheduler.domain.registry import DagNode, check_dag_nodes
 from scheduler.domain.sessions import (
     NewSession,
     Session,
+    SessionCursor,
     SessionFilter,
     SessionState,
     StoredEvent,
+    StoredSession,
     layout,
     new_session_name,
     new_trace_id,
@@ -98,15 +100,17 @@ class Sessions:
             )
         raise_if(violations)
         now = self._clock.now()
-        async with self._store.transaction() as tx:
+        async with self._store.transaction() as work:
             if request_id:
-                existing = await tx.session_by_request_id(request_id)
+                existing = await work.sessions.by_request_id(request_id)
                 if existing is not None:
-                    found = await tx.session(existing, with_nodes=True)
+                    found = await work.sessions.get(existing, with_nodes=True)
                     assert found is not None
-                    return found[1]
-            nodes, defaults, prefix = await self._nodes(tx, session_template, dag)
-            templates = await tx.node_templates_by_name(sorted({n.node_template for n in nodes}))
+                    return found.session
+            nodes, defaults, prefix = await self._nodes(work, session_template, dag)
+            templates = await work.registry.node_templates_by_name(
+                sorted({n.node_template for n in nodes})
+            )
             raise_if(check_dag_nodes(nodes, prefix, self._limits, templates=templates.get))
             new = NewSession(
                 name=new_session_name(now),
@@ -117,34 +121,32 @@ class Sessions:
                 trace_id=new_trace_id(),
                 nodes=layout(nodes, templates),
             )
-            await tx.insert_session(new, now)
-            settled = await tx.notify()
-            found = await tx.session(
+            await work.sessions.insert(new, now)
+            found = await work.sessions.get(
                 new.name, with_nodes=True, max_nodes=self._limits.max_created_nodes_shown
             )
             assert found is not None
-        self._signals.ready(settled.ready_runners)
-        return found[1]
+        return found.session
 
     async def _nodes(
-        self, tx: SessionTx, session_template: str, dag: Sequence[DagNode] | None
+        self, work: UnitOfWork, session_template: str, dag: Sequence[DagNode] | None
     ) -> tuple[Sequence[DagNode], dict[str, Any], str]:
         if dag is not None:
             return dag, {}, "dag"
         raise_if(check_dns_label(session_template, "session_template"))
-        found = await tx.session_templates_by_name([session_template])
+        found = await work.registry.session_templates_by_name([session_template])
         if session_template not in found:
             raise NotFound("session template", session_template)
         template = found[session_template]
         return template.nodes, dict(template.default_parameters), "session_template"
 
     async def get(self, name: str) -> Session:
-        async with self._store.snapshot() as tx:
-            return (await self._find(tx, name, with_nodes=True))[1]
+        async with self._store.snapshot() as work:
+            return (await self._find(work, name, with_nodes=True)).session
 
-    async def _find(self, tx: SessionTx, name: str, *, with_nodes: bool) -> tuple[int, Session]:
+    async def _find(self, work: UnitOfWork, name: str, *, with_nodes: bool) -> StoredSession:
         raise_if(check_dns_label(name, "name"))
-        found = await tx.session(
+        found = await work.sessions.get(
             name, with_nodes=with_nodes, max_nodes=self._limits.max_nodes_shown
         )
         if found is None:
@@ -152,59 +154,51 @@ class Sessions:
         return found
 
     async def list(self, where: SessionFilter, page: PageRequest) -> Page[Session]:
-        after: tuple[datetime, int] | None = None
+        after: SessionCursor | None = None
         if page.after:
             try:
                 stamp, _, ident = page.after.rpartition("|")
-                after = (datetime.fromisoformat(stamp), int(ident))
+                after = SessionCursor(datetime.fromisoformat(stamp), int(ident))
             except ValueError:
                 raise InvalidArgument(
                     [FieldViolation("page_token", "is not a token from a previous page")]
                 ) from None
-        async with self._store.snapshot() as tx:
-            rows = await tx.list_sessions(where, after, page.size + 1)
-        keys = {id(s): f"{s.create_time.isoformat()}|{i}" for i, s in rows}
-        return Page.of([s for _, s in rows], page.size, lambda s: keys[id(s)])
+        async with self._store.snapshot() as work:
+            rows = await work.sessions.page(where, after, page.size + 1)
+        keys = {id(r.session): f"{r.session.create_time.isoformat()}|{r.id}" for r in rows}
+        return Page.of([r.session for r in rows], page.size, lambda s: keys[id(s)])
 
     async def cancel(self, name: str, reason: str) -> Session:
         now = self._clock.now()
-        async with self._store.transaction() as tx:
-            session_id, session = await self._find(tx, name, with_nodes=False)
-            if session.state in (SessionState.SUCCEEDED, SessionState.FAILED):
+        async with self._store.transaction() as work:
+            found = await self._find(work, name, with_nodes=False)
+            state = found.session.state
+            if state in (SessionState.SUCCEEDED, SessionState.FAILED):
                 raise FailedPrecondition(
-                    f"session {name!r} already ended ({session.state.value}); nothing to cancel"
+                    f"session {name!r} already ended ({state.value}); nothing to cancel"
                 )
-            if session.state is not SessionState.CANCELLED:
-                await tx.cancel(session_id, None, now, reason or "cancelled by request")
-                settled = await tx.notify()
-            else:
-                settled = None
-            result = await self._find(tx, name, with_nodes=True)
-        if settled is not None:
-            self._signals.sessions_changed(settled.sessions)
-            self._signals.cancelled(settled.cancelled_attempts)
-        return result[1]
+            if state is not SessionState.CANCELLED:
+                await work.sessions.cancel(found.id, None, now, reason or "cancelled by request")
+            result = await self._find(work, name, with_nodes=True)
+        return result.session
 
     async def cancel_node(self, name: str, key: str, reason: str) -> Session:
         now = self._clock.now()
-        async with self._store.transaction() as tx:
-            session_id, session = await self._find(tx, name, with_nodes=False)
+        async with self._store.transaction() as work:
+            found = await self._find(work, name, with_nodes=False)
+            session = found.session
             if session.state.final:
                 raise FailedPrecondition(f"session {name!r} already ended ({session.state.value})")
-            found = await tx.node_index(session_id, key)
-            if found is None:
+            node = await work.sessions.node(found.id, key)
+            if node is None:
                 raise NotFound("node", f"{name}/{key}")
-            idx, state = found
-            if state.final:
+            if node.state.final:
                 raise FailedPrecondition(
-                    f"node {key!r} of session {name!r} already ended ({state.value})"
+                    f"node {key!r} of session {name!r} already ended ({node.state.value})"
                 )
-            await tx.cancel(session_id, [idx], now, reason or "cancelled by request")
-            settled = await tx.notify()
-            result = await self._find(tx, name, with_nodes=True)
-        self._signals.sessions_changed(settled.sessions)
-        self._signals.cancelled(settled.cancelled_attempts)
-        return result[1]
+            await work.sessions.cancel(found.id, [node.idx], now, reason or "cancelled by request")
+            result = await self._find(work, name, with_nodes=True)
+        return result.session
 
     async def watch(self, name: str, cursor: str) -> AsyncIterator[WatchItem]:
         """The Session's state, then each change in order, until it has ended."""
@@ -218,8 +212,9 @@ class Sessions:
                 raise InvalidArgument(
                     [FieldViolation("cursor", "is not a cursor from this Watch; leave it empty")]
                 ) from None
-        async with self._store.snapshot() as tx:
-            session_id, session = await self._find(tx, name, with_nodes=not cursor)
+        async with self._store.snapshot() as work:
+            found = await self._find(work, name, with_nodes=not cursor)
+            session_id, session = found.id, found.session
             if not cursor:
                 seq = session.event_seq
             elif seq > session.event_seq:
@@ -233,12 +228,12 @@ class Sessions:
             ended = session.state.final and seq >= session.event_seq
             while not ended and not self._signals.closing:
                 changed.clear()
-                async with self._store.snapshot() as tx:
-                    events = await tx.events_after(session_id, seq, _WATCH_BATCH)
+                async with self._store.snapshot() as work:
+                    events = await work.sessions.events_after(session_id, seq, _WATCH_BATCH)
                     if not events:
                         # A cursor at (or past) the end of an ended Session: nothing follows.
-                        now_state = await tx.session(name, with_nodes=False)
-                        ended = now_state is not None and now_state[1].state.final
+                        now_state = await work.sessions.get(name, with_nodes=False)
+                        ended = now_state is not None and now_state.session.state.final
                 for event in events:
                     seq = event.seq
                     yield Change(str(seq), event)

@@ -1,7 +1,8 @@
-"""In-process wake-ups: fed by this replica's commits and by PostgreSQL NOTIFY from the others.
+"""In-process wake-ups: the ChangeFeed the store announces commits to (this replica's at once,
+the other replicas' as they arrive).
 
-Nothing here polls: waiters block on asyncio events that a commit (ours or, through LISTEN,
-another replica's) sets.
+Nothing here polls: waiters block on asyncio events, or are called back, when a commit says
+what they wait for has changed.
 """
 
 from __future__ import annotations
@@ -9,6 +10,9 @@ from __future__ import annotations
 import asyncio
 from collections import defaultdict
 from collections.abc import Callable, Iterable
+from datetime import datetime
+
+from scheduler.domain.ports import Changes
 
 
 class Signals:
@@ -18,7 +22,23 @@ class Signals:
         self._sessions: dict[int, set[asyncio.Event]] = defaultdict(set)
         self._any_session: set[asyncio.Event] = set()
         self._cancel: set[Callable[[list[str]], None]] = set()
+        self._deadline: set[Callable[[datetime | None], None]] = set()
         self.closing = False
+
+    # -- the ChangeFeed ------------------------------------------------------------------------
+
+    def changed(self, changes: Changes) -> None:
+        self.ready(changes.ready_runners)
+        self.sessions_changed(changes.sessions)
+        self.cancelled(changes.cancelled_attempts)
+        for at in changes.deadlines:
+            for callback in list(self._deadline):
+                callback(at)
+
+    def missed(self) -> None:
+        """Notifications may have been missed: every waiter looks again."""
+        self.ready_all()
+        self.all_sessions_changed()
 
     # -- a Runner has claimable work -------------------------------------------------------------
 
@@ -80,11 +100,6 @@ class Signals:
     def all_sessions_changed(self) -> None:
         self.sessions_changed(list(self._sessions))
 
-    def everything_changed(self) -> None:
-        """Notifications may have been missed: every waiter looks again."""
-        self.ready_all()
-        self.all_sessions_changed()
-
     def close(self) -> None:
         """Shutting down: end every Watch now (clients resume from their cursor elsewhere)."""
         self.closing = True
@@ -100,3 +115,14 @@ class Signals:
         if attempt_ids:
             for callback in list(self._cancel):
                 callback(attempt_ids)
+
+    # -- a deadline was written ------------------------------------------------------------------
+
+    def on_deadline(self, callback: Callable[[datetime | None], None]) -> Callable[[], None]:
+        self._deadline.add(callback)
+        return lambda: self._deadline.discard(callback)
+
+    def deadline_written(self, at: datetime | None) -> None:
+        """A deadline at ``at`` (None: due now) that only this replica has heard of."""
+        for callback in list(self._deadline):
+            callback(at)

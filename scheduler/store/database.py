@@ -1,42 +1,53 @@
-"""The asyncpg pool and the transactions the services run in."""
+"""The PostgreSQL store: a pool, and units of work over it, one transaction each.
+
+A unit of work collects what its statements changed (``Changes``); before it commits, one
+statement NOTIFYs every replica of all of it, and once it has committed this replica's
+``ChangeFeed`` hears of it directly, so its own waiters need not wait for the round trip.
+Deadlines are the exception: they reach the timekeeper by NOTIFY only, wherever it runs (this
+replica included), so that one written deadline wakes it once. Everything the driver raises leaves as a domain error
+(``scheduler.store.errors``).
+"""
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import AsyncIterator, Iterator
-from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import replace
 from typing import Any
 
 import asyncpg
 
-from scheduler.domain.errors import Unavailable
-from scheduler.store.listener import leadership
-from scheduler.store.provisioning import PgProvisioningTx
-from scheduler.store.registry import PgRegistryTx
-from scheduler.store.sessions import PgSessionTx
+from scheduler.domain.ports import ChangeFeed, Changes
+from scheduler.store import notifications
+from scheduler.store.errors import translated
+from scheduler.store.migrations import migrate
+from scheduler.store.provisioning import PgProvisioning
+from scheduler.store.queries import Statements
+from scheduler.store.registry import PgRegistry
+from scheduler.store.sessions import PgSessions
+from scheduler.store.tasks import PgTasks
 
-# A lost or refused connection, a server shutting down or starting up.
-_DOWN = (
-    OSError,
-    asyncpg.InterfaceError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.AdminShutdownError,
-    asyncpg.CrashShutdownError,
-)
+log = logging.getLogger(__name__)
 
 
-@contextmanager
-def _unavailable_when_down() -> Iterator[None]:
-    try:
-        yield
-    except _DOWN as exc:
-        raise Unavailable(f"the database is unavailable ({type(exc).__name__}); retry") from exc
+class PgUnitOfWork:
+    """Every repository, on one transaction's connection."""
 
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self.db = Statements(conn)
+        self.changes = Changes()
+        self.registry = PgRegistry(self.db, self.changes)
+        self.sessions = PgSessions(self.db, self.changes)
+        self.tasks = PgTasks(self.db, self.changes)
+        self.provisioning = PgProvisioning(self.db)
 
-class PgTx(PgRegistryTx, PgSessionTx, PgProvisioningTx):
-    """Everything the services can do in one transaction."""
+    async def announce(self) -> None:
+        """Queue the NOTIFYs of what this unit of work changed; they go out at commit."""
+        messages = notifications.encode(self.changes)
+        if messages:
+            await self.db.fetch("notify", [c for c, _ in messages], [p for _, p in messages])
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
@@ -44,39 +55,55 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
         await conn.set_type_codec(kind, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
-async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 20) -> asyncpg.Pool:
-    pool: asyncpg.Pool = await asyncpg.create_pool(
-        dsn, min_size=min_size, max_size=max_size, init=_init_connection
-    )
-    return pool
+class PgStore:
+    """Every service call runs in one of its units of work."""
 
+    def __init__(self, pool: asyncpg.Pool, feed: ChangeFeed) -> None:
+        self._pool = pool
+        self._feed = feed
 
-class Store:
-    """The PostgreSQL store; every service call runs in one of its transactions."""
-
-    def __init__(self, pool: asyncpg.Pool, dsn: str) -> None:
-        self.pool = pool
-        self.dsn = dsn
-
-    @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[PgTx]:
-        conn: Any
-        with _unavailable_when_down():
-            async with self.pool.acquire() as conn, conn.transaction():
-                yield PgTx(conn)
+    @classmethod
+    async def open(cls, dsn: str, feed: ChangeFeed, *, max_size: int = 20) -> PgStore:
+        with translated():
+            pool: asyncpg.Pool = await asyncpg.create_pool(
+                dsn, min_size=2, max_size=max_size, init=_init_connection
+            )
+        return cls(pool, feed)
 
     @asynccontextmanager
-    async def snapshot(self) -> AsyncIterator[PgTx]:
+    async def transaction(self) -> AsyncIterator[PgUnitOfWork]:
         conn: Any
-        with _unavailable_when_down():
+        with translated():
+            async with self._pool.acquire() as conn, conn.transaction():
+                work = PgUnitOfWork(conn)
+                yield work
+                await work.announce()
+        local = replace(work.changes, deadlines=[])
+        if local:
+            self._feed.changed(local)
+
+    @asynccontextmanager
+    async def snapshot(self) -> AsyncIterator[PgUnitOfWork]:
+        conn: Any
+        with translated():
             async with (
-                self.pool.acquire() as conn,
+                self._pool.acquire() as conn,
                 conn.transaction(isolation="repeatable_read", readonly=True),
             ):
-                yield PgTx(conn)
-
-    def leadership(self, key: int) -> AbstractAsyncContextManager[asyncio.Event]:
-        return leadership(self.dsn, key)
+                yield PgUnitOfWork(conn)
 
     async def close(self) -> None:
-        await self.pool.close()
+        await self._pool.close()
+
+
+async def migrate_database(dsn: str) -> list[str]:
+    """Apply the pending migrations to the database at ``dsn``; the names of those applied."""
+    with translated():
+        conn = await asyncpg.connect(dsn)
+        try:
+            applied = await migrate(conn)
+        finally:
+            await conn.close()
+    if applied:
+        log.info("applied migrations", extra={"migrations": ",".join(applied)})
+    return applied

@@ -1,30 +1,26 @@
-"""The provisioning half of the store: work per Runner, Runner status, the drain budget."""
+"""Provisioning in the PostgreSQL store (provisioning.sql): work and status per Runner, drains."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
 
-from scheduler.domain.provisioning import RunnerStatus
-from scheduler.domain.registry import Runner
-from scheduler.store import records
-from scheduler.store.queries import Tx
-
-TICK_CHANNEL = "heat_tick"
+from scheduler.domain.provisioning import RunnerStatus, RunnerWork
+from scheduler.store.queries import Statements
 
 
-class PgProvisioningTx(Tx):
-    async def all_runners(self) -> list[Runner]:
-        return [records.runner_from(r) for r in await self._fetch("all_runners")]
+class PgProvisioning:
+    def __init__(self, db: Statements) -> None:
+        self._db = db
 
-    async def work_by_runner(self) -> dict[str, tuple[int, int]]:
-        rows = await self._fetch("work_by_runner")
-        return {r["runner"]: (r["queued"], r["running"]) for r in rows}
+    async def work_by_runner(self) -> dict[str, RunnerWork]:
+        rows = await self._db.fetch("work_by_runner")
+        return {r["runner"]: RunnerWork(r["queued"], r["running"]) for r in rows}
 
     async def save_runner_status(self, statuses: Sequence[RunnerStatus], now: datetime) -> None:
         if not statuses:
             return
-        await self._fetch(
+        await self._db.fetch(
             "save_runner_status",
             [s.runner for s in statuses],
             [s.desired for s in statuses],
@@ -36,7 +32,7 @@ class PgProvisioningTx(Tx):
         )
 
     async def runner_status(self, names: Sequence[str]) -> dict[str, RunnerStatus]:
-        rows = await self._fetch("runner_status", list(names))
+        rows = await self._db.fetch("runner_status", list(names))
         return {
             r["runner"]: RunnerStatus(
                 runner=r["runner"],
@@ -52,22 +48,8 @@ class PgProvisioningTx(Tx):
         }
 
     async def claim_drain(self, instance_id: str, runner: str, reason: str, now: datetime) -> bool:
-        return bool(await self._fetch("claim_drain", instance_id, runner, reason, now))
-
-    async def draining(self) -> dict[str, str]:
-        return {r["instance_id"]: r["runner"] for r in await self._fetch("draining")}
+        return bool(await self._db.fetch("claim_drain", instance_id, runner, reason, now))
 
     async def forget_drains(self, instance_ids: Sequence[str]) -> None:
         if instance_ids:
-            await self._fetch("forget_drains", list(instance_ids))
-
-    async def expire_leases_of(self, instance_ids: Sequence[str], now: datetime) -> int:
-        if not instance_ids:
-            return 0
-        (row,) = await self._fetch("expire_leases_of", list(instance_ids), now)
-        count: int = row["n"]
-        return count
-
-    async def notify_tick(self, at: datetime | None = None) -> None:
-        """Tell the timekeeper, wherever it runs, of a deadline at ``at`` (None: now)."""
-        await self._fetch("notify", [TICK_CHANNEL], [at.isoformat() if at else ""])
+            await self._db.fetch("forget_drains", list(instance_ids))

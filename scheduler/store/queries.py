@@ -32,12 +32,12 @@ def _load() -> dict[str, LiteralString]:
 QUERIES: Final = _load()
 
 
-class Tx:
-    """One open transaction's connection; subclasses add the named queries they run."""
+class Statements:
+    """The named queries, run on one open transaction's connection."""
 
     def __init__(self, conn: asyncpg.Connection) -> None:
         self._conn = conn
 
-    async def _fetch(self, query: LiteralString, *args: Any) -> list[asyncpg.Record]:
+    async def fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
         rows: list[asyncpg.Record] = await self._conn.fetch(QUERIES[query], *args)
         return rows

@@ -1,17 +1,17 @@
-"""The registry half of the PostgreSQL store: one RegistryTx per transaction."""
+"""The registry of the PostgreSQL store (registry.sql): Runners, templates, credentials."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, LiteralString, TypeVar
+from typing import Any, TypeVar
 
 import asyncpg
 
 from scheduler.domain.errors import AlreadyExists, InUse
-from scheduler.domain.ports import RunnerFilter
+from scheduler.domain.ports import Changes, RunnerFilter
 from scheduler.domain.registry import NodeTemplate, Runner, RunnerCredential, SessionTemplate
 from scheduler.store import records
-from scheduler.store.queries import Tx
+from scheduler.store.queries import Statements
 
 T = TypeVar("T")
 
@@ -24,8 +24,15 @@ def _in_order(
     return [by_name[name] for name in names]
 
 
-class PgRegistryTx(Tx):
-    async def _write(self, kind: str, query: LiteralString, *args: Any) -> list[asyncpg.Record]:
+class PgRegistry:
+    def __init__(self, db: Statements, changes: Changes) -> None:
+        self._db = db
+        self._changes = changes
+
+    async def _fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
+        return await self._db.fetch(query, *args)
+
+    async def _write(self, kind: str, query: str, *args: Any) -> list[asyncpg.Record]:
         try:
             return await self._fetch(query, *args)
         except asyncpg.UniqueViolationError as exc:
@@ -46,6 +53,9 @@ class PgRegistryTx(Tx):
         rows = await self._fetch("runners_by_name", list(names))
         return {row["name"]: records.runner_from(row) for row in rows}
 
+    async def all_runners(self) -> list[Runner]:
+        return [records.runner_from(r) for r in await self._fetch("all_runners")]
+
     async def runner_ids_taken(self, ids: Sequence[int]) -> dict[int, str]:
         return {row["id"]: row["name"] for row in await self._fetch("runner_ids_taken", list(ids))}
 
@@ -61,7 +71,8 @@ class PgRegistryTx(Tx):
         rows = await self._write(
             "runner", "update_runners", [records.runner_row(r) for r in runners]
         )
-        await self._fetch("notify_runners", [r.name for r in runners])
+        # One of them may have been enabled: its dispatchers look for work again.
+        self._changes.ready_runners |= {r.name for r in runners}
         return _in_order(rows, [r.name for r in runners], records.runner_from)
 
     async def delete_runner(self, name: str) -> bool:
@@ -185,3 +196,7 @@ class PgRegistryTx(Tx):
     async def revoke_credential(self, credential_id: str) -> RunnerCredential | None:
         rows = await self._fetch("revoke_credential", credential_id)
         return records.credential_from(rows[0]) if rows else None
+
+    async def runner_of_credential(self, secret_hash: bytes) -> str | None:
+        rows = await self._fetch("runner_of_credential", secret_hash)
+        return rows[0]["runner"] if rows else None

@@ -9,19 +9,16 @@ from heat.scheduler.v1 import runner_service_pb2 as rpb
 from heat.scheduler.v1 import session_pb2 as spb
 from heat.scheduler.v1 import session_service_pb2 as sspb
 
+from scheduler.domain.runner_protocol import ClaimedTask, Drain, HeartbeatReply
 from scheduler.domain.sessions import (
-    ClaimedTask,
     Node,
     NodeError,
     NodeState,
-    Outcome,
-    OutcomeKind,
-    ResultStatus,
     Session,
     SessionState,
     StoredEvent,
 )
-from scheduler.service.engine import Drain, HeartbeatReply
+from scheduler.domain.verdicts import Outcome, OutcomeKind, ResultStatus
 from scheduler.transport.convert import (
     _plain,
     dict_to_struct,
@@ -141,7 +138,7 @@ def change_message(cursor: str, event: StoredEvent) -> sspb.WatchSessionResponse
     return sspb.WatchSessionResponse(cursor=cursor, node_change=sspb.NodeChange(node=node))
 
 
-def task_message(task: ClaimedTask, heartbeat_seconds: float, trace_parent: str) -> rpb.Task:
+def task_message(task: ClaimedTask, trace_parent: str) -> rpb.Task:
     message = rpb.Task(
         attempt_id=task.attempt_id,
         session=task.session,
@@ -155,6 +152,7 @@ def task_message(task: ClaimedTask, heartbeat_seconds: float, trace_parent: str)
         attempt_deadline=to_timestamp(task.attempt_deadline),
         trace_context={"traceparent": trace_parent} if trace_parent else {},
     )
+    heartbeat_seconds = task.heartbeat_interval.total_seconds()
     message.heartbeat_interval.FromSeconds(int(heartbeat_seconds))
     message.heartbeat_interval.nanos = int((heartbeat_seconds % 1) * 1e9)
     return message
@@ -166,9 +164,13 @@ def drain_message(drain: Drain) -> rpb.DrainRequest:
 
 def heartbeat_message(reply: HeartbeatReply) -> rpb.HeartbeatResponse:
     return rpb.HeartbeatResponse(
-        leases=[rpb.Lease(attempt_id=a, deadline=to_timestamp(d)) for a, d in reply.leases],
+        leases=[
+            rpb.Lease(attempt_id=lease.attempt_id, deadline=to_timestamp(lease.deadline))
+            for lease in reply.leases
+        ],
         cancellations=[
-            rpb.TaskCancellation(attempt_id=a, reason=r) for a, r in reply.cancellations
+            rpb.TaskCancellation(attempt_id=c.attempt_id, reason=c.reason)
+            for c in reply.cancellations
         ],
         lost_attempt_ids=reply.lost,
         drain=drain_message(reply.drain) if reply.drain else None,

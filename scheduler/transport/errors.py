@@ -90,7 +90,7 @@ def _internal() -> grpc.Status:
 
 
 async def _abort(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException) -> None:
-    if isinstance(exc, errors.SchedulerError):
+    if isinstance(exc, errors.SchedulerError) and not isinstance(exc, errors.Internal):
         await context.abort_with_status(status_of(exc))
     if isinstance(exc, NotImplementedError):
         # The generated base servicers raise this for methods a later release implements.

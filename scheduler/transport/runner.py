@@ -1,4 +1,4 @@
-"""RunnerService: the three streams of the runner protocol, over the engine."""
+"""RunnerService: the three streams of the runner protocol, through its door."""
 
 from __future__ import annotations
 
@@ -6,17 +6,17 @@ import asyncio
 import contextlib
 import secrets
 import uuid
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeAlias, TypeVar
 
 import grpc
 from heat.scheduler.v1 import runner_service_pb2 as pb
 from heat.scheduler.v1 import runner_service_pb2_grpc as pb_grpc
 
-from scheduler.domain.errors import FieldViolation, InvalidArgument, PermissionDenied, raise_if
-from scheduler.domain.sessions import ClaimedTask
+from scheduler.domain.errors import FieldViolation, InvalidArgument, raise_if
+from scheduler.domain.runner_protocol import ClaimedTask, HeartbeatReply
 from scheduler.domain.validation import check_text
-from scheduler.service.engine import Engine, HeartbeatReply
+from scheduler.service.runner_protocol import RunnerProtocol
 from scheduler.transport import convert_sessions as convert
 
 Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
@@ -53,11 +53,11 @@ async def _next(iterator: AsyncIterator[T]) -> T | None:
 
 
 class RunnerServicer(pb_grpc.RunnerServiceServicer):
-    def __init__(self, engine: Engine) -> None:
-        self._engine = engine
+    def __init__(self, protocol: RunnerProtocol) -> None:
+        self._protocol = protocol
 
     async def _runner(self, context: Context) -> str:
-        return await self._engine.authenticate(_bearer(context))
+        return await self._protocol.authenticate(_bearer(context))
 
     async def ClaimTask(
         self, request_iterator: AsyncIterator[pb.ClaimTaskRequest], context: Context
@@ -75,51 +75,43 @@ class RunnerServicer(pb_grpc.RunnerServiceServicer):
         if not 0 <= start.credits <= MAX_CREDITS:
             violations.append(FieldViolation("start.credits", f"must be 0 to {MAX_CREDITS}"))
         raise_if(violations)
-        if start.runner != runner:
-            raise PermissionDenied(
-                f"the credential belongs to runner {runner!r}, not {start.runner!r}"
-            )
-        instance = self._engine.connect(
-            runner, start.instance_id, list(start.node_templates), start.credits
+        protocol = self._protocol
+        instance = protocol.connect(
+            runner, start.runner, start.instance_id, list(start.node_templates), start.credits
         )
-        interval = self._engine.settings.heartbeat_interval.total_seconds()
 
         async def read_credits() -> None:
-            async for request in request_iterator:
-                if request.WhichOneof("request") == "credit":
-                    credits = request.credit.credits
-                    if not 0 <= credits <= MAX_CREDITS:
-                        raise InvalidArgument(
-                            [FieldViolation("credit.credits", f"must be 0 to {MAX_CREDITS}")]
-                        )
-                    self._engine.grant(instance, credits)
+            try:
+                async for request in request_iterator:
+                    if request.WhichOneof("request") == "credit":
+                        credits = request.credit.credits
+                        if not 0 <= credits <= MAX_CREDITS:
+                            raise InvalidArgument(
+                                [FieldViolation("credit.credits", f"must be 0 to {MAX_CREDITS}")]
+                            )
+                        protocol.grant(instance, credits)
+            finally:
+                protocol.hang_up(instance)  # half-closed (or a bad credit): it stops claiming
 
         reader = asyncio.create_task(read_credits())
         try:
-            while True:
-                getter = asyncio.create_task(instance.outbox.get())
-                await asyncio.wait({getter, reader}, return_when=asyncio.FIRST_COMPLETED)
-                if not getter.done():
-                    getter.cancel()
-                    reader.result()  # a bad credit message ends the stream with its error
-                    return  # the instance half-closed: it stops claiming
-                item = getter.result()
+            async for item in protocol.stream(instance):
                 if isinstance(item, ClaimedTask):
-                    task = convert.task_message(item, interval, _traceparent(item.trace_id))
+                    task = convert.task_message(item, _traceparent(item.trace_id))
                     yield pb.ClaimTaskResponse(task=task)
                 else:
                     yield pb.ClaimTaskResponse(drain=convert.drain_message(item))
+            reader.result()  # a bad credit message ends the stream with its error
         finally:
             reader.cancel()
-            self._engine.disconnect(instance)
+            protocol.disconnect(instance)
 
     async def Heartbeat(
         self, request_iterator: AsyncIterator[pb.HeartbeatRequest], context: Context
     ) -> AsyncIterator[pb.HeartbeatResponse]:
         runner = await self._runner(context)
         out: asyncio.Queue[HeartbeatReply | object] = asyncio.Queue()
-
-        attached: set[str] = set()
+        detach: dict[str, Callable[[], None]] = {}
 
         async def read_attaching() -> None:
             async for request in request_iterator:
@@ -127,11 +119,12 @@ class RunnerServicer(pb_grpc.RunnerServiceServicer):
                 for i, attempt_id in enumerate(request.attempt_ids):
                     violations += check_attempt_id(attempt_id, f"attempt_ids[{i}]")
                 raise_if(violations)
-                if request.instance_id not in attached:
-                    attached.add(request.instance_id)
-                    self._engine.attach_heartbeats(request.instance_id, out)
+                if request.instance_id not in detach:
+                    detach[request.instance_id] = self._protocol.attach_heartbeats(
+                        request.instance_id, out.put_nowait
+                    )
                 out.put_nowait(
-                    await self._engine.heartbeat(
+                    await self._protocol.heartbeat(
                         runner, request.instance_id, list(request.attempt_ids)
                     )
                 )
@@ -142,8 +135,8 @@ class RunnerServicer(pb_grpc.RunnerServiceServicer):
                 assert isinstance(item, HeartbeatReply)
                 yield convert.heartbeat_message(item)
         finally:
-            for instance_id in attached:
-                self._engine.detach_heartbeats(instance_id, out)
+            for undo in detach.values():
+                undo()
 
     async def PostResult(
         self, request_iterator: AsyncIterator[pb.PostResultRequest], context: Context
@@ -155,7 +148,7 @@ class RunnerServicer(pb_grpc.RunnerServiceServicer):
 
         async def answer(request: pb.PostResultRequest) -> None:
             try:
-                status, message = await self._engine.post(runner, convert.outcome(request))
+                reply = await self._protocol.post(runner, convert.outcome(request))
             except BaseException as exc:
                 failures.append(exc)
                 out.put_nowait(exc)
@@ -163,8 +156,8 @@ class RunnerServicer(pb_grpc.RunnerServiceServicer):
             out.put_nowait(
                 pb.PostResultResponse(
                     attempt_id=request.attempt_id,
-                    status=convert.RESULT_STATUSES[status],
-                    message=message,
+                    status=convert.RESULT_STATUSES[reply.status],
+                    message=reply.message,
                 )
             )
 

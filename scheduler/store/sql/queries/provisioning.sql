@@ -7,10 +7,6 @@ FROM nodes
 WHERE state IN ('queued', 'running')
 GROUP BY runner;
 
--- all_runners --
--- Every Runner (the registry is small).
-SELECT * FROM runners ORDER BY name;
-
 -- save_runner_status --
 -- Record what the reconciler wants and sees; an error keeps its first time while it lasts,
 -- and an empty one clears it.
@@ -54,19 +50,6 @@ WHERE status.observed - status.desired
 ON CONFLICT (instance_id) DO NOTHING
 RETURNING instance_id;
 
--- draining --
--- Instances told to drain.
-SELECT instance_id, runner FROM drains;
-
 -- forget_drains --
 -- Drains of instances that are gone.
 DELETE FROM drains WHERE instance_id = ANY($1::text[]);
-
--- expire_leases_of --
--- The tasks of instances that died: their leases end now, so the timekeeper requeues them.
-WITH expired AS (
-    UPDATE nodes SET lease_deadline = $2
-    WHERE state = 'running' AND lease_owner = ANY($1::text[]) AND lease_deadline > $2
-    RETURNING 1
-)
-SELECT count(*)::integer AS n FROM expired;

@@ -197,6 +197,10 @@ SET revoke_time = COALESCE(revoke_time, now())
 WHERE id = $1
 RETURNING id, runner, description, create_time, revoke_time;
 
--- notify_runners --
--- Wake the dispatchers of changed Runners (one may have been enabled).
-SELECT pg_notify('heat_ready', name) FROM unnest($1::text[]) AS name;
+-- runner_of_credential --
+-- The Runner a (non-revoked) credential belongs to.
+SELECT runner FROM runner_credentials WHERE secret_hash = $1 AND revoke_time IS NULL;
+
+-- all_runners --
+-- Every Runner (the registry is small).
+SELECT * FROM runners ORDER BY name;

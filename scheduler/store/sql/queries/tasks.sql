@@ -140,14 +140,11 @@ SELECT LEAST(
     (SELECT min(not_before) FROM nodes WHERE state = 'retry_wait')
 ) AS at;
 
--- runner_of_credential --
--- The Runner a (non-revoked) credential belongs to.
-SELECT runner FROM runner_credentials WHERE secret_hash = $1 AND revoke_time IS NULL;
-
--- runner_enabled --
--- Whether a Runner exists and is enabled.
-SELECT enabled FROM runners WHERE name = $1;
-
--- queued_runners --
--- Runners with claimable work (after a restart, every dispatcher looks once).
-SELECT DISTINCT runner FROM nodes WHERE state = 'queued';
+-- expire_leases_of --
+-- The tasks of instances that died: their leases end now, so the timekeeper requeues them.
+WITH expired AS (
+    UPDATE nodes SET lease_deadline = $2
+    WHERE state = 'running' AND lease_owner = ANY($1::text[]) AND lease_deadline > $2
+    RETURNING 1
+)
+SELECT count(*)::integer AS n FROM expired;

@@ -1,0 +1,132 @@
+"""The runner protocol's values and rules: claimed tasks, credits, leases, drains, heartbeats.
+
+Pure: time comes in as an argument.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+
+from scheduler.domain.sessions import NodeState
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedTask:
+    session_id: int
+    session: str
+    idx: int
+    node_key: str
+    node_template: str
+    attempt: int
+    attempt_id: str
+    owner: str  # the instance that holds the lease
+    lease_deadline: datetime
+    attempt_deadline: datetime
+    config: dict[str, Any]
+    inputs: dict[str, Any]
+    parameters: dict[str, Any]
+    trace_id: str
+    # How often the holder must heartbeat; set by the dispatcher that hands the task out.
+    heartbeat_interval: timedelta = timedelta(0)
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimRequest:
+    """Lease up to one queued task of ``runner`` per entry of ``owners`` (instance ids)."""
+
+    runner: str
+    templates: tuple[str, ...] | None  # None: any of the Runner's templates
+    owners: tuple[str, ...]
+    lease_deadline: datetime
+    now: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Drain:
+    """An instance is told to stop claiming, and to exit once it holds nothing."""
+
+    reason: str
+    deadline: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    attempt_id: str
+    deadline: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Cancellation:
+    attempt_id: str
+    reason: str = "cancelled"
+
+
+@dataclass(frozen=True, slots=True)
+class HeartbeatReply:
+    leases: list[Lease]
+    cancellations: list[Cancellation]
+    lost: list[str]
+    drain: Drain | None
+    interval: timedelta
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptState:
+    """Where an attempt's node stands, for a heartbeat naming an attempt we did not extend."""
+
+    state: NodeState
+    lease_deadline: datetime | None
+    runner: str
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseState:
+    """What a heartbeat learns of one attempt's lease from the database."""
+
+    held: bool
+    deadline: datetime | None = None
+    cancelled: bool = False
+
+
+LOST = LeaseState(False)
+
+
+def lease_due(known_deadline: datetime | None, now: datetime, lease_duration: timedelta) -> bool:
+    """Whether a heartbeat must write the lease: heartbeats cost no write while the lease in
+    the database still has more than half its duration left (an unknown one is due)."""
+    return known_deadline is None or known_deadline <= now + lease_duration / 2
+
+
+def lease_state(found: AttemptState | None) -> LeaseState:
+    """The lease of an attempt the extension did not touch (None: unknown, or not the
+    heartbeating Runner's to know)."""
+    if found is None:
+        return LOST
+    if found.state is NodeState.RUNNING and found.lease_deadline is not None:
+        return LeaseState(True, found.lease_deadline)
+    if found.state is NodeState.CANCELLED:
+        return LeaseState(False, cancelled=True)
+    return LOST
+
+
+Holder = TypeVar("Holder")
+
+
+def allocate(credits: Sequence[tuple[Holder, int]], limit: int) -> list[Holder]:
+    """Up to ``limit`` owners for one claim, one per credit, round robin over the holders (in
+    their order), so a batch spreads over instances instead of filling the first."""
+    left = [count for _, count in credits]
+    owners: list[Holder] = []
+    while len(owners) < limit:
+        took = False
+        for i, (holder, _) in enumerate(credits):
+            if left[i] > 0 and len(owners) < limit:
+                left[i] -= 1
+                owners.append(holder)
+                took = True
+        if not took:
+            break
+    return owners

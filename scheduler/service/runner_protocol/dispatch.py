@@ -1,0 +1,299 @@
+"""Dispatch: the connected instances, their credits, and the tasks pushed to them.
+
+One dispatcher per (Runner, template subset) holds the credits of its connected instances and
+claims for all of them in one statement when woken: a commit (here, or another replica's by
+NOTIFY) made work ready, or an instance granted credits. Nothing polls. Each dispatcher's
+loop is a task of its own (``Dispatcher.run``).
+
+An instance that holds nothing for its Runner's idle period is drained, within the budget
+the reconciler records (the live instances beyond the desired count).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from typing import Any, Final
+
+from scheduler.domain.backoff import Backoff, Retries
+from scheduler.domain.clock import Clock
+from scheduler.domain.ports import Store
+from scheduler.domain.runner_protocol import ClaimedTask, ClaimRequest, Drain, allocate
+from scheduler.service.leadership import DATABASE_ERRORS
+from scheduler.service.runner_protocol.leases import Leases
+from scheduler.service.runner_protocol.settings import ProtocolSettings
+from scheduler.service.signals import Signals
+
+log = logging.getLogger(__name__)
+
+CLAIM_RETRY: Final = Backoff(timedelta(seconds=0.05), timedelta(seconds=5))
+_HUNG_UP: Final = object()
+
+
+@dataclass(eq=False)
+class Instance:
+    """A runner instance with an open ClaimTask stream."""
+
+    runner: str
+    instance_id: str
+    templates: tuple[str, ...] | None
+    credits: int
+    outbox: asyncio.Queue[ClaimedTask | Drain | object] = field(default_factory=asyncio.Queue)
+    connected: bool = True
+    hung_up: bool = False  # the instance half-closed its stream: it claims no more
+    drain: Drain | None = None
+    held: set[str] = field(default_factory=set)
+    idle_period: timedelta | None = None  # None: nobody scales this Runner down
+    idle_timer: asyncio.TimerHandle | None = None
+
+
+class Dispatcher:
+    """Claims for the instances of one Runner (and template subset)."""
+
+    def __init__(self, dispatch: Dispatch, runner: str, templates: tuple[str, ...] | None) -> None:
+        self.runner = runner
+        self.templates = templates
+        self.instances: dict[str, Instance] = {}
+        self.wake = asyncio.Event()
+        self._dispatch = dispatch
+
+    def allocate(self, limit: int) -> list[Instance]:
+        """Reserve up to ``limit`` credits, round robin, so a batch spreads over instances."""
+        live = [i for i in self.instances.values() if i.connected and not i.drain]
+        owners = allocate([(i, i.credits) for i in live], limit)
+        for owner in owners:
+            owner.credits -= 1
+        return owners
+
+    async def run(self) -> None:
+        """Claim whenever woken, for as long as there are credits and work."""
+        retries = Retries(CLAIM_RETRY)
+        while True:
+            await self.wake.wait()
+            self.wake.clear()
+            while True:
+                owners = self.allocate(self._dispatch.settings.max_claim_batch)
+                if not owners:
+                    break
+                try:
+                    tasks = await self._dispatch.claim(self, owners)
+                except DATABASE_ERRORS as exc:
+                    for owner in owners:
+                        owner.credits += 1
+                    log.warning("claim for runner %s failed: %s; retrying", self.runner, exc)
+                    await asyncio.sleep(retries.wait())
+                    self.wake.set()
+                    break
+                retries.reset()
+                for owner in owners[len(tasks) :]:
+                    owner.credits += 1
+                self._dispatch.hand_out(tasks)
+                if len(tasks) < len(owners):
+                    break
+
+
+class Dispatch:
+    def __init__(
+        self,
+        store: Store,
+        signals: Signals,
+        clock: Clock,
+        settings: ProtocolSettings,
+        leases: Leases,
+        *,
+        release: Callable[[ClaimedTask], Coroutine[Any, Any, object]],
+    ) -> None:
+        """``release(task)``: give back a task claimed for an instance that went away."""
+        self.settings = settings
+        self._store = store
+        self._signals = signals
+        self._clock = clock
+        self._leases = leases
+        self._release = release
+        self._dispatchers: dict[tuple[str, tuple[str, ...] | None], Dispatcher] = {}
+        self._loops: dict[Dispatcher, asyncio.Task[None]] = {}
+        self._unsubscribe: dict[Dispatcher, Callable[[], None]] = {}
+        self._instances: dict[str, Instance] = {}
+        self._background: set[asyncio.Task[object]] = set()
+
+    async def stop(self) -> None:
+        loops = list(self._loops.values())
+        for task in loops:
+            task.cancel()
+        for task in loops:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for unsubscribe in self._unsubscribe.values():
+            unsubscribe()
+
+    # -- instances -------------------------------------------------------------------------
+
+    def runner_of(self, instance_id: str) -> str | None:
+        instance = self._instances.get(instance_id)
+        return instance.runner if instance is not None else None
+
+    def drain_of(self, instance_id: str) -> Drain | None:
+        instance = self._instances.get(instance_id)
+        return instance.drain if instance is not None else None
+
+    def instances(self) -> list[Instance]:
+        return list(self._instances.values())
+
+    def connect(
+        self, runner: str, instance_id: str, templates: Sequence[str], credits: int
+    ) -> Instance:
+        key = (runner, tuple(sorted(set(templates))) or None)
+        previous = self._instances.get(instance_id)
+        if previous is not None:
+            # The same instance reconnected (its old stream may not have noticed yet).
+            self.disconnect(previous)
+        instance = Instance(runner, instance_id, key[1], max(credits, 0))
+        self._instances[instance_id] = instance
+        dispatcher = self._dispatchers.get(key)
+        if dispatcher is None:
+            dispatcher = Dispatcher(self, runner, key[1])
+            self._unsubscribe[dispatcher] = self._signals.on_ready(runner, dispatcher.wake.set)
+            self._loops[dispatcher] = asyncio.create_task(
+                dispatcher.run(), name=f"dispatch-{runner}"
+            )
+            self._dispatchers[key] = dispatcher
+        dispatcher.instances[instance_id] = instance
+        dispatcher.wake.set()
+        if self.settings.drain_idle:
+            self._spawn(self._arm_idle(instance))
+        return instance
+
+    def grant(self, instance: Instance, credits: int) -> None:
+        if credits <= 0 or not instance.connected:
+            return
+        instance.credits += credits
+        dispatcher = self._dispatchers.get((instance.runner, instance.templates))
+        if dispatcher is not None:
+            dispatcher.wake.set()
+
+    async def stream(self, instance: Instance) -> AsyncIterator[ClaimedTask | Drain]:
+        """What to send the instance, in order, until it hangs up."""
+        while True:
+            item = await instance.outbox.get()
+            if item is _HUNG_UP or instance.hung_up:
+                return
+            assert isinstance(item, ClaimedTask | Drain)
+            yield item
+
+    def hang_up(self, instance: Instance) -> None:
+        """The instance half-closed its stream: what was claimed for it is not sent."""
+        instance.hung_up = True
+        instance.outbox.put_nowait(_HUNG_UP)
+
+    def disconnect(self, instance: Instance) -> None:
+        instance.connected = False
+        if instance.idle_timer is not None:
+            instance.idle_timer.cancel()
+            instance.idle_timer = None
+        if self._instances.get(instance.instance_id) is instance:
+            del self._instances[instance.instance_id]
+        dispatcher = self._dispatchers.get((instance.runner, instance.templates))
+        if dispatcher is not None and dispatcher.instances.get(instance.instance_id) is instance:
+            del dispatcher.instances[instance.instance_id]
+        # Tasks claimed for it but not yet sent go straight back to the queue.
+        while not instance.outbox.empty():
+            item = instance.outbox.get_nowait()
+            if isinstance(item, ClaimedTask):
+                self._spawn(self._release(item))
+
+    def drain(self, instance_id: str, reason: str, deadline: datetime | None = None) -> bool:
+        """Ask an instance to stop claiming and exit once it holds nothing."""
+        instance = self._instances.get(instance_id)
+        if instance is None:
+            return False
+        instance.drain = Drain(reason, deadline)
+        instance.outbox.put_nowait(instance.drain)
+        return True
+
+    # -- claims ----------------------------------------------------------------------------
+
+    async def claim(self, dispatcher: Dispatcher, owners: list[Instance]) -> list[ClaimedTask]:
+        now = self._clock.now()
+        request = ClaimRequest(
+            dispatcher.runner,
+            dispatcher.templates,
+            tuple(o.instance_id for o in owners),
+            now + self.settings.lease_duration,
+            now,
+        )
+        async with self._store.transaction() as work:
+            tasks = await work.tasks.claim(request)
+        self._leases.leased(tasks, now)
+        if tasks:
+            # Claims write leases past now + lease_duration, which the timekeeper sleeps no
+            # longer than; a short attempt timeout must wake it.
+            self._signals.deadline_written(min(t.attempt_deadline for t in tasks))
+        return tasks
+
+    def hand_out(self, tasks: Sequence[ClaimedTask]) -> None:
+        interval = self.settings.heartbeat_interval
+        for task in tasks:
+            instance = self._instances.get(task.owner)
+            if instance is None or not instance.connected:
+                self._spawn(self._release(task))
+                continue
+            self._leases.hold(task.attempt_id, instance.instance_id)
+            instance.held.add(task.attempt_id)
+            if instance.idle_timer is not None:
+                instance.idle_timer.cancel()
+                instance.idle_timer = None
+            instance.outbox.put_nowait(replace(task, heartbeat_interval=interval))
+
+    # -- idle instances --------------------------------------------------------------------
+
+    def released(self, instance_id: str, attempt_id: str) -> None:
+        """The instance no longer holds the attempt."""
+        instance = self._instances.get(instance_id)
+        if instance is not None:
+            instance.held.discard(attempt_id)
+            self._idle(instance)
+
+    def _spawn(self, coro: Coroutine[Any, Any, object]) -> None:
+        task = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _arm_idle(self, instance: Instance) -> None:
+        async with self._store.transaction() as work:
+            found = await work.registry.runners_by_name([instance.runner])
+        runner = found.get(instance.runner)
+        if runner is not None:
+            instance.idle_period = runner.idle_period
+            self._idle(instance)
+
+    def _idle(self, instance: Instance) -> None:
+        """The instance holds nothing now: drain it if that lasts for its Runner's idle period."""
+        if instance.held or instance.idle_period is None or not instance.connected:
+            return
+        if instance.idle_timer is not None:
+            instance.idle_timer.cancel()
+        instance.idle_timer = asyncio.get_running_loop().call_later(
+            instance.idle_period.total_seconds(),
+            lambda: self._spawn(self._drain_if_idle(instance)),
+        )
+
+    async def _drain_if_idle(self, instance: Instance) -> None:
+        instance.idle_timer = None
+        if instance.held or not instance.connected or instance.drain is not None:
+            return
+        assert instance.idle_period is not None
+        async with self._store.transaction() as work:
+            granted = await work.provisioning.claim_drain(
+                instance.instance_id, instance.runner, "idle", self._clock.now()
+            )
+        if granted:
+            seconds = instance.idle_period.total_seconds()
+            log.info("draining idle instance %s (idle %gs)", instance.instance_id, seconds)
+            self.drain(instance.instance_id, f"idle for {seconds:g}s")
+        else:
+            # The Runner wants every instance it has; look again after another idle period.
+            self._idle(instance)

@@ -1,0 +1,125 @@
+"""The runner protocol's one door: what the transport's three streams may ask, each call past
+the authorisation first. Behind it, each part has one job (``dispatch``, ``leases``,
+``results``, ``timekeeper``) and the background loops are tasks of their own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections.abc import AsyncIterator, Callable, Sequence
+from datetime import datetime
+
+from scheduler.domain.clock import Clock
+from scheduler.domain.ports import Leadership, Store
+from scheduler.domain.runner_protocol import ClaimedTask, Drain, HeartbeatReply
+from scheduler.domain.verdicts import Outcome, Reply
+from scheduler.service.runner_protocol.authorisation import Authorisation
+from scheduler.service.runner_protocol.dispatch import Dispatch, Instance
+from scheduler.service.runner_protocol.leases import Leases, Push
+from scheduler.service.runner_protocol.results import Results
+from scheduler.service.runner_protocol.settings import ProtocolSettings
+from scheduler.service.runner_protocol.timekeeper import Timekeeper
+from scheduler.service.signals import Signals
+
+
+class RunnerProtocol:
+    def __init__(
+        self,
+        store: Store,
+        leadership: Leadership,
+        signals: Signals,
+        clock: Clock,
+        settings: ProtocolSettings,
+        *,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.settings = settings
+        rng = rng or random.Random()  # noqa: S311 (backoff jitter, not secrets)
+        # Leases and the authorisation ask the dispatch about instances, which is built last:
+        # it gives back to results what it cannot hand out, and results forget leases.
+        self.authorisation = Authorisation(store, clock, lambda i: self.dispatch.runner_of(i))
+        self.leases = Leases(
+            store,
+            clock,
+            settings,
+            self.authorisation,
+            drain_of=lambda i: self.dispatch.drain_of(i),
+            released=lambda i, a: self.dispatch.released(i, a),
+        )
+        self.results = Results(store, clock, settings, self.authorisation, self.leases, rng=rng)
+        self.dispatch = Dispatch(
+            store, signals, clock, settings, self.leases, release=self.results.release
+        )
+        self.timekeeper = Timekeeper(store, leadership, clock, settings, expire=self.results.expire)
+        self._signals = signals
+        self._unsubscribe = [
+            signals.on_cancel(self.leases.cancelled),
+            signals.on_deadline(self.timekeeper.deadline_written),
+        ]
+        self._timekeeping: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._timekeeping = asyncio.create_task(self.timekeeper.run(), name="timekeeper")
+
+    async def stop(self) -> None:
+        await self.dispatch.stop()
+        if self._timekeeping is not None:
+            self._timekeeping.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._timekeeping
+        await self.results.stop()
+        await self.leases.stop()
+        for unsubscribe in self._unsubscribe:
+            unsubscribe()
+
+    async def authenticate(self, secret: str | None) -> str:
+        """The Runner a bearer credential belongs to (UNAUTHENTICATED without one)."""
+        return await self.authorisation.runner_of(secret)
+
+    # -- ClaimTask -------------------------------------------------------------------------
+
+    def connect(
+        self, runner: str, declared: str, instance_id: str, templates: Sequence[str], credits: int
+    ) -> Instance:
+        """An instance opened its ClaimTask stream, for the Runner it ``declared``."""
+        self.authorisation.check_start(runner, declared)
+        self.authorisation.check_instance(runner, instance_id, connecting=True)
+        return self.dispatch.connect(runner, instance_id, templates, credits)
+
+    def stream(self, instance: Instance) -> AsyncIterator[ClaimedTask | Drain]:
+        """Tasks and drains for the instance, pushed as they come, until it hangs up."""
+        return self.dispatch.stream(instance)
+
+    def grant(self, instance: Instance, credits: int) -> None:
+        self.dispatch.grant(instance, credits)
+
+    def hang_up(self, instance: Instance) -> None:
+        self.dispatch.hang_up(instance)
+
+    def disconnect(self, instance: Instance) -> None:
+        self.dispatch.disconnect(instance)
+
+    def drain(self, instance_id: str, reason: str, deadline: datetime | None = None) -> bool:
+        return self.dispatch.drain(instance_id, reason, deadline)
+
+    def instances(self) -> list[Instance]:
+        return self.dispatch.instances()
+
+    # -- Heartbeat -------------------------------------------------------------------------
+
+    def attach_heartbeats(self, instance_id: str, push: Push) -> Callable[[], None]:
+        """Where replies go unprompted (cancellations) for the instance; returns the detach."""
+        return self.leases.attach(instance_id, push)
+
+    async def heartbeat(
+        self, runner: str, instance_id: str, attempt_ids: Sequence[str]
+    ) -> HeartbeatReply:
+        self.authorisation.check_instance(runner, instance_id)
+        return await self.leases.heartbeat(runner, instance_id, attempt_ids)
+
+    # -- PostResult ------------------------------------------------------------------------
+
+    async def post(self, runner: str, outcome: Outcome) -> Reply:
+        return await self.results.post(runner, outcome)

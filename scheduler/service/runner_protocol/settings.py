@@ -1,0 +1,17 @@
+"""The runner protocol's settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+
+
+@dataclass(frozen=True, slots=True)
+class ProtocolSettings:
+    lease_duration: timedelta = timedelta(seconds=30)
+    heartbeat_interval: timedelta = timedelta(seconds=10)
+    max_claim_batch: int = 256
+    max_result_batch: int = 512
+    max_output_bytes: int = 1024 * 1024
+    # Whether idle instances are drained (a provisioner starts and stops them).
+    drain_idle: bool = False

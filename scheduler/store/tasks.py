@@ -1,0 +1,194 @@
+"""The tasks of the PostgreSQL store (tasks.sql): nodes as the runner protocol sees them.
+
+Claims, settlements, lease extensions, expiries and retry promotions, each as few set-based
+statements as the work allows. What a statement's rows mean for the DAG and the Sessions is
+decided in ``scheduler.domain.dag`` and ``scheduler.domain.ledger``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+
+from scheduler.domain import dag
+from scheduler.domain.ports import Changes
+from scheduler.domain.registry import RetryPolicy
+from scheduler.domain.runner_protocol import AttemptState, ClaimedTask, ClaimRequest
+from scheduler.domain.sessions import NodeState
+from scheduler.domain.verdicts import (
+    ExpiredAttempt,
+    ExpiryReason,
+    HeldNode,
+    RecordedVerdict,
+    Reply,
+    ResultStatus,
+)
+from scheduler.store.bookkeeping import Books, doom
+from scheduler.store.queries import Statements
+
+
+class PgTasks:
+    def __init__(self, db: Statements, changes: Changes) -> None:
+        self._db = db
+        self._changes = changes
+        self._books = Books(db, changes)
+
+    async def claim(self, request: ClaimRequest) -> list[ClaimedTask]:
+        rows = await self._db.fetch(
+            "claim",
+            request.runner,
+            len(request.owners),
+            list(request.owners),
+            request.lease_deadline,
+            request.now,
+            None if request.templates is None else list(request.templates),
+        )
+        if not rows:
+            return []
+        rows.sort(key=lambda r: (r["session_id"], r["idx"]))
+        moved = [dag.Moved(r["session_id"], r["idx"], r["attempt"]) for r in rows]
+        await self._books.book(dag.claimed(moved), request.now)
+        return [
+            ClaimedTask(
+                session_id=r["session_id"],
+                session=r["session_name"],
+                idx=r["idx"],
+                node_key=r["key"],
+                node_template=r["node_template"],
+                attempt=r["attempt"],
+                attempt_id=r["attempt_id"],
+                owner=r["lease_owner"],
+                lease_deadline=r["lease_deadline"],
+                attempt_deadline=r["attempt_deadline"],
+                config=r["config"],
+                inputs=r["inputs"],
+                parameters=r["parameters"],
+                trace_id=r["trace_id"],
+            )
+            for r in rows
+        ]
+
+    async def held(self, attempt_ids: Sequence[str]) -> dict[str, HeldNode]:
+        rows = await self._db.fetch("held_nodes", list(attempt_ids))
+        return {
+            r["attempt_id"]: HeldNode(
+                session_id=r["session_id"],
+                idx=r["idx"],
+                runner=r["runner"],
+                state=NodeState(r["state"]),
+                attempt=r["attempt"],
+                attempt_id=r["attempt_id"],
+                policy=RetryPolicy(
+                    max_attempts=r["max_attempts"],
+                    initial_backoff=timedelta(milliseconds=r["initial_backoff_ms"]),
+                    max_backoff=timedelta(milliseconds=r["max_backoff_ms"]),
+                    backoff_multiplier=r["backoff_multiplier"],
+                ),
+                downstream=tuple(r["downstream"]),
+            )
+            for r in rows
+        }
+
+    async def earlier_verdicts(self, attempt_ids: Sequence[str]) -> dict[str, Reply]:
+        rows = await self._db.fetch("earlier_verdicts", list(attempt_ids))
+        return {r["attempt_id"]: Reply(ResultStatus(r["status"]), r["message"]) for r in rows}
+
+    async def settle(self, settlement: dag.Settlement, now: datetime) -> None:
+        if settlement.writes:
+            await self._apply(settlement, now)
+        await self._remember(settlement.verdicts, now)
+        if settlement.retry_at is not None:
+            self._changes.deadlines.append(settlement.retry_at)
+
+    async def _apply(self, settlement: dag.Settlement, now: datetime) -> None:
+        """The held nodes' new states, then what depends on them, then the bookkeeping."""
+        writes = settlement.writes
+        await self._db.fetch(
+            "settle_nodes",
+            [w.node.session_id for w in writes],
+            [w.node.idx for w in writes],
+            [w.state.value for w in writes],
+            [json.dumps(w.outputs) if w.state is NodeState.SUCCEEDED else None for w in writes],
+            [w.error.as_json() if w.error else None for w in writes],
+            [w.not_before for w in writes],
+            [w.node.attempt_id for w in writes],
+            now,
+        )
+        changes = list(settlement.changes)
+        self._changes.ready_runners |= settlement.ready_runners
+        if settlement.released:
+            rows = await self._db.fetch(
+                "release_upstream",
+                [s for s, _ in settlement.released],
+                [c for _, c in settlement.released],
+                now,
+            )
+            ready, runners = dag.became_ready(
+                dag.ReleasedChild(r["session_id"], r["idx"], NodeState(r["state"]), r["runner"])
+                for r in rows
+            )
+            changes += ready
+            self._changes.ready_runners |= runners
+        for doomed in settlement.doomed:
+            changes += await doom(self._db, doomed, now)
+        await self._books.book(changes, now)
+
+    async def _remember(self, verdicts: Sequence[RecordedVerdict], now: datetime) -> None:
+        if not verdicts:
+            return
+        await self._db.fetch(
+            "insert_verdicts",
+            [v.node.attempt_id for v in verdicts],
+            [v.node.session_id for v in verdicts],
+            [v.node.idx for v in verdicts],
+            [v.node.attempt for v in verdicts],
+            [v.reply.status.value for v in verdicts],
+            [v.reply.message for v in verdicts],
+            [now] * len(verdicts),
+        )
+
+    async def extend_leases(
+        self, runner: str, attempt_ids: Sequence[str], deadline: datetime
+    ) -> set[str]:
+        rows = await self._db.fetch("extend_leases", list(attempt_ids), deadline, runner)
+        return {r["attempt_id"] for r in rows}
+
+    async def attempt_states(self, attempt_ids: Sequence[str]) -> dict[str, AttemptState]:
+        rows = await self._db.fetch("attempt_states", list(attempt_ids))
+        return {
+            r["attempt_id"]: AttemptState(NodeState(r["state"]), r["lease_deadline"], r["runner"])
+            for r in rows
+        }
+
+    async def expire_leases_of(self, instance_ids: Sequence[str], now: datetime) -> int:
+        if not instance_ids:
+            return 0
+        (row,) = await self._db.fetch("expire_leases_of", list(instance_ids), now)
+        count: int = row["n"]
+        if count:
+            self._changes.deadlines.append(None)
+        return count
+
+    async def expired(self, now: datetime, limit: int) -> list[ExpiredAttempt]:
+        rows = await self._db.fetch("expired_attempts", now, limit)
+        return [
+            ExpiredAttempt(
+                r["attempt_id"],
+                ExpiryReason(r["why"]),
+                timedelta(milliseconds=r["attempt_timeout_ms"]),
+            )
+            for r in rows
+        ]
+
+    async def promote_due_retries(self, now: datetime, limit: int) -> int:
+        rows = await self._db.fetch("due_retries", now, limit)
+        moved = [dag.Moved(r["session_id"], r["idx"], r["attempt"]) for r in rows]
+        await self._books.book(dag.requeued(moved), now)
+        self._changes.ready_runners |= {r["runner"] for r in rows}
+        return len(rows)
+
+    async def next_deadline(self) -> datetime | None:
+        (row,) = await self._db.fetch("next_deadline")
+        at: datetime | None = row["at"]
+        return at
