@@ -4,8 +4,8 @@ A unit of work collects what its statements changed (``Changes``); before it com
 statement NOTIFYs every replica of all of it, and once it has committed this replica's
 ``ChangeFeed`` hears of it directly, so its own waiters need not wait for the round trip.
 Deadlines are the exception: they reach the timekeeper by NOTIFY only, wherever it runs (this
-replica included), so that one written deadline wakes it once. Everything the driver raises leaves as a domain error
-(``scheduler.store.errors``).
+replica included), so that one written deadline wakes it once. Everything the driver raises
+leaves as a domain error (``scheduler.store.errors``).
 """
 
 from __future__ import annotations
