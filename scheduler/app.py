@@ -86,11 +86,15 @@ async def running(
     async with AsyncExitStack() as stack:
         dsn = await stack.enter_async_context(database(settings))
         await migrate_database(dsn)
+        limits = Limits(
+            max_dag_nodes=settings.max_dag_nodes,
+            max_output_bytes=settings.max_output_bytes,
+            max_message_bytes=settings.max_message_bytes,
+        )
         signals = Signals()
         store = await PgStore.open(dsn, signals, max_size=settings.db_pool_size)
         stack.push_async_callback(store.close)
         leadership = AdvisoryLockLeadership(dsn)
-        limits = Limits(max_dag_nodes=settings.max_dag_nodes)
         clock = SystemClock()
         protocol = RunnerProtocol(
             store,
@@ -100,9 +104,9 @@ async def running(
             ProtocolSettings(
                 lease_duration=timedelta(seconds=settings.lease_duration),
                 heartbeat_interval=timedelta(seconds=settings.heartbeat_interval),
-                max_output_bytes=settings.max_output_bytes,
                 drain_idle=settings.provisioner != "none",
             ),
+            limits,
         )
         listener = Listener(dsn, signals)
         listener.start()
@@ -111,8 +115,8 @@ async def running(
         stack.push_async_callback(protocol.stop)
 
         options = [
-            ("grpc.max_receive_message_length", settings.max_message_bytes),
-            ("grpc.max_send_message_length", settings.max_message_bytes),
+            ("grpc.max_receive_message_length", limits.max_message_bytes),
+            ("grpc.max_send_message_length", limits.max_message_bytes),
             # Two schedulers must not share a port: the second would steal calls silently.
             ("grpc.so_reuseport", 0),
         ]

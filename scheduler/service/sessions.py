@@ -16,7 +16,13 @@ from scheduler.domain.errors import (
     NotFound,
     raise_if,
 )
-from scheduler.domain.limits import Limits
+from scheduler.domain.limits import (
+    LABEL_KEY_MAX_LENGTH,
+    LABEL_VALUE_MAX_LENGTH,
+    MAX_LABELS,
+    REQUEST_ID_MAX_LENGTH,
+    Limits,
+)
 from scheduler.domain.paging import Page, PageRequest
 from scheduler.domain.ports import Store, UnitOfWork
 from scheduler.domain.registry import DagNode, check_dag_nodes
@@ -36,7 +42,6 @@ from scheduler.domain.validation import check_dns_label
 from scheduler.service.signals import Signals
 
 _WATCH_BATCH: Final = 500
-_MAX_LABELS: Final = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,13 +61,21 @@ WatchItem = Snapshot | Change
 
 def _check_labels(labels: Mapping[str, str]) -> list[FieldViolation]:
     out = []
-    if len(labels) > _MAX_LABELS:
-        out.append(FieldViolation("labels", f"at most {_MAX_LABELS} labels"))
+    if len(labels) > MAX_LABELS:
+        out.append(FieldViolation("labels", f"at most {MAX_LABELS} labels"))
     for key, value in labels.items():
-        if not key or len(key) > 63:
-            out.append(FieldViolation(f"labels[{key!r}]", "keys are 1 to 63 characters"))
-        if len(value) > 256:
-            out.append(FieldViolation(f"labels[{key!r}]", "values are at most 256 characters"))
+        if not key or len(key) > LABEL_KEY_MAX_LENGTH:
+            out.append(
+                FieldViolation(
+                    f"labels[{key!r}]", f"keys are 1 to {LABEL_KEY_MAX_LENGTH} characters"
+                )
+            )
+        if len(value) > LABEL_VALUE_MAX_LENGTH:
+            out.append(
+                FieldViolation(
+                    f"labels[{key!r}]", f"values are at most {LABEL_VALUE_MAX_LENGTH} characters"
+                )
+            )
     return out
 
 
@@ -84,8 +97,10 @@ class Sessions:
     ) -> Session:
         labels = dict(labels or {})
         violations = _check_labels(labels)
-        if len(request_id) > 128:
-            violations.append(FieldViolation("request_id", "at most 128 characters"))
+        if len(request_id) > REQUEST_ID_MAX_LENGTH:
+            violations.append(
+                FieldViolation("request_id", f"at most {REQUEST_ID_MAX_LENGTH} characters")
+            )
         if bool(session_template) == (dag is not None):
             violations.append(
                 FieldViolation("source", "give exactly one of session_template and dag")

@@ -14,6 +14,7 @@ from heat.scheduler.v1 import runner_service_pb2 as pb
 from heat.scheduler.v1 import runner_service_pb2_grpc as pb_grpc
 
 from scheduler.domain.errors import FieldViolation, InvalidArgument, raise_if
+from scheduler.domain.limits import INSTANCE_ID_MAX_LENGTH, MAX_CREDITS
 from scheduler.domain.runner_protocol import ClaimedTask, HeartbeatReply
 from scheduler.domain.validation import check_text
 from scheduler.service.runner_protocol import RunnerProtocol
@@ -21,7 +22,6 @@ from scheduler.transport import convert_sessions as convert
 
 Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 T = TypeVar("T")
-MAX_CREDITS = 10_000
 _END = object()
 
 
@@ -69,7 +69,9 @@ class RunnerServicer(pb_grpc.RunnerServiceServicer):
                 [FieldViolation("start", "the first message must be a ClaimStart")]
             )
         start = first.start
-        violations = check_text(start.instance_id, "start.instance_id", max_len=253)
+        violations = check_text(
+            start.instance_id, "start.instance_id", max_len=INSTANCE_ID_MAX_LENGTH
+        )
         if not start.instance_id:
             violations.append(FieldViolation("start.instance_id", "is required: a unique id"))
         if not 0 <= start.credits <= MAX_CREDITS:

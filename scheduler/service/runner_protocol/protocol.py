@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import datetime
 
 from scheduler.domain.clock import Clock
+from scheduler.domain.limits import Limits
 from scheduler.domain.ports import Leadership, Store
 from scheduler.domain.runner_protocol import ClaimedTask, Drain, HeartbeatReply
 from scheduler.domain.verdicts import Outcome, Reply
@@ -32,6 +33,7 @@ class RunnerProtocol:
         signals: Signals,
         clock: Clock,
         settings: ProtocolSettings,
+        limits: Limits,
         *,
         rng: random.Random | None = None,
     ) -> None:
@@ -48,7 +50,9 @@ class RunnerProtocol:
             drain_of=lambda i: self.dispatch.drain_of(i),
             released=lambda i, a: self.dispatch.released(i, a),
         )
-        self.results = Results(store, clock, settings, self.authorisation, self.leases, rng=rng)
+        self.results = Results(
+            store, clock, settings, limits, self.authorisation, self.leases, rng=rng
+        )
         self.dispatch = Dispatch(
             store, signals, clock, settings, self.leases, release=self.results.release
         )

@@ -20,6 +20,7 @@ from scheduler.domain import dag
 from scheduler.domain.backoff import Backoff, Retries
 from scheduler.domain.clock import Clock
 from scheduler.domain.errors import Aborted, PermissionDenied
+from scheduler.domain.limits import Limits
 from scheduler.domain.ports import Store
 from scheduler.domain.runner_protocol import ClaimedTask
 from scheduler.domain.verdicts import (
@@ -54,6 +55,7 @@ class Results:
         store: Store,
         clock: Clock,
         settings: ProtocolSettings,
+        limits: Limits,
         authorisation: Authorisation,
         leases: Leases,
         *,
@@ -61,7 +63,7 @@ class Results:
     ) -> None:
         self._store = store
         self._clock = clock
-        self._settings = settings
+        self._limits = limits
         self._authorisation = authorisation
         self._leases = leases
         self._rng = rng
@@ -126,7 +128,7 @@ class Results:
                     item.outcome,
                     now=now,
                     rng=self._rng,
-                    max_output_bytes=self._settings.max_output_bytes,
+                    max_output_bytes=self._limits.max_output_bytes,
                 )
                 answers[attempt_id] = verdict.reply
                 posted = item.runner is not None

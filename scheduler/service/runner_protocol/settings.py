@@ -12,6 +12,5 @@ class ProtocolSettings:
     heartbeat_interval: timedelta = timedelta(seconds=10)
     max_claim_batch: int = 256
     max_result_batch: int = 512
-    max_output_bytes: int = 1024 * 1024
     # Whether idle instances are drained (a provisioner starts and stops them).
     drain_idle: bool = False
