@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 from scheduler.domain import credentials
 from scheduler.domain.errors import (
     AlreadyExists,
-    FailedPrecondition,
     FieldViolation,
     InUse,
     InvalidArgument,
@@ -26,54 +24,15 @@ from scheduler.domain.registry import (
     RunnerCredential,
     SessionTemplate,
     apply_mask,
-    check_node_template,
     check_runner,
-    check_session_template,
 )
 from scheduler.domain.validation import check_dns_label
-
-
-class ApplyAction(enum.Enum):
-    CREATED = "created"
-    UPDATED = "updated"
-    UNCHANGED = "unchanged"
-
-
-@dataclass(frozen=True, slots=True)
-class ApplyOutcome:
-    kind: str
-    name: str
-    action: ApplyAction
-
-
-@dataclass(frozen=True, slots=True)
-class Manifest:
-    runners: tuple[Runner, ...] = ()
-    node_templates: tuple[NodeTemplate, ...] = ()
-    session_templates: tuple[SessionTemplate, ...] = ()
-
-
-@dataclass(slots=True)
-class _Plan:
-    """What a manifest (or a single update) would write, split by kind and action."""
-
-    outcomes: list[ApplyOutcome] = field(default_factory=list)
-    new_runners: list[Runner] = field(default_factory=list)
-    changed_runners: list[Runner] = field(default_factory=list)
-    new_node_templates: list[NodeTemplate] = field(default_factory=list)
-    changed_node_templates: list[NodeTemplate] = field(default_factory=list)
-    new_session_templates: list[SessionTemplate] = field(default_factory=list)
-    changed_session_templates: list[SessionTemplate] = field(default_factory=list)
+from scheduler.service import manifests
+from scheduler.service.manifests import ApplyOutcome, Manifest
 
 
 def _required_name(name: str, what: str = "name") -> None:
     raise_if(check_dns_label(name, what))
-
-
-def _classify(kind: str, name: str, old: object | None, new: object) -> ApplyAction:
-    if old is None:
-        return ApplyAction.CREATED
-    return ApplyAction.UNCHANGED if old == new else ApplyAction.UPDATED
 
 
 class Registry:
@@ -139,8 +98,8 @@ class Registry:
 
     async def create_node_template(self, template: NodeTemplate) -> NodeTemplate:
         async with self._store.transaction() as work:
-            plan = await self._plan(
-                work.registry, Manifest(node_templates=(template,)), "node_template"
+            plan = await manifests.plan(
+                work.registry, Manifest(node_templates=(template,)), "node_template", self._limits
             )
             if not plan.new_node_templates:
                 raise AlreadyExists("node template", template.name)
@@ -171,8 +130,8 @@ class Registry:
             if current is None:
                 raise NotFound("node template", template.name)
             updated = apply_mask(current, template, paths, "NodeTemplate")
-            plan = await self._plan(
-                work.registry, Manifest(node_templates=(updated,)), "node_template"
+            plan = await manifests.plan(
+                work.registry, Manifest(node_templates=(updated,)), "node_template", self._limits
             )
             if not plan.changed_node_templates:
                 return current
@@ -193,8 +152,11 @@ class Registry:
 
     async def create_session_template(self, template: SessionTemplate) -> SessionTemplate:
         async with self._store.transaction() as work:
-            plan = await self._plan(
-                work.registry, Manifest(session_templates=(template,)), "session_template"
+            plan = await manifests.plan(
+                work.registry,
+                Manifest(session_templates=(template,)),
+                "session_template",
+                self._limits,
             )
             if not plan.new_session_templates:
                 raise AlreadyExists("session template", template.name)
@@ -229,8 +191,11 @@ class Registry:
             if current is None:
                 raise NotFound("session template", template.name)
             updated = apply_mask(current, template, paths, "SessionTemplate")
-            plan = await self._plan(
-                work.registry, Manifest(session_templates=(updated,)), "session_template"
+            plan = await manifests.plan(
+                work.registry,
+                Manifest(session_templates=(updated,)),
+                "session_template",
+                self._limits,
             )
             if not plan.changed_session_templates:
                 return current
@@ -249,12 +214,12 @@ class Registry:
         self, manifest: Manifest, *, validate_only: bool = False
     ) -> list[ApplyOutcome]:
         async with self._store.transaction() as work:
-            plan = await self._plan(work.registry, manifest, "manifest")
+            plan = await manifests.plan(work.registry, manifest, "manifest", self._limits)
             if not validate_only:
                 await self._write(work.registry, plan)
             return plan.outcomes
 
-    async def _write(self, registry: RegistryRepository, plan: _Plan) -> None:
+    async def _write(self, registry: RegistryRepository, plan: manifests.Plan) -> None:
         # Parents before children: node templates name runners, session templates name
         # node templates.
         if plan.new_runners:
@@ -270,172 +235,10 @@ class Registry:
         if plan.changed_session_templates:
             await registry.update_session_templates(plan.changed_session_templates)
 
-    async def _plan(self, registry: RegistryRepository, manifest: Manifest, prefix: str) -> _Plan:
-        """Validate a set of entries against each other and the store; decide each one's action.
-
-        ``prefix`` names the request field the entries came from: "manifest" for a manifest
-        (paths like ``manifest.runners[2].name``) or the single entry's field name.
-        """
-        single = prefix != "manifest"
-        violations: list[FieldViolation] = []
-
-        def path(collection: str, i: int) -> str:
-            return prefix if single else f"{prefix}.{collection}[{i}]"
-
-        for collection, names in (
-            ("runners", [r.name for r in manifest.runners]),
-            ("node_templates", [t.name for t in manifest.node_templates]),
-            ("session_templates", [t.name for t in manifest.session_templates]),
-        ):
-            seen: dict[str, int] = {}
-            for i, name in enumerate(names):
-                if name in seen:
-                    violations.append(
-                        FieldViolation(
-                            f"{path(collection, i)}.name",
-                            f"{name!r} appears twice in the manifest (first at index {seen[name]})",
-                        )
-                    )
-                seen.setdefault(name, i)
-
-        # Everything the entries name, read (and locked) in one query per kind.
-        runner_refs = {r.name for r in manifest.runners} | {
-            t.runner for t in manifest.node_templates
-        }
-        template_refs = {t.name for t in manifest.node_templates} | {
-            n.node_template for s in manifest.session_templates for n in s.nodes
-        }
-        old_runners = await registry.runners_by_name(sorted(runner_refs), lock=True)
-        old_templates = await registry.node_templates_by_name(sorted(template_refs), lock=True)
-        old_sessions = await registry.session_templates_by_name(
-            sorted(t.name for t in manifest.session_templates), lock=True
-        )
-        plan = _Plan()
-
-        runners: list[tuple[int, Runner]] = []
-        for i, runner in enumerate(manifest.runners):
-            old = old_runners.get(runner.name)
-            p = path("runners", i)
-            violations += check_runner(runner, p, self._limits)
-            if old is not None:
-                if runner.id not in (0, old.id):
-                    violations.append(
-                        FieldViolation(
-                            f"{p}.id",
-                            f"runner {runner.name!r} has id {old.id}; an id cannot change "
-                            "(leave it 0 to keep it)",
-                        )
-                    )
-                runner = replace(runner, id=old.id)
-            else:
-                runners.append((i, runner))
-            action = _classify("Runner", runner.name, old, runner)
-            plan.outcomes.append(ApplyOutcome("Runner", runner.name, action))
-            if action is ApplyAction.CREATED:
-                plan.new_runners.append(runner)
-            elif action is ApplyAction.UPDATED:
-                plan.changed_runners.append(runner)
-        violations += await self._ids_taken(
-            registry, runners, prefix if single else f"{prefix}.runners"
-        )
-
-        runner_names = set(old_runners) | {r.name for r in manifest.runners}
-        new_templates = {t.name: t for t in manifest.node_templates}
-        for i, template in enumerate(manifest.node_templates):
-            violations += check_node_template(
-                template,
-                path("node_templates", i),
-                self._limits,
-                runner_exists=runner_names.__contains__,
-            )
-            old_t = old_templates.get(template.name)
-            action = _classify("NodeTemplate", template.name, old_t, template)
-            plan.outcomes.append(ApplyOutcome("NodeTemplate", template.name, action))
-            if action is ApplyAction.CREATED:
-                plan.new_node_templates.append(template)
-            elif action is ApplyAction.UPDATED:
-                plan.changed_node_templates.append(template)
-
-        def lookup(name: str) -> NodeTemplate | None:
-            return new_templates.get(name) or old_templates.get(name)
-
-        for i, session in enumerate(manifest.session_templates):
-            violations += check_session_template(
-                session, path("session_templates", i), self._limits, templates=lookup
-            )
-            old_s = old_sessions.get(session.name)
-            action = _classify("SessionTemplate", session.name, old_s, session)
-            plan.outcomes.append(ApplyOutcome("SessionTemplate", session.name, action))
-            if action is ApplyAction.CREATED:
-                plan.new_session_templates.append(session)
-            elif action is ApplyAction.UPDATED:
-                plan.changed_session_templates.append(session)
-
-        raise_if(violations)
-        await self._check_dependents(registry, plan, manifest, lookup)
-        return plan
-
-    async def _check_dependents(
-        self,
-        registry: RegistryRepository,
-        plan: _Plan,
-        manifest: Manifest,
-        lookup: object,
-    ) -> None:
-        """A changed Node Template must not invalidate a Session Template left as it is."""
-        changed = [t.name for t in plan.changed_node_templates]
-        if not changed:
-            return
-        in_manifest = {s.name for s in manifest.session_templates}
-        dependents = [
-            s for s in await registry.session_templates_using(changed) if s.name not in in_manifest
-        ]
-        if not dependents:
-            return
-        extra = {n.node_template for s in dependents for n in s.nodes} - {
-            t.name for t in manifest.node_templates
-        }
-        stored = await registry.node_templates_by_name(sorted(extra))
-        overrides = {t.name: t for t in manifest.node_templates}
-
-        def resolve(name: str) -> NodeTemplate | None:
-            return overrides.get(name) or stored.get(name)
-
-        broken = []
-        for session in dependents:
-            problems = check_session_template(
-                session, "session_template", self._limits, templates=resolve
-            )
-            if problems:
-                broken.append(f"{session.name} ({problems[0].field}: {problems[0].description})")
-        if broken:
-            raise FailedPrecondition(
-                "the change to node templates "
-                + ", ".join(sorted(changed))
-                + " would invalidate session templates that use them: "
-                + "; ".join(broken)
-            )
-
-    async def _ids_taken(
-        self, registry: RegistryRepository, runners: Sequence[tuple[int, Runner]], prefix: str
-    ) -> list[FieldViolation]:
-        wanted = {r.id: (i, r) for i, r in runners if r.id}
-        if not wanted:
-            return []
-        taken = await registry.runner_ids_taken(sorted(wanted))
-        single = prefix == "runner"
-        return [
-            FieldViolation(
-                f"{prefix}.id" if single else f"{prefix}[{wanted[rid][0]}].id",
-                f"id {rid} is already used by runner {owner!r}",
-            )
-            for rid, owner in taken.items()
-        ]
-
     async def _check_ids_free(
         self, registry: RegistryRepository, runners: Sequence[tuple[int, Runner]], prefix: str
     ) -> None:
-        violations = await self._ids_taken(registry, runners, prefix)
+        violations = await manifests.ids_taken(registry, runners, prefix)
         if violations:
             raise AlreadyExists("runner", runners[0][1].name, violations[0].description)
 

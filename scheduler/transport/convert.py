@@ -16,7 +16,7 @@ from heat.scheduler.v1 import (
 
 from scheduler.domain import registry as reg
 from scheduler.domain.provisioning import RunnerStatus
-from scheduler.service.registry import ApplyAction, ApplyOutcome, Manifest
+from scheduler.service.manifests import ApplyAction, ApplyOutcome, Manifest
 
 
 def _plain(value: Any) -> Any:
