@@ -1,7 +1,8 @@
 """Provisioning: how many instances a Runner should have, and which ones may go.
 
-Pure rules over what the provisioner observes (pods or processes) and what the engine
-knows (which instance holds which task); the reconciler applies them.
+Pure rules over what the provisioner observes (pods or processes) and the Runner's work;
+the reconciler applies them. Which idle instance may drain is decided where the drains are
+counted, in one statement of the store (claim_drain): live beyond desired, minus draining.
 """
 
 from __future__ import annotations
@@ -107,11 +108,6 @@ def plan(
     ended = tuple(o for o in observed if not o.live and not o.deleting)
     create = max(desired - len(live), 0) if backoff.allows(now) else 0
     return Plan(create, ended)
-
-
-def drain_budget(desired: int, live: int, draining: int) -> int:
-    """How many more idle instances may be told to drain without going below ``desired``."""
-    return max(live - draining - desired, 0)
 
 
 @dataclass(frozen=True, slots=True)

@@ -180,6 +180,8 @@ class Dispatch:
         while True:
             item = await instance.outbox.get()
             if item is _HUNG_UP or instance.hung_up:
+                if isinstance(item, ClaimedTask):
+                    self._spawn(self._release(item))  # taken, but never to be sent
                 return
             assert isinstance(item, ClaimedTask | Drain)
             yield item

@@ -1,0 +1,257 @@
+"""A clock that tests move, and in-memory fakes of the store's and the provisioner's ports.
+
+The fakes keep the promises the services rely on (the repository protocols of
+``scheduler.domain.ports``) for the slice of behaviour a unit test looks at; what PostgreSQL
+itself does (locks, the set-based statements) is the integration tests' business.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from scheduler.domain import dag
+from scheduler.domain.errors import Aborted
+from scheduler.domain.ports import Changes, Duty, Term
+from scheduler.domain.provisioning import InstanceSpec, Observed, Phase, RunnerStatus, RunnerWork
+from scheduler.domain.registry import Runner, RunnerCredential
+from scheduler.domain.runner_protocol import AttemptState, ClaimedTask, ClaimRequest
+from scheduler.domain.sessions import NodeState
+from scheduler.domain.verdicts import ExpiredAttempt, HeldNode, Reply
+
+T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+
+
+class FakeClock:
+    def __init__(self, now: datetime = T0) -> None:
+        self.at = now
+
+    def now(self) -> datetime:
+        return self.at
+
+    def advance(self, **delta: float) -> datetime:
+        self.at += timedelta(**delta)
+        return self.at
+
+
+# --- the store ---------------------------------------------------------------------------------
+
+
+@dataclass
+class MemoryRegistry:
+    runners: dict[str, Runner] = field(default_factory=dict)
+    credentials: dict[bytes, str] = field(default_factory=dict)
+
+    async def runners_by_name(
+        self, names: Sequence[str], *, lock: bool = False
+    ) -> dict[str, Runner]:
+        return {n: self.runners[n] for n in names if n in self.runners}
+
+    async def all_runners(self) -> list[Runner]:
+        return [self.runners[n] for n in sorted(self.runners)]
+
+    async def runner_of_credential(self, secret_hash: bytes) -> str | None:
+        return self.credentials.get(secret_hash)
+
+    async def insert_credential(
+        self, credential: RunnerCredential, secret_hash: bytes
+    ) -> RunnerCredential:
+        self.credentials[secret_hash] = credential.runner
+        return credential
+
+
+@dataclass
+class MemoryTasks:
+    """Attempts by id: the nodes they hold, their leases, the verdicts given to them."""
+
+    nodes: dict[str, HeldNode] = field(default_factory=dict)
+    leases: dict[str, datetime] = field(default_factory=dict)
+    verdicts: dict[str, Reply] = field(default_factory=dict)
+    queued: list[ClaimedTask] = field(default_factory=list)
+    settlements: list[dag.Settlement] = field(default_factory=list)
+    claims: list[ClaimRequest] = field(default_factory=list)
+    extended: list[tuple[str, list[str]]] = field(default_factory=list)
+    conflicts: int = 0  # settlements that lose to a concurrent change before one wins
+    changes: Changes = field(default_factory=Changes)
+
+    def running(self, node: HeldNode, lease: datetime) -> None:
+        self.nodes[node.attempt_id] = node
+        self.leases[node.attempt_id] = lease
+
+    async def claim(self, request: ClaimRequest) -> list[ClaimedTask]:
+        self.claims.append(request)
+        taken, self.queued = self.queued[: len(request.owners)], self.queued[len(request.owners) :]
+        return [
+            replace(t, owner=owner, lease_deadline=request.lease_deadline)
+            for t, owner in zip(taken, request.owners, strict=False)
+        ]
+
+    async def held(self, attempt_ids: Sequence[str]) -> dict[str, HeldNode]:
+        return {a: self.nodes[a] for a in attempt_ids if a in self.nodes}
+
+    async def earlier_verdicts(self, attempt_ids: Sequence[str]) -> dict[str, Reply]:
+        return {a: self.verdicts[a] for a in attempt_ids if a in self.verdicts}
+
+    async def settle(self, settlement: dag.Settlement, now: datetime) -> None:
+        if self.conflicts:
+            self.conflicts -= 1
+            raise Aborted("a concurrent change won (fake); retry")
+        self.settlements.append(settlement)
+        for write in settlement.writes:
+            self.nodes[write.node.attempt_id] = replace(write.node, state=write.state)
+            self.leases.pop(write.node.attempt_id, None)
+        for verdict in settlement.verdicts:
+            self.verdicts[verdict.node.attempt_id] = verdict.reply
+        self.changes.ready_runners |= settlement.ready_runners
+
+    async def extend_leases(
+        self, runner: str, attempt_ids: Sequence[str], deadline: datetime
+    ) -> set[str]:
+        self.extended.append((runner, list(attempt_ids)))
+        done = set()
+        for a in attempt_ids:
+            node = self.nodes.get(a)
+            if node is None or node.state is not NodeState.RUNNING or node.runner != runner:
+                continue
+            if a in self.leases and self.leases[a] < deadline:
+                self.leases[a] = deadline
+                done.add(a)
+        return done
+
+    async def attempt_states(self, attempt_ids: Sequence[str]) -> dict[str, AttemptState]:
+        return {
+            a: AttemptState(self.nodes[a].state, self.leases.get(a), self.nodes[a].runner)
+            for a in attempt_ids
+            if a in self.nodes
+        }
+
+    async def expire_leases_of(self, instance_ids: Sequence[str], now: datetime) -> int:
+        return 0
+
+    async def expired(self, now: datetime, limit: int) -> list[ExpiredAttempt]:
+        return []
+
+    async def promote_due_retries(self, now: datetime, limit: int) -> int:
+        return 0
+
+    async def next_deadline(self) -> datetime | None:
+        return min(self.leases.values(), default=None)
+
+
+@dataclass
+class MemoryProvisioning:
+    work: dict[str, RunnerWork] = field(default_factory=dict)
+    statuses: dict[str, RunnerStatus] = field(default_factory=dict)
+    drains: dict[str, str] = field(default_factory=dict)
+    drain_budget: int = 0
+
+    async def work_by_runner(self) -> dict[str, RunnerWork]:
+        return dict(self.work)
+
+    async def save_runner_status(self, statuses: Sequence[RunnerStatus], now: datetime) -> None:
+        self.statuses.update((s.runner, s) for s in statuses)
+
+    async def runner_status(self, names: Sequence[str]) -> dict[str, RunnerStatus]:
+        return {n: self.statuses[n] for n in names if n in self.statuses}
+
+    async def claim_drain(self, instance_id: str, runner: str, reason: str, now: datetime) -> bool:
+        if self.drain_budget <= 0:
+            return False
+        self.drain_budget -= 1
+        self.drains[instance_id] = runner
+        return True
+
+    async def forget_drains(self, instance_ids: Sequence[str]) -> None:
+        for i in instance_ids:
+            self.drains.pop(i, None)
+
+
+@dataclass
+class MemoryUnitOfWork:
+    registry: MemoryRegistry
+    tasks: MemoryTasks
+    provisioning: MemoryProvisioning
+    sessions: Any = None  # no unit test here reads Sessions
+
+
+class MemoryStore:
+    """Units of work over shared in-memory repositories; counts what it is asked."""
+
+    def __init__(self) -> None:
+        self.registry = MemoryRegistry()
+        self.tasks = MemoryTasks()
+        self.provisioning = MemoryProvisioning()
+        self.transactions = 0
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[MemoryUnitOfWork]:
+        self.transactions += 1
+        yield MemoryUnitOfWork(self.registry, self.tasks, self.provisioning)
+
+    @asynccontextmanager
+    async def snapshot(self) -> AsyncIterator[MemoryUnitOfWork]:
+        yield MemoryUnitOfWork(self.registry, self.tasks, self.provisioning)
+
+
+class OneReplica:
+    """Leadership when there is only this replica: granted at once, never lost."""
+
+    def __init__(self) -> None:
+        self.terms: list[Term] = []
+
+    @asynccontextmanager
+    async def lead(self, duty: Duty) -> AsyncIterator[Term]:
+        term = Term(duty, asyncio.Event())
+        self.terms.append(term)
+        yield term
+
+
+# --- the provisioner ---------------------------------------------------------------------------
+
+
+@dataclass
+class FakeProvisioner:
+    """Instances that exist as soon as they are created; the test moves their phases."""
+
+    name: str = "fake"
+    clock: Callable[[], datetime] = lambda: T0
+    instances: dict[str, Observed] = field(default_factory=dict)
+    credentials: dict[str, str] = field(default_factory=dict)
+    created: list[str] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+    fail_creates: bool = False
+
+    async def start(self, changed: Callable[[], None]) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+    def observed(self) -> list[Observed]:
+        return list(self.instances.values())
+
+    async def create(self, spec: InstanceSpec) -> Observed:
+        if self.fail_creates:
+            raise RuntimeError("the backend refused")
+        name = f"{spec.runner.name}-{len(self.created)}"
+        made = Observed(name, spec.runner.name, f"uid-{name}", Phase.PENDING, created=self.clock())
+        self.instances[name] = made
+        self.created.append(name)
+        return made
+
+    async def delete(self, instance: Observed) -> None:
+        self.instances.pop(instance.name, None)
+        self.deleted.append(instance.name)
+
+    async def has_credential(self, runner: str) -> bool:
+        return runner in self.credentials
+
+    async def store_credential(self, runner: str, secret: str) -> None:
+        self.credentials[runner] = secret
+
+    def set_phase(self, name: str, phase: Phase, **changes: Any) -> None:
+        self.instances[name] = replace(self.instances[name], phase=phase, **changes)
