@@ -119,7 +119,7 @@ class SessionFilter:
 
 @dataclass(frozen=True, slots=True)
 class NewNode:
-    """A node as the engine stores it: neighbours by index, readiness by counter."""
+    """A node as the store keeps it: neighbours by index, readiness by counter."""
 
     idx: int
     key: str

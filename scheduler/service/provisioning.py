@@ -5,8 +5,8 @@ tasks) with what the provisioner observes, creates what is missing, removes inst
 have ended, and records the Runner's status. A pass runs when something changes — work
 becomes ready, the provisioner's watch sees an instance change — or when a failure backoff
 ends; never on a polling interval. Scale-down is not decided here: an instance that stays
-idle for its Runner's idle period drains itself through the engine, within a budget this
-pass records (live instances beyond the desired count).
+idle for its Runner's idle period is drained by the runner protocol's dispatch, within a
+budget this pass records (live instances beyond the desired count).
 """
 
 from __future__ import annotations
