@@ -146,13 +146,11 @@ class RunnerServicer(pb_grpc.RunnerServiceServicer):
         runner = await self._runner(context)
         out: asyncio.Queue[pb.PostResultResponse | object] = asyncio.Queue()
         pending: set[asyncio.Task[None]] = set()
-        failures: list[BaseException] = []
 
         async def answer(request: pb.PostResultRequest) -> None:
             try:
                 reply = await self._protocol.post(runner, convert.outcome(request))
             except BaseException as exc:
-                failures.append(exc)
                 out.put_nowait(exc)
                 return
             out.put_nowait(

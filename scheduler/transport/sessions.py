@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from datetime import UTC
 from typing import Any, TypeAlias
 
 import grpc
@@ -62,12 +63,12 @@ class SessionServicer(pb_grpc.SessionServiceServicer):
             states=tuple(states),
             session_template=request.session_template,
             create_time_after=(
-                request.create_time_after.ToDatetime(tzinfo=_utc())
+                request.create_time_after.ToDatetime(tzinfo=UTC)
                 if request.HasField("create_time_after")
                 else None
             ),
             create_time_before=(
-                request.create_time_before.ToDatetime(tzinfo=_utc())
+                request.create_time_before.ToDatetime(tzinfo=UTC)
                 if request.HasField("create_time_before")
                 else None
             ),
@@ -103,9 +104,3 @@ class SessionServicer(pb_grpc.SessionServiceServicer):
                 )
             else:
                 yield sconvert.change_message(item.cursor, item.event)
-
-
-def _utc() -> Any:
-    from datetime import UTC
-
-    return UTC

@@ -141,11 +141,11 @@ async def test_an_instance_id_stays_with_its_runner(rig: Rig) -> None:
 
 async def test_a_drain_reaches_the_stream_and_every_heartbeat(rig: Rig) -> None:
     instance = rig.protocol.connect("w", "w", "i-1", [], 0)
-    assert rig.protocol.drain("i-1", "scale down")
+    assert rig.protocol.dispatch.drain("i-1", "scale down")
     assert await next_item(rig.protocol.stream(instance)) == Drain("scale down")
     reply = await rig.protocol.heartbeat("w", "i-1", [])
     assert reply.drain == Drain("scale down")
-    assert not rig.protocol.drain("i-unknown", "nobody")
+    assert not rig.protocol.dispatch.drain("i-unknown", "nobody")
 
 
 # --- leases -----------------------------------------------------------------------------------

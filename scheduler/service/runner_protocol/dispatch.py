@@ -140,9 +140,6 @@ class Dispatch:
         instance = self._instances.get(instance_id)
         return instance.drain if instance is not None else None
 
-    def instances(self) -> list[Instance]:
-        return list(self._instances.values())
-
     def connect(
         self, runner: str, instance_id: str, templates: Sequence[str], credits: int
     ) -> Instance:

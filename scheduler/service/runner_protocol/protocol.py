@@ -9,7 +9,6 @@ import asyncio
 import contextlib
 import random
 from collections.abc import AsyncIterator, Callable, Sequence
-from datetime import datetime
 
 from scheduler.domain.clock import Clock
 from scheduler.domain.limits import Limits
@@ -104,12 +103,6 @@ class RunnerProtocol:
 
     def disconnect(self, instance: Instance) -> None:
         self.dispatch.disconnect(instance)
-
-    def drain(self, instance_id: str, reason: str, deadline: datetime | None = None) -> bool:
-        return self.dispatch.drain(instance_id, reason, deadline)
-
-    def instances(self) -> list[Instance]:
-        return self.dispatch.instances()
 
     # -- Heartbeat -------------------------------------------------------------------------
 
