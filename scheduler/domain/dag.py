@@ -34,6 +34,12 @@ UPSTREAM_CANCELLED_REASON: Final = "an upstream node was cancelled"
 
 
 @dataclass(frozen=True, slots=True)
+class NodeKey:
+    session_id: int
+    idx: int
+
+
+@dataclass(frozen=True, slots=True)
 class Judged:
     """One outcome with its verdict, for the node its attempt holds."""
 
@@ -67,7 +73,7 @@ class Doom:
 class Settlement:
     writes: tuple[NodeWrite, ...]
     changes: tuple[NodeChange, ...]  # the writes, as logged
-    released: tuple[tuple[int, int], ...]  # (session_id, child idx): one per succeeded upstream
+    released: tuple[NodeKey, ...]  # a child, once for each of its upstream nodes that succeeded
     doomed: tuple[Doom, ...]
     ready_runners: frozenset[str]  # Runners that got an attempt back
     verdicts: tuple[RecordedVerdict, ...]
@@ -106,7 +112,7 @@ def settle(judged: Iterable[Judged]) -> Settlement:
             for w in writes
         ),
         released=tuple(
-            (w.node.session_id, child)
+            NodeKey(w.node.session_id, child)
             for w in writes
             if w.state is NodeState.SUCCEEDED
             for child in w.node.downstream

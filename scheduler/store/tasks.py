@@ -120,8 +120,8 @@ class PgTasks:
         if settlement.released:
             rows = await self._db.fetch(
                 "release_upstream",
-                [s for s, _ in settlement.released],
-                [c for _, c in settlement.released],
+                [k.session_id for k in settlement.released],
+                [k.idx for k in settlement.released],
                 now,
             )
             ready, runners = dag.became_ready(

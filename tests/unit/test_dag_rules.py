@@ -171,7 +171,7 @@ def test_a_settlement_decides_states_releases_dooms_and_retries() -> None:
     ]
     assert settlement.writes[0].outputs == [1] and settlement.writes[1].outputs is None
     # Each success releases its children once; a released attempt is not counted.
-    assert settlement.released == ((7, 3), (7, 4))
+    assert settlement.released == (dag.NodeKey(7, 3), dag.NodeKey(7, 4))
     assert settlement.doomed == (dag.Doom(7, (1,), dag.UPSTREAM_FAILED_REASON),)
     assert settlement.ready_runners == {"other"}
     assert [c.attempt for c in settlement.changes] == [1, 3, 1, 0]

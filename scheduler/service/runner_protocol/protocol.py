@@ -36,7 +36,6 @@ class RunnerProtocol:
         *,
         rng: random.Random | None = None,
     ) -> None:
-        self.settings = settings
         rng = rng or random.Random()  # noqa: S311 (backoff jitter, not secrets)
         # Leases and the authorisation ask the dispatch about instances, which is built last:
         # it gives back to results what it cannot hand out, and results forget leases.
@@ -56,7 +55,6 @@ class RunnerProtocol:
             store, signals, clock, settings, self.leases, release=self.results.release
         )
         self.timekeeper = Timekeeper(store, leadership, clock, settings, expire=self.results.expire)
-        self._signals = signals
         self._unsubscribe = [
             signals.on_cancel(self.leases.cancelled),
             signals.on_deadline(self.timekeeper.deadline_written),
@@ -64,6 +62,7 @@ class RunnerProtocol:
         self._timekeeping: asyncio.Task[None] | None = None
 
     def start(self) -> None:
+        """The timekeeper's loop; the dispatchers' start with their first instance."""
         self._timekeeping = asyncio.create_task(self.timekeeper.run(), name="timekeeper")
 
     async def stop(self) -> None:
