@@ -24,8 +24,8 @@ from heat.scheduler.v1 import session_pb2 as s
 from heat.scheduler.v1 import session_service_pb2 as spb
 from heat.scheduler.v1 import session_service_pb2_grpc as spb_grpc
 
-from tests.acceptance.conftest import Served, serve
 from tests.e2e.conftest import QUICK
+from tests.support import Served, serve
 
 ROOT = Path(__file__).resolve().parents[2]
 GO_RUNNER = ROOT / "examples" / "go_runner"

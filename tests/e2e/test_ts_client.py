@@ -23,8 +23,8 @@ from heat.scheduler.v1 import session_pb2 as s
 from heat.scheduler.v1 import session_service_pb2 as spb
 from heat.scheduler.v1 import session_service_pb2_grpc as spb_grpc
 
-from tests.acceptance.conftest import serve
 from tests.e2e.conftest import QUICK, Cluster
+from tests.support import serve
 
 ROOT = Path(__file__).resolve().parents[2]
 EVENT_TIMEOUT = 60.0
