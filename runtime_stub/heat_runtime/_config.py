@@ -19,7 +19,13 @@ from typing import Any, Final, TypedDict, Unpack
 
 from heat_runtime._errors import ConfigError
 
-__all__ = ["ENVIRONMENT", "RuntimeConfig", "RuntimeSettings", "default_instance_id"]
+__all__ = [
+    "DEFAULT_MAX_RESULT_BYTES",
+    "ENVIRONMENT",
+    "RuntimeConfig",
+    "RuntimeSettings",
+    "default_instance_id",
+]
 
 LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR")
 
@@ -35,6 +41,8 @@ ENVIRONMENT: Final = {
 }
 
 _MAX_CAPACITY: Final = 10_000
+# The scheduler's default message limit is 4 MiB; leave room for the rest of the message.
+DEFAULT_MAX_RESULT_BYTES: Final = 4 * 1024 * 1024 - 16 * 1024
 _ADDRESS: Final = re.compile(r"(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.\-_]+):(\d{1,5})")
 # gRPC target forms other than host:port that a runner may reasonably be given.
 _TARGET_SCHEMES: Final = ("dns:", "unix:", "unix-abstract:", "ipv4:", "ipv6:")
@@ -101,7 +109,7 @@ class RuntimeConfig:
     ack_grace: float = 10.0
     """Seconds a drain waits, after its deadline, for the scheduler to acknowledge the results
     and hand-backs it posted; then the runtime exits anyway (unacknowledged leases expire)."""
-    max_result_bytes: int = 4 * 1024 * 1024 - 16 * 1024
+    max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES
     """Largest result message posted; larger outputs fail the task permanently instead of
     breaking the stream (the scheduler's default message limit is 4 MiB)."""
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import contextvars
+import threading
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -32,6 +33,20 @@ class TaskInfo:
     """W3C trace context (``traceparent``, ``tracestate``) of the Session's trace."""
     attempt_deadline: datetime | None
     """When the attempt times out (UTC), if the scheduler set a deadline."""
+    stop_event: threading.Event = field(default_factory=threading.Event, repr=False, compare=False)
+    """Set when the runtime stops the attempt (see ``stop_requested()``)."""
+
+    def stop_requested(self) -> bool:
+        """Whether the runtime has stopped this attempt: the task was cancelled, its lease
+        lost, its attempt deadline passed, or a drain handed it back. An async hook is
+        cancelled then; a synchronous one (running in a thread) cannot be, so a long one
+        should check this now and then and return early; its result is discarded anyway."""
+        return self.stop_event.is_set()
+
+    def wait_for_stop(self, timeout: float | None = None) -> bool:
+        """Block up to ``timeout`` seconds until the attempt is stopped; True if it was. For a
+        synchronous hook, in place of ``time.sleep()``."""
+        return self.stop_event.wait(timeout)
 
 
 _CURRENT: contextvars.ContextVar[TaskInfo] = contextvars.ContextVar("heat_runtime_task")

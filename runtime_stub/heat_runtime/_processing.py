@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import asyncio
-import inspect
+import contextlib
+import threading
 import traceback
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
 from heat.scheduler.v1 import runner_service_pb2 as pb
 
 from heat_runtime._errors import PermanentError
-from heat_runtime._values import NotJsonable, struct_to_dict, to_python, to_struct, to_value
+from heat_runtime._hooks import Hook, Plan
+from heat_runtime._threads import HookThreads
+from heat_runtime._typed import Converter, FieldError
+from heat_runtime._values import NotJsonable, to_struct, to_value
 
-__all__ = ["Outcome", "Processor", "check_processor", "release", "run_attempt"]
+__all__ = ["Attempt", "Outcome", "Processor", "Served", "release", "run_attempt"]
 
 # Bounds of what a failure carries, so a runaway message cannot break the result stream.
 _MESSAGE_MAX: Final = 2000
@@ -23,50 +27,42 @@ _DETAIL_MAX: Final = 500
 
 
 class Processor(Protocol):
-    """A runner author's processor: one Node Template, two async hooks.
-
-    ``validate()`` rejects a task by raising (any exception) or returning False: the task
-    fails permanently. ``process()`` returns the node's outputs (JSON-able: dict, list, str,
-    number, bool or None); raising ``PermanentError`` fails the task permanently, any other
-    exception fails this attempt and lets the scheduler retry. Both get the inputs (upstream
-    outputs keyed by upstream node key) and the node's configuration as plain Python values.
-    Processing must be idempotent: a task can run more than once.
-    """
+    """What the runtime serves: ``TEMPLATE_NAME`` and two hooks (see ``BaseProcessor``, the
+    base class HEAT's processors derive from; any class of this shape will do)."""
 
     @property
     def TEMPLATE_NAME(self) -> str:
         """Name of the Node Template this processor handles."""
         ...
 
-    async def validate(self, inputs: dict[str, Any], config: dict[str, Any]) -> bool | None:
+    def validate(self, inputs: Any, config: Any, /) -> Any:
         """Check the task before processing; raise or return False to reject it."""
         ...
 
-    async def process(self, inputs: dict[str, Any], config: dict[str, Any]) -> Any:
+    def process(self, inputs: Any, config: Any, /) -> Any:
         """Do the work; return the outputs."""
         ...
 
 
-def check_processor(processor: object) -> str:
-    """The template name of a registrable processor; TypeError says what is wrong."""
-    if isinstance(processor, type):
-        raise TypeError(
-            f"register an instance of {processor.__name__}, not the class:"
-            f" runtime.register({processor.__name__}())"
-        )
-    name = getattr(processor, "TEMPLATE_NAME", None)
-    if not isinstance(name, str) or not name:
-        raise TypeError(
-            f"{type(processor).__name__} has no TEMPLATE_NAME; give the class"
-            ' TEMPLATE_NAME = "<node template name>"'
-        )
-    for hook in ("validate", "process"):
-        if not callable(getattr(processor, hook, None)):
-            raise TypeError(
-                f"{type(processor).__name__} has no {hook}() method; a processor needs"
-                f" async def {hook}(self, inputs, config)"
-            )
-    return name
+@dataclass(frozen=True, slots=True)
+class Served:
+    """A processor instance being served, and how to call it."""
+
+    processor: Any
+    plan: Plan
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One attempt to run, as the hooks will see it."""
+
+    attempt_id: str
+    node_template: str
+    config: dict[str, Any]
+    inputs: Callable[[], Awaitable[dict[str, Any]]]
+    """Resolves the inputs (see ``_inputs``); awaited under the attempt deadline."""
+    stop: threading.Event | None = None
+    """Set when the attempt is stopped; what ``current_task().stop_requested()`` reads."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,62 +83,97 @@ def release(attempt_id: str, reason: str) -> pb.PostResultRequest:
 
 
 async def run_attempt(
-    processor: Processor | None,
-    task: pb.Task,
+    served: Served | None,
+    attempt: Attempt,
     *,
     known_templates: list[str],
     deadline: float | None,
     max_result_bytes: int,
+    threads: HookThreads,
 ) -> Outcome:
-    """Run validate() then process() for ``task`` and say what to post.
+    """Resolve the inputs, convert them to the types the hooks declare, run validate() then
+    process(), and say what to post.
 
     ``deadline`` is the attempt deadline in event-loop time: passing it cancels the hook and
     fails the attempt as retryable. Cancellation from outside propagates (nothing to post).
     """
-    if processor is None:
+    attempt_id = attempt.attempt_id
+    if served is None:
         return _failure(
-            task.attempt_id,
+            attempt_id,
             pb.FAILURE_KIND_PERMANENT,
-            f"this runner instance has no processor for node template {task.node_template!r};"
-            f" it processes: {', '.join(known_templates) or 'nothing'}",
-            {"node_template": task.node_template, "known_templates": known_templates},
+            f"this runner instance has no processor for node template"
+            f" {attempt.node_template!r}; it processes: {', '.join(known_templates) or 'nothing'}",
+            {"node_template": attempt.node_template, "known_templates": known_templates},
         )
     loop = asyncio.get_running_loop()
     started = loop.time()
-    inputs = {key: to_python(value) for key, value in task.inputs.items()}
-    config = struct_to_dict(task.config)
-    hook = "validate"
+    plan, processor = served.plan, served.processor
+    stage = "inputs"
     try:
         async with asyncio.timeout_at(deadline) as timer:
             try:
-                verdict = await _call(processor.validate, inputs, config)
+                inputs = await attempt.inputs()
             except Exception as error:
                 return _failure(
-                    task.attempt_id,
+                    attempt_id,
+                    pb.FAILURE_KIND_RETRYABLE,
+                    f"could not get the task's inputs: {_text(error)}",
+                    {"exception": type(error).__name__, "hook": "inputs"},
+                    error=error,
+                )
+            stage = "validate"
+            try:
+                arguments = _Arguments(inputs, attempt.config, (plan.validate, plan.process))
+            except FieldError as error:
+                return _failure(
+                    attempt_id,
+                    pb.FAILURE_KIND_PERMANENT,
+                    f"{plan.template}: {error}",
+                    {"exception": "FieldError", "hook": "validate", "field": error.path},
+                )
+            except Exception as error:  # e.g. reading a file input into a bytes field
+                return _failure(
+                    attempt_id,
+                    pb.FAILURE_KIND_RETRYABLE,
+                    f"could not convert the task's inputs and config: {_text(error)}",
+                    {"exception": type(error).__name__, "hook": "validate"},
+                    error=error,
+                )
+            try:
+                verdict = await _call(
+                    processor.validate, plan.validate, arguments, threads, attempt.stop
+                )
+            except Exception as error:
+                return _failure(
+                    attempt_id,
                     pb.FAILURE_KIND_PERMANENT,
                     _text(error),
                     {**_extra(error), "exception": type(error).__name__, "hook": "validate"},
                 )
             if verdict is False:
                 return _failure(
-                    task.attempt_id,
+                    attempt_id,
                     pb.FAILURE_KIND_PERMANENT,
-                    f"validate() of {task.node_template!r} rejected the task (returned False)",
+                    f"validate() of {attempt.node_template!r} rejected the task (returned False)",
                     {"hook": "validate"},
                 )
-            hook = "process"
+            stage = "process"
+            arguments.rewind()
             try:
-                outputs = await _call(processor.process, inputs, config)
+                outputs = await _call(
+                    processor.process, plan.process, arguments, threads, attempt.stop
+                )
             except PermanentError as error:
                 return _failure(
-                    task.attempt_id,
+                    attempt_id,
                     pb.FAILURE_KIND_PERMANENT,
                     _text(error),
                     {**_extra(error), "exception": type(error).__name__, "hook": "process"},
                 )
             except Exception as error:
                 return _failure(
-                    task.attempt_id,
+                    attempt_id,
                     pb.FAILURE_KIND_RETRYABLE,
                     _text(error),
                     {
@@ -156,19 +187,79 @@ async def run_attempt(
         if not timer.expired():
             raise
         elapsed = loop.time() - started
+        where = "while its inputs were fetched" if stage == "inputs" else f"during {stage}()"
         return _failure(
-            task.attempt_id,
+            attempt_id,
             pb.FAILURE_KIND_RETRYABLE,
-            f"attempt timed out after {elapsed:.1f}s: its attempt deadline passed during {hook}()",
-            {"exception": "TimeoutError", "hook": hook, "timeout": True},
+            f"attempt timed out after {elapsed:.1f}s: its attempt deadline passed {where}",
+            {"exception": "TimeoutError", "hook": stage, "timeout": True},
         )
-    return _success(task.attempt_id, outputs, max_result_bytes)
+    return _success(attempt_id, outputs, max_result_bytes)
 
 
-async def _call(hook: Any, inputs: dict[str, Any], config: dict[str, Any]) -> Any:
-    result = hook(inputs, config)
-    if inspect.isawaitable(result):
-        result = await result
+class _Arguments:
+    """The inputs and config each hook gets: converted once per declared type, before
+    validate() runs, so a field that does not fit fails the task before any hook."""
+
+    def __init__(self, inputs: dict[str, Any], config: dict[str, Any], hooks: tuple[Hook, ...]):
+        self._plain = (inputs, config)
+        self._converted: dict[tuple[int, Converter], Any] = {}
+        for hook in hooks:
+            self._convert(0, hook.inputs, "inputs")
+            self._convert(1, hook.config, "config")
+        # Where each file input starts, to hand process() the whole file again.
+        self._files: list[tuple[Any, int]] = []
+        for value in inputs.values():
+            if callable(getattr(value, "seek", None)) and _seekable(value):
+                with contextlib.suppress(OSError, ValueError):
+                    self._files.append((value, value.tell()))
+
+    def _convert(self, index: int, convert: Converter | None, root: str) -> None:
+        if convert is not None and (index, convert) not in self._converted:
+            self._converted[index, convert] = convert(self._plain[index], root)
+
+    def of(self, hook: Hook) -> tuple[Any, Any]:
+        inputs, config = self._plain
+        if hook.inputs is not None:
+            inputs = self._converted[0, hook.inputs]
+        if hook.config is not None:
+            config = self._converted[1, hook.config]
+        return inputs, config
+
+    def rewind(self) -> None:
+        """Put file inputs back where they started (validate() may have read them)."""
+        for file, position in self._files:
+            if not getattr(file, "closed", False):
+                file.seek(position)
+
+
+def _seekable(file: Any) -> bool:
+    seekable = getattr(file, "seekable", None)
+    try:
+        return bool(seekable()) if callable(seekable) else False
+    except (OSError, ValueError):
+        return False
+
+
+async def _call(
+    method: Callable[[Any, Any], Any],
+    hook: Hook,
+    arguments: _Arguments,
+    threads: HookThreads,
+    stop: threading.Event | None,
+) -> Any:
+    inputs, config = arguments.of(hook)
+    try:
+        if hook.mode == "sync":
+            result = await threads.call(stop, method, inputs, config)
+        else:
+            result = method(inputs, config)
+        if isinstance(result, Awaitable):
+            result = await result
+    except asyncio.CancelledError:
+        if stop is not None:
+            stop.set()
+        raise
     return result
 
 

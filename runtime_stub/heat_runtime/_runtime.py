@@ -1,4 +1,4 @@
-"""The runtime: claims tasks for the registered processors, runs them, heartbeats meanwhile,
+"""HeatRuntime: claims tasks for the registered processors, runs them, heartbeats meanwhile,
 posts their outcomes, reconnects when the scheduler goes away and drains when told to stop.
 
 Bookkeeping, all in the event loop:
@@ -14,25 +14,29 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any, Final, TypeVar, Unpack
+from typing import Any, Final, Protocol, TypeVar, Unpack, overload
 
 import grpc.aio
 from heat.scheduler.v1 import runner_service_pb2 as pb
 
 from heat_runtime._config import RuntimeConfig, RuntimeSettings
 from heat_runtime._context import TaskInfo, set_current
-from heat_runtime._processing import Outcome, Processor, check_processor, release, run_attempt
+from heat_runtime._hooks import Registration, registration
+from heat_runtime._inputs import resolve_inputs
+from heat_runtime._processing import Attempt, Outcome, Served, release, run_attempt
 from heat_runtime._streams import Backoff, Connection, SchedulerRefused, StreamBroken
+from heat_runtime._threads import HookThreads
 from heat_runtime._values import struct_to_dict
 from heat_runtime._version import VERSION
 
-__all__ = ["EXIT_DRAINED", "EXIT_REFUSED", "Runtime"]
+__all__ = ["EXIT_DRAINED", "EXIT_REFUSED", "HeatRuntime"]
 
 log = logging.getLogger("heat_runtime")
 
@@ -41,7 +45,7 @@ EXIT_DRAINED: Final = 0
 EXIT_REFUSED: Final = 3
 """serve()'s result when the scheduler refuses this instance (credential, address, version)."""
 
-_P = TypeVar("_P", bound=Processor)
+_T = TypeVar("_T")
 _MIN_HEARTBEAT_INTERVAL: Final = 0.05
 _CLOSE_TIMEOUT: Final = 2.0
 _STABLE_CONNECTION: Final = 5.0
@@ -76,7 +80,10 @@ class _State:
     loop: asyncio.AbstractEventLoop
     heartbeat_interval: float
     backoff: Backoff
+    served: dict[str, Served]
+    threads: HookThreads
     held: dict[str, _Held] = field(default_factory=dict)
+    workers: set[asyncio.Task[None]] = field(default_factory=set)
     pending: dict[str, _Pending] = field(default_factory=dict)
     connection: Connection | None = None
     draining: bool = False
@@ -88,35 +95,102 @@ class _State:
     connected_at: float | None = None
 
 
-class Runtime:
-    """Serves registered processors to the scheduler.
+class _Register(Protocol):
+    def __call__(self, processor: _T, /) -> _T: ...
 
-    ::
 
-        runtime = Runtime.from_env()          # or Runtime(runner="csv-runner", capacity=4)
-        runtime.register(CsvColumnSum())
-        runtime.run()                         # blocks; returns after a drain
+class _Registrar:
+    """``register``: called on the class, it registers for every runtime of the process
+    (HEAT's way; also a class decorator); called on an instance, for that one alone."""
 
-    Settings: ``Runtime(config, **settings)`` takes a RuntimeConfig and/or its fields as
-    keywords (no environment); ``Runtime.from_env(**settings)`` reads HEAT_* variables, the
-    keywords winning over them.
+    @overload
+    def __get__(self, instance: None, owner: type[HeatRuntime]) -> _Register: ...
+    @overload
+    def __get__(
+        self, instance: HeatRuntime, owner: type[HeatRuntime] | None = None
+    ) -> _Register: ...
+    def __get__(
+        self, instance: HeatRuntime | None, owner: type[HeatRuntime] | None = None
+    ) -> _Register:
+        if instance is not None:
+            return instance._register
+        assert owner is not None
+
+        def register(processor: _T, /) -> _T:
+            """Serve ``processor`` (a class with TEMPLATE_NAME, validate() and process(), or an
+            instance of one) from every runtime of this process. Returns it."""
+            _add(_class_registry(owner), registration(processor), owner.__name__)
+            return processor
+
+        return register
+
+
+def _class_registry(cls: type) -> dict[str, Registration]:
+    registry: dict[str, Registration] | None = cls.__dict__.get("_class_registrations")
+    if registry is None:
+        registry = {}
+        setattr(cls, "_class_registrations", registry)  # noqa: B010 - a class of its own
+    return registry
+
+
+def _add(registry: dict[str, Registration], entry: Registration, where: str) -> None:
+    name = entry.plan.template
+    known = registry.get(name)
+    if known is not None and known.target is not entry.target:
+        raise ValueError(
+            f"a processor for node template {name!r} is already registered on {where}"
+            f" ({_label(known.target)}); each template has one processor"
+        )
+    registry[name] = entry
+
+
+def _label(target: object) -> str:
+    return target.__name__ if isinstance(target, type) else f"{type(target).__name__}()"
+
+
+class HeatRuntime:
+    """Serves registered processors to the scheduler. HEAT's way::
+
+        @HeatRuntime.register  # or HeatRuntime.register(SumProcessor) after the class
+        class SumProcessor(BaseProcessor):
+            TEMPLATE_NAME = "generic-sum-csv"
+            ...
+
+
+        HeatRuntime().init()  # settings from HEAT_* variables; blocks; returns after a drain
+
+    ``HeatRuntime.register(...)`` takes a processor class (created when serving starts) or an
+    instance, and returns it. Called on the class it registers for every runtime of the
+    process; called on an instance (``runtime.register(...)``) for that runtime alone.
+
+    Settings: ``HeatRuntime(**settings)`` reads the HEAT_* environment variables, the keyword
+    arguments (RuntimeConfig's fields) winning over them; ``HeatRuntime(config)`` takes a
+    RuntimeConfig as it is, with no environment. ``Runtime`` is the same class, ``run()`` the
+    same method as ``init()``.
     """
 
+    register = _Registrar()
+
     def __init__(
-        self, config: RuntimeConfig | None = None, /, **settings: Unpack[RuntimeSettings]
+        self,
+        config: RuntimeConfig | None = None,
+        /,
+        *,
+        env: Mapping[str, str] | None = None,
+        **settings: Unpack[RuntimeSettings],
     ) -> None:
         if config is None:
-            config = RuntimeConfig(**settings)
+            config = RuntimeConfig.from_env(env, **settings)
         elif settings:
             config = replace(config, **settings)
         self._config = config
-        self._processors: dict[str, Processor] = {}
+        self._registrations: dict[str, Registration] = {}
         self._state: _State | None = None
 
     @classmethod
     def from_env(
         cls, env: Mapping[str, str] | None = None, **settings: Unpack[RuntimeSettings]
-    ) -> Runtime:
+    ) -> HeatRuntime:
         """A runtime configured by HEAT_* environment variables (``env``, default
         ``os.environ``), overridden by the keyword arguments. ConfigError names a bad one."""
         return cls(RuntimeConfig.from_env(env, **settings))
@@ -127,41 +201,67 @@ class Runtime:
 
     @property
     def templates(self) -> list[str]:
-        """Names of the Node Templates registered, in registration order."""
-        return list(self._processors)
+        """Names of the Node Templates served, in registration order (the class's first)."""
+        return list(self._merged())
 
-    def register(self, processor: _P) -> _P:
-        """Serve ``processor`` (an instance with TEMPLATE_NAME, validate() and process()) for
-        its Node Template. Returns it. Register everything before serving."""
-        name = check_processor(processor)
+    def _register(self, processor: _T, /) -> _T:
+        """Serve ``processor`` (an instance or a class with TEMPLATE_NAME, validate() and
+        process()) from this runtime. Returns it. Register everything before serving."""
+        entry = registration(processor)
         if self._state is not None:
             raise RuntimeError(
                 "register() after serving started: the scheduler was already told which"
-                " templates this instance processes; register every processor before run()"
+                " templates this instance processes; register every processor before init()"
             )
-        if name in self._processors:
-            raise ValueError(
-                f"a processor for node template {name!r} is already registered"
-                f" ({type(self._processors[name]).__name__})"
-            )
-        self._processors[name] = processor
+        for owner, registry in self._class_registries():
+            _add(dict(registry), entry, owner.__name__)  # refuses a clash, changes nothing
+        _add(self._registrations, entry, "this runtime")
         return processor
+
+    def _class_registries(self) -> list[tuple[type, dict[str, Registration]]]:
+        """What was registered on this runtime's class and its bases, base first."""
+        return [
+            (cls, cls.__dict__["_class_registrations"])
+            for cls in reversed(type(self).__mro__)
+            if "_class_registrations" in cls.__dict__
+        ]
+
+    def _merged(self) -> dict[str, Registration]:
+        merged: dict[str, Registration] = {}
+        for owner, registry in self._class_registries():
+            for entry in registry.values():
+                _add(merged, entry, owner.__name__)
+        for entry in self._registrations.values():
+            _add(merged, entry, "this runtime")
+        return merged
 
     # --- running ----------------------------------------------------------------------------
 
-    def run(self) -> None:
+    def init(self) -> None:
         """Serve until drained (SIGTERM, SIGINT or the scheduler's drain request), then return.
 
         Sets up logging at HEAT_LOG_LEVEL when the application has not. When the scheduler
         refuses this instance (bad credential, wrong address), logs why and exits with
-        status 3 (SystemExit).
+        status 3 (SystemExit). It blocks, so call it outside any event loop; inside one,
+        ``await runtime.serve()``.
         """
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            pass
+        else:
+            raise RuntimeError(
+                "init() blocks until the runtime is drained and cannot run inside an event"
+                " loop; from a coroutine, await runtime.serve() instead"
+            )
         logging.getLogger("heat_runtime").setLevel(self._config.log_level)
         if not logging.getLogger().handlers:
             logging.basicConfig(level=self._config.log_level, format=_LOG_FORMAT)
         code = asyncio.run(self.serve())
         if code != EXIT_DRAINED:
             raise SystemExit(code)
+
+    run = init
 
     async def serve(self, *, handle_signals: bool = True) -> int:
         """Serve until drained; returns 0 then, or 3 when the scheduler refuses this instance.
@@ -171,15 +271,19 @@ class Runtime:
         """
         if self._state is not None:
             raise RuntimeError("this runtime is already serving")
-        if not self._processors:
+        registrations = self._merged()
+        if not registrations:
             raise RuntimeError(
-                "no processor registered; call runtime.register(MyProcessor()) before serving"
+                "no processor registered; call HeatRuntime.register(MyProcessor) before init()"
             )
+        served = {name: Served(r.instance(), r.plan) for name, r in registrations.items()}
         loop = asyncio.get_running_loop()
         state = _State(
             loop=loop,
             heartbeat_interval=self._config.heartbeat_interval,
             backoff=Backoff(self._config.reconnect_initial, self._config.reconnect_max),
+            served=served,
+            threads=HookThreads(self._config.capacity),
         )
         self._state = state
         logging.getLogger("heat_runtime").setLevel(self._config.log_level)
@@ -191,7 +295,7 @@ class Runtime:
             self._config.instance_id,
             self._config.address,
             self._config.capacity,
-            ",".join(self._processors),
+            ",".join(served),
             VERSION,
         )
         supervisor = asyncio.create_task(self._supervise(), name="heat-runtime-connection")
@@ -214,6 +318,7 @@ class Runtime:
                 task.cancel()
             await asyncio.wait({supervisor, drainer})
             await self._stop_workers()
+            state.threads.close()
             for signum in signals:
                 loop.remove_signal_handler(signum)
             self._state = None
@@ -245,7 +350,7 @@ class Runtime:
                     runner=self._config.runner,
                     instance_id=self._config.instance_id,
                     credits=self._free_capacity(),
-                    node_templates=list(self._processors),
+                    node_templates=list(state.served),
                     runtime_version=VERSION,
                 )
             connection = Connection(
@@ -349,6 +454,8 @@ class Runtime:
             task.attempt,
         )
         held.worker = state.loop.create_task(self._work(held), name=f"heat-task-{task.attempt_id}")
+        state.workers.add(held.worker)
+        held.worker.add_done_callback(state.workers.discard)
 
     async def _work(self, held: _Held) -> None:
         state = self._running()
@@ -359,13 +466,21 @@ class Runtime:
             remaining = task.attempt_deadline.ToNanoseconds() / 1e9 - time.time()
             deadline = state.loop.time() + remaining
         outcome: Outcome | None = None
+        attempt = Attempt(
+            attempt_id=task.attempt_id,
+            node_template=task.node_template,
+            config=struct_to_dict(task.config),
+            inputs=functools.partial(resolve_inputs, task),
+            stop=held.info.stop_event,
+        )
         try:
             outcome = await run_attempt(
-                self._processors.get(task.node_template),
-                task,
-                known_templates=list(self._processors),
+                state.served.get(task.node_template),
+                attempt,
+                known_templates=list(state.served),
                 deadline=deadline,
                 max_result_bytes=self._config.max_result_bytes,
+                threads=state.threads,
             )
         except asyncio.CancelledError:
             if held.stop_reason is None:
@@ -500,7 +615,7 @@ class Runtime:
         state = self._state
         if state is None:
             return
-        workers = [h.worker for h in state.held.values() if h.worker and not h.worker.done()]
+        workers = [worker for worker in state.workers if not worker.done()]
         for held in state.held.values():
             held.stop_reason = held.stop_reason or "shutdown"
         for worker in workers:
@@ -624,7 +739,7 @@ class Runtime:
 class _Listener:
     """The runtime as a connection sees it."""
 
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: HeatRuntime) -> None:
         self._runtime = runtime
 
     @property

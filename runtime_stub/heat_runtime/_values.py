@@ -2,12 +2,15 @@
 
 JSON numbers travel as doubles; whole numbers come back as ``int`` so a processor sees the
 ``3`` it was configured with, not ``3.0``. Going out, only what JSON can hold exactly is taken:
-dict (str keys), list/tuple, str, int (within ±2**53), finite float, bool and None.
+dict (str keys), list/tuple, str, int (within ±2**53), finite float, bool and None; numbers of
+other kinds that are integers or reals (``numbers.Integral``/``numbers.Real``) and NumPy's
+scalars (what pandas' ``df[col].sum()`` returns) count as the Python number they stand for.
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Mapping
 from typing import Any, Final
 
@@ -102,8 +105,19 @@ def _fill(target: struct_pb2.Value, obj: Any, path: str, depth: int) -> None:
         values = target.list_value.values
         for index, item in enumerate(obj):
             _fill(values.add(), item, f"{path}[{index}]", depth + 1)
+    elif _is_numpy_scalar(obj):
+        _fill(target, obj.item(), path, depth)
+    elif isinstance(obj, numbers.Integral):
+        _fill(target, int(obj), path, depth)
+    elif isinstance(obj, numbers.Real):
+        _fill(target, float(obj), path, depth)
     else:
         raise NotJsonable(
             path,
             f"is a {type(obj).__name__}; use only dict, list, str, int, float, bool or None",
         )
+
+
+def _is_numpy_scalar(obj: Any) -> bool:
+    """A NumPy scalar (numpy.int64, numpy.bool_, ...), told without importing NumPy."""
+    return type(obj).__module__ == "numpy" and getattr(obj, "ndim", None) == 0

@@ -1,32 +1,24 @@
-"""heat_runtime against a fake RunnerService: real grpc.aio server on loopback, real channel.
-
-The fake keeps what the runtime sent (claim starts, credits, heartbeats, results, metadata),
-pushes tasks as credits allow, answers heartbeats and results, and can push heartbeat
-responses or drain requests at any time.
-"""
+"""heat_runtime against a fake RunnerService (tests/unit/fake_scheduler.py): a real grpc.aio
+server on loopback, a real channel."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import fractions
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import grpc
-import grpc.aio
+import numpy
 import pytest
-import pytest_asyncio
-from google.protobuf import struct_pb2, timestamp_pb2
+from google.protobuf import struct_pb2
 from heat.scheduler.v1 import runner_service_pb2 as pb
-from heat.scheduler.v1 import runner_service_pb2_grpc as pb_grpc
 from heat_runtime import (
     ConfigError,
     PermanentError,
@@ -36,182 +28,20 @@ from heat_runtime import (
     current_task,
 )
 from heat_runtime._config import RuntimeSettings
-from heat_runtime._values import NotJsonable, struct_to_dict, to_python, to_struct, to_value
+from heat_runtime._values import NotJsonable, struct_to_dict, to_python, to_value
+
+from tests.unit.fake_scheduler import (
+    SECRET,
+    TEMPLATE,
+    FakeScheduler,
+    Server,
+    serving,
+    task,
+    timestamp_in,
+)
+from tests.unit.fake_scheduler import settings as settings_of
 
 ROOT = Path(__file__).resolve().parents[2]
-SECRET = "heatrc_s3cret"
-TEMPLATE = "probe"
-
-
-# --- the fake scheduler ------------------------------------------------------------------------
-
-
-class FakeScheduler(pb_grpc.RunnerServiceServicer):
-    """Just enough of the scheduler's side of RunnerService to drive a runtime."""
-
-    def __init__(self, credential: str = SECRET) -> None:
-        self.credential = credential
-        self.metadata: dict[str, list[dict[str, str]]] = {}
-        self.starts: list[pb.ClaimStart] = []
-        self.grants: list[int] = []
-        self.claims_half_closed = 0
-        self.heartbeats: list[pb.HeartbeatRequest] = []
-        self.results: list[pb.PostResultRequest] = []
-        self.acknowledge = True
-        self.verdict: pb.ResultStatus.ValueType = pb.RESULT_STATUS_ACCEPTED
-        self.heartbeat_interval: float | None = None
-        self.credits = 0
-        self.queue: list[pb.Task] = []
-        self._claims: asyncio.Queue[pb.ClaimTaskResponse | None] | None = None
-        self._heartbeats: asyncio.Queue[pb.HeartbeatResponse | None] | None = None
-        self._changed = asyncio.Event()
-
-    # What tests do.
-
-    def push(self, task: pb.Task) -> None:
-        self.queue.append(task)
-        self._pump()
-
-    def send_heartbeat(self, response: pb.HeartbeatResponse) -> None:
-        assert self._heartbeats is not None, "no heartbeat stream open"
-        self._heartbeats.put_nowait(response)
-
-    def send_drain(self, request: pb.DrainRequest) -> None:
-        assert self._claims is not None, "no claim stream open"
-        self._claims.put_nowait(pb.ClaimTaskResponse(drain=request))
-
-    async def wait_for(self, predicate: Callable[[], bool], within: float = 5.0) -> None:
-        async with asyncio.timeout(within):
-            while not predicate():
-                self._changed.clear()
-                await self._changed.wait()
-
-    # The service.
-
-    def _pump(self) -> None:
-        while self.credits > 0 and self.queue and self._claims is not None:
-            self.credits -= 1
-            self._claims.put_nowait(pb.ClaimTaskResponse(task=self.queue.pop(0)))
-
-    def _changed_now(self) -> None:
-        self._changed.set()
-
-    async def _authorize(self, stream: str, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-        metadata = {k: str(v) for k, v in context.invocation_metadata() or ()}
-        self.metadata.setdefault(stream, []).append(metadata)
-        self._changed_now()
-        if self.credential and metadata.get("authorization") != f"Bearer {self.credential}":
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "unknown runner credential")
-
-    async def _serve(
-        self,
-        context: grpc.aio.ServicerContext[Any, Any],
-        outgoing: asyncio.Queue[Any],
-        read: Callable[[], Any],
-    ) -> None:
-        reader = asyncio.create_task(read())
-        try:
-            while (message := await outgoing.get()) is not None:
-                await context.write(message)
-        finally:
-            reader.cancel()
-
-    async def ClaimTask(self, request_iterator: Any, context: Any) -> None:  # type: ignore[override]
-        await self._authorize("ClaimTask", context)
-        outgoing: asyncio.Queue[pb.ClaimTaskResponse | None] = asyncio.Queue()
-        self._claims, self.credits = outgoing, 0
-
-        async def read() -> None:
-            async for request in request_iterator:
-                if request.HasField("start"):
-                    self.starts.append(request.start)
-                    self.credits = request.start.credits
-                else:
-                    self.grants.append(request.credit.credits)
-                    self.credits += request.credit.credits
-                self._pump()
-                self._changed_now()
-            self.claims_half_closed += 1
-            self._changed_now()
-            outgoing.put_nowait(None)
-
-        await self._serve(context, outgoing, read)
-
-    async def Heartbeat(self, request_iterator: Any, context: Any) -> None:  # type: ignore[override]
-        await self._authorize("Heartbeat", context)
-        outgoing: asyncio.Queue[pb.HeartbeatResponse | None] = asyncio.Queue()
-        self._heartbeats = outgoing
-
-        async def read() -> None:
-            async for request in request_iterator:
-                self.heartbeats.append(request)
-                response = pb.HeartbeatResponse()
-                if self.heartbeat_interval is not None:
-                    response.heartbeat_interval.FromTimedelta(
-                        timedelta(seconds=self.heartbeat_interval)
-                    )
-                outgoing.put_nowait(response)
-                self._changed_now()
-            outgoing.put_nowait(None)
-
-        await self._serve(context, outgoing, read)
-
-    async def PostResult(self, request_iterator: Any, context: Any) -> None:  # type: ignore[override]
-        await self._authorize("PostResult", context)
-        outgoing: asyncio.Queue[pb.PostResultResponse | None] = asyncio.Queue()
-
-        async def read() -> None:
-            async for request in request_iterator:
-                self.results.append(request)
-                if self.acknowledge:
-                    outgoing.put_nowait(
-                        pb.PostResultResponse(
-                            attempt_id=request.attempt_id,
-                            status=self.verdict,
-                            message="" if self.verdict == pb.RESULT_STATUS_ACCEPTED else "stale",
-                        )
-                    )
-                self._changed_now()
-            outgoing.put_nowait(None)
-
-        await self._serve(context, outgoing, read)
-
-
-class Server:
-    """A grpc.aio server holding a FakeScheduler; can stop and start again on its port."""
-
-    def __init__(self) -> None:
-        self.port = 0
-        self.fake = FakeScheduler()
-        self._server: grpc.aio.Server | None = None
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    async def start(self, fake: FakeScheduler | None = None, *, service: bool = True) -> None:
-        self.fake = fake or self.fake
-        self._server = grpc.aio.server()
-        if service:
-            pb_grpc.add_RunnerServiceServicer_to_server(self.fake, self._server)
-        self.port = self._server.add_insecure_port(f"127.0.0.1:{self.port}")
-        await self._server.start()
-
-    async def stop(self) -> None:
-        if self._server is not None:
-            await self._server.stop(grace=None)
-            self._server = None
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def server() -> AsyncIterator[Server]:
-    server = Server()
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.stop()
-
 
 # --- a processor that does what the task's config says -----------------------------------------
 
@@ -264,69 +94,10 @@ class Probe:
 
 
 def make_runtime(server: Server, **settings: Any) -> tuple[Runtime, Probe]:
-    base: RuntimeSettings = {
-        "runner": "csv-runner",
-        "address": server.address,
-        "credential": SECRET,
-        "instance_id": "runner-0",
-        "capacity": 2,
-        "heartbeat_interval": 0.2,
-        "reconnect_initial": 0.05,
-        "reconnect_max": 0.2,
-        "drain_timeout": 5.0,
-        "ack_grace": 2.0,
-    }
-    runtime = Runtime(RuntimeConfig(**base), **settings)
+    runtime = Runtime(RuntimeConfig(**settings_of(server)), **settings)
     probe = Probe()
     runtime.register(probe)
     return runtime, probe
-
-
-@contextlib.asynccontextmanager
-async def serving(runtime: Runtime) -> AsyncIterator[asyncio.Task[int]]:
-    """serve() in the background; drained (and checked to exit 0) at the end of the block."""
-    served = asyncio.create_task(runtime.serve(handle_signals=False))
-    try:
-        yield served
-        if not served.done():
-            runtime.drain("test over")
-        assert await asyncio.wait_for(served, 5) == 0
-    finally:
-        if not served.done():
-            served.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await served
-
-
-def task(
-    attempt_id: str = "a-1",
-    config: Mapping[str, Any] | None = None,
-    *,
-    template: str = TEMPLATE,
-    inputs: Mapping[str, Any] | None = None,
-    deadline_in: float | None = None,
-) -> pb.Task:
-    message = pb.Task(
-        attempt_id=attempt_id,
-        session="sessions/s-1",
-        node_key="q1",
-        node_template=template,
-        attempt=1,
-        config=to_struct(config or {}),
-        parameters=to_struct({"quarter": 1, "label": "Q1"}),
-        trace_context={"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"},
-    )
-    for key, value in (inputs or {}).items():
-        message.inputs[key].CopyFrom(to_value(value))
-    if deadline_in is not None:
-        message.attempt_deadline.FromDatetime(datetime.now(UTC) + timedelta(seconds=deadline_in))
-    return message
-
-
-def timestamp_in(seconds: float) -> timestamp_pb2.Timestamp:
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromDatetime(datetime.now(UTC) + timedelta(seconds=seconds))
-    return stamp
 
 
 # --- the protocol ------------------------------------------------------------------------------
@@ -666,21 +437,12 @@ async def test_current_task_outside_a_task_raises() -> None:
     assert TaskInfo.__dataclass_fields__.keys() >= {"attempt_id", "node_key", "parameters"}
 
 
-def test_register_checks_the_processor() -> None:
-    runtime = Runtime(runner="csv-runner")
-    with pytest.raises(TypeError, match=r"register an instance of Probe"):
-        runtime.register(Probe)  # type: ignore[type-var]
-    with pytest.raises(TypeError, match="TEMPLATE_NAME"):
-        runtime.register(object())  # type: ignore[type-var]
-    runtime.register(Probe())
-    with pytest.raises(ValueError, match="already registered"):
-        runtime.register(Probe())
-    assert runtime.templates == [TEMPLATE]
-
-
 async def test_serve_needs_a_processor() -> None:
+    class Empty(Runtime):
+        """Nothing registered on it (HeatRuntime itself may hold other tests' classes)."""
+
     with pytest.raises(RuntimeError, match="no processor registered"):
-        await Runtime(runner="csv-runner").serve(handle_signals=False)
+        await Empty(runner="csv-runner").serve(handle_signals=False)
 
 
 # --- the example runner as a process: env, run(), SIGTERM --------------------------------------
@@ -826,6 +588,29 @@ def test_values_round_trip_with_whole_numbers_as_ints() -> None:
     assert to_python(to_value((1, 2))) == [1, 2]
 
 
+def test_numpy_and_other_real_numbers_are_taken_as_python_numbers() -> None:
+    """What pandas hands back (``df[col].sum()``) goes out as it is, as in HEAT's example."""
+    outputs = {
+        "altitude": numpy.int64(3412),
+        "speed": numpy.float64(120.7),
+        "ok": numpy.bool_(True),
+        "ratio": numpy.float32(0.5),
+        "half": fractions.Fraction(1, 2),
+    }
+    assert to_python(to_value(outputs)) == {
+        "altitude": 3412,
+        "speed": 120.7,
+        "ok": True,
+        "ratio": 0.5,
+        "half": 0.5,
+    }
+    assert type(to_python(to_value(numpy.int64(7)))) is int
+    with pytest.raises(NotJsonable, match=r"outputs\['rows'\] is a ndarray"):
+        to_value({"rows": numpy.array([1, 2])}, "outputs")
+    with pytest.raises(NotJsonable, match="is nan"):
+        to_value(numpy.float64("nan"), "outputs")
+
+
 @pytest.mark.parametrize(
     ("value", "problem"),
     [
@@ -843,9 +628,10 @@ def test_values_refuse_what_json_cannot_hold(value: Any, problem: str) -> None:
 
 def test_the_package_exports_its_api_and_needs_no_server_dependencies() -> None:
     probe = (
-        "import json, sys, heat_runtime;"
-        "print(json.dumps([sorted({'asyncpg', 'kubernetes_asyncio', 'scheduler', 'jsonschema'}"
-        " & set(sys.modules)), sorted(heat_runtime.__all__)]))"
+        "import json, sys, heat_runtime, heat_runtime.testing, heat_runtime.testing.pytest_plugin;"
+        "print(json.dumps([sorted({'asyncpg', 'kubernetes_asyncio', 'scheduler', 'jsonschema',"
+        " 'pandas', 'pydantic'} & set(sys.modules)), sorted(heat_runtime.__all__),"
+        " sorted(heat_runtime.testing.__all__)]))"
     )
     result = subprocess.run(
         [sys.executable, "-c", probe], capture_output=True, text=True, timeout=30, check=True
@@ -853,12 +639,24 @@ def test_the_package_exports_its_api_and_needs_no_server_dependencies() -> None:
     assert json.loads(result.stdout) == [
         [],
         [
+            "BaseProcessor",
             "ConfigError",
+            "HeatRuntime",
             "PermanentError",
             "Processor",
             "Runtime",
             "RuntimeConfig",
             "TaskInfo",
             "current_task",
+        ],
+        [
+            "HeatScheduler",
+            "NodeResult",
+            "SessionResult",
+            "TaskFailed",
+            "TaskFailure",
+            "TaskOutcome",
+            "run_task",
+            "run_task_sync",
         ],
     ]
