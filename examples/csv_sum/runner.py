@@ -1,6 +1,7 @@
-"""HEAT's example runner: sums a column of a CSV, then adds such sums up.
+"""An example runner: sums a column of a CSV, then adds such sums up.
 
-Two processors, one per Node Template of ``manifest.json``:
+Two processors in HEAT's shape (BaseProcessor subclasses served by HeatRuntime), one per Node
+Template of ``manifest.json``:
 
 * ``csv-column-sum``: config ``{"csv": "<CSV text with a header row>", "column": "amount"}``;
   returns ``{"column": "amount", "sum": 200.5, "rows": 2}``.
@@ -21,19 +22,20 @@ import sys
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from heat_runtime import ConfigError, Runtime, current_task
+from heat_runtime import BaseProcessor, ConfigError, HeatRuntime, current_task
 
 log = logging.getLogger("csv_sum")
 
 Number = int | float
 
 
-class CsvColumnSum:
+class CsvColumnSum(BaseProcessor):
     """Sums one numeric column of an inline CSV document."""
 
     TEMPLATE_NAME = "csv-column-sum"
 
     async def validate(self, inputs: dict[str, Any], config: dict[str, Any]) -> None:
+        await super().validate(inputs, config)
         _column_values(config)  # raises ValueError saying what is wrong
 
     async def process(self, inputs: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
@@ -42,12 +44,13 @@ class CsvColumnSum:
         return {"column": column, "sum": _number(sum(values, Decimal(0))), "rows": len(values)}
 
 
-class AddSums:
+class AddSums(BaseProcessor):
     """Adds up the ``sum`` of every upstream output (e.g. of csv-column-sum nodes)."""
 
     TEMPLATE_NAME = "add-sums"
 
     async def validate(self, inputs: dict[str, Any], config: dict[str, Any]) -> None:
+        await super().validate(inputs, config)
         if not inputs:
             raise ValueError("add-sums needs at least one upstream node whose output has a 'sum'")
         for key, output in inputs.items():
@@ -102,14 +105,14 @@ def _number(value: Decimal) -> Number:
 
 
 def main() -> None:
+    HeatRuntime.register(CsvColumnSum)
+    HeatRuntime.register(AddSums)
     try:
-        runtime = Runtime.from_env()
+        runtime = HeatRuntime()  # HEAT_* from the environment
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
-    runtime.register(CsvColumnSum())
-    runtime.register(AddSums())
-    runtime.run()
+    runtime.init()
 
 
 if __name__ == "__main__":
