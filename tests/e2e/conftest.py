@@ -42,7 +42,7 @@ def manifest(max_attempts: int = 3) -> dict[str, Any]:
         ],
         "nodeTemplates": [
             {
-                "name": "echo",
+                "name": name,
                 "runner": "w",
                 "multipleInputs": True,
                 "retryPolicy": {
@@ -51,6 +51,7 @@ def manifest(max_attempts: int = 3) -> dict[str, Any]:
                     "maxBackoff": "0.2s",
                 },
             }
+            for name in ("echo", "sync-echo")
         ],
     }
 

@@ -29,8 +29,8 @@ def query(dsn: str, sql: str) -> list[Any]:
     return asyncio.run(run())
 
 
-def node(key: str, *after: str, **config: Any) -> dict[str, Any]:
-    return {"key": key, "nodeTemplate": "echo", "dependsOn": list(after), "config": config}
+def node(key: str, *after: str, template: str = "echo", **config: Any) -> dict[str, Any]:
+    return {"key": key, "nodeTemplate": template, "dependsOn": list(after), "config": config}
 
 
 def outputs(session: s.Session) -> dict[str, Any]:
@@ -129,6 +129,42 @@ def test_cancel_reaches_running_process(cluster: Cluster) -> None:
     while len(cluster.lines()) < 2 and time.monotonic() < deadline:
         time.sleep(0.05)
     assert [line[0] for line in cluster.lines()] == ["started", "cancelled"], "process() cancelled"
+
+
+def wait_for_line(cluster: Cluster, event: str, within: float = 30) -> None:
+    deadline = time.monotonic() + within
+    while not any(line[0] == event for line in cluster.lines()):
+        assert time.monotonic() < deadline, f"no {event!r} line within {within}s"
+        time.sleep(0.05)
+
+
+def test_a_sync_process_longer_than_three_leases_is_accepted(cluster: Cluster) -> None:
+    """Leases of 2 s (QUICK): a plain-def process() sleeping 7 s runs in a worker thread
+    while the runtime's event loop heartbeats, so its one attempt is accepted."""
+    cluster.start_runner("r1", capacity=1)
+    name = cluster.submit(
+        [node("slow", template="sync-echo", sleep=7), node("after", "slow", template="sync-echo")]
+    )
+    done = cluster.wait(name)
+    assert done.state == s.SESSION_STATE_SUCCEEDED
+    slow = done.nodes[0]
+    assert slow.key == "slow" and slow.attempt == 1 and not slow.error.message
+    assert outputs(done)["slow"]["thread"] == "heat-hook-0"
+    assert outputs(done)["after"]["inputs"]["slow"]["config"] == {"sleep": 7}
+    assert [line[0] for line in cluster.lines() if line[2] == "slow"] == ["started", "done"]
+    assert accepted_once(cluster.dsn) == {1: 2}
+
+
+def test_cancel_asks_a_running_sync_process_to_stop(cluster: Cluster) -> None:
+    cluster.start_runner("r1")
+    name = cluster.submit([node("slow", template="sync-echo", sleep=60)])
+    wait_for_line(cluster, "started")
+    with cluster.channel() as channel:
+        stub = spb_grpc.SessionServiceStub(channel)
+        stub.CancelSession(spb.CancelSessionRequest(name=name, reason="test"))
+    assert cluster.wait(name).state == s.SESSION_STATE_CANCELLED
+    wait_for_line(cluster, "stopped")  # current_task().wait_for_stop() returned early
+    assert [line[0] for line in cluster.lines()] == ["started", "stopped"]
 
 
 def test_runner_killed_mid_task_runs_again_elsewhere(cluster: Cluster) -> None:
