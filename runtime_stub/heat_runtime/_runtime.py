@@ -119,7 +119,11 @@ class _Registrar:
         def register(processor: _T, /) -> _T:
             """Serve ``processor`` (a class with TEMPLATE_NAME, validate() and process(), or an
             instance of one) from every runtime of this process. Returns it."""
-            _add(_class_registry(owner), registration(processor), owner.__name__)
+            entry = registration(processor)
+            for base in owner.__mro__[1:]:
+                if "_class_registrations" in base.__dict__:  # refuses a clash, changes nothing
+                    _add(dict(base.__dict__["_class_registrations"]), entry, base.__name__)
+            _add(_class_registry(owner), entry, owner.__name__)
             return processor
 
         return register

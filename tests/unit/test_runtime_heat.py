@@ -105,6 +105,14 @@ def test_register_is_a_class_decorator_and_per_instance_on_an_instance() -> None
         second.register(OtherSum())
     assert "sum" not in HeatRuntime(runner="r").templates, "a subclass's registry is its own"
 
+    class Derived(Runner):
+        pass
+
+    with pytest.raises(ValueError, match=r"'sum' is already registered on Runner \(Sum\)"):
+        Derived.register(OtherSum)
+    assert Derived.register(Mean) is Mean
+    assert Derived(runner="r").templates == ["sum", "mean"], "its bases' first"
+
 
 def test_heat_runtime_is_configured_from_the_environment() -> None:
     runtime = HeatRuntime(env={"HEAT_RUNNER": "sum-runner", "HEAT_CAPACITY": "3"})
