@@ -1,5 +1,5 @@
-"""heat_runtime against a fake RunnerService (tests/unit/fake_scheduler.py): a real grpc.aio
-server on loopback, a real channel."""
+"""heat_runtime against a fake RunnerService (fake_scheduler.py): a real grpc.aio server on
+loopback, a real channel."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ from heat_runtime import (
 from heat_runtime._config import RuntimeSettings
 from heat_runtime._values import NotJsonable, struct_to_dict, to_python, to_value
 
-from tests.unit.fake_scheduler import (
+from tests.integration.fake_scheduler import (
     SECRET,
     TEMPLATE,
     FakeScheduler,
@@ -39,7 +39,7 @@ from tests.unit.fake_scheduler import (
     task,
     timestamp_in,
 )
-from tests.unit.fake_scheduler import settings as settings_of
+from tests.integration.fake_scheduler import settings as settings_of
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -131,7 +131,7 @@ class HeatScheduler:
             raise RuntimeError(f"{_NEEDS} ({error})") from None
         if self._folder is None:
             # PostgreSQL may run as another user (when we are root): it must reach the folder.
-            self._folder = Path(tempfile.mkdtemp(prefix="heat-testing-"))
+            self._folder = Path(tempfile.mkdtemp(prefix="heat-testing-", dir=_shared_tmp()))
             self._folder.chmod(0o755)
         self._thread = threading.Thread(target=self._main, name="heat-scheduler", daemon=True)
         self._thread.start()
@@ -378,6 +378,13 @@ class HeatScheduler:
         """``submit`` then ``wait``."""
         name = self.submit(nodes, template=template, parameters=parameters)
         return self.wait(name, timeout)
+
+
+def _shared_tmp() -> str | None:
+    """The system's temporary folder, which every user can reach (TMPDIR may be a folder
+    of our own, closed to the PostgreSQL user), if there is one."""
+    shared = Path("/tmp")  # noqa: S108 - mkdtemp makes a private folder in it
+    return str(shared) if shared.is_dir() else None
 
 
 def _result(session: session_pb2.Session) -> SessionResult:

@@ -31,7 +31,7 @@ from heat_runtime._threads import HookThreads
 from heat_runtime._values import to_python
 from heat_runtime.testing import TaskFailed, run_task, run_task_sync
 
-from tests.unit.fake_scheduler import TEMPLATE, Server, serving, settings, task
+from tests.integration.fake_scheduler import TEMPLATE, Server, serving, settings, task
 
 WAIT = 10.0  # seconds a test waits for a thread to reach a point; never reached when all is well
 
