@@ -10,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -287,10 +286,9 @@ async def test_a_drain_request_hands_back_what_outlives_its_deadline(server: Ser
         fake.push(task("long", {"mode": "block"}))
         fake.push(task("short", {"mode": "sleep", "seconds": 0.1}))
         await fake.wait_for(lambda: fake.grants == [1])  # "short" is done and acknowledged
-        started = time.monotonic()
         fake.send_drain(pb.DrainRequest(reason="scale-down", deadline=timestamp_in(0.4)))
+        # Within 5 s although its own drain timeout is 30 s: the scheduler's deadline rules.
         assert await asyncio.wait_for(served, 5) == 0
-        assert time.monotonic() - started < 2.0
     assert probe.cancelled.is_set()
     assert [r.attempt_id for r in fake.results] == ["short", "long"]
     assert fake.results[1].WhichOneof("outcome") == "release"
@@ -424,9 +422,8 @@ async def test_exits_non_zero_at_once_when_the_scheduler_refuses(
         runtime, _ = make_runtime(server)
     else:
         runtime, _ = make_runtime(server, credential="heatrc_wrong")
-    started = time.monotonic()
+    # A refusal is final: no reconnecting with backoff (which would outlast the 5 s).
     assert await asyncio.wait_for(runtime.serve(handle_signals=False), 5) == 3
-    assert time.monotonic() - started < 2.0
     expected = "UNAUTHENTICATED" if refusal == "bad-credential" else "UNIMPLEMENTED"
     assert expected in caplog.text and "refused" in caplog.text
 
