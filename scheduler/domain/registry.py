@@ -50,6 +50,8 @@ class Runner:
     max_pods: int = DEFAULT_MAX_PODS
     tasks_per_pod: int = DEFAULT_TASKS_PER_POD
     idle_period: timedelta = DEFAULT_IDLE_PERIOD
+    # A PodTemplateSpec (JSON) merged into this Runner's pods; None: the scheduler's alone.
+    pod_template: JsonObject | None = None
     create_time: datetime | None = field(default=None, compare=False)
     update_time: datetime | None = field(default=None, compare=False)
 

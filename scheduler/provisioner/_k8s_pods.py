@@ -11,23 +11,18 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, Final
 
-from kubernetes_asyncio.client import (
-    V1Container,
-    V1EnvVar,
-    V1EnvVarSource,
-    V1ObjectFieldSelector,
-    V1ObjectMeta,
-    V1Pod,
-    V1PodSpec,
-    V1ResourceRequirements,
-    V1Secret,
-    V1SecretKeySelector,
-)
+from kubernetes_asyncio.client import V1ObjectMeta, V1Secret
 
 from scheduler.domain.provisioning import InstanceSpec, Observed, Phase
+from scheduler.provisioner._k8s_template import (
+    CONTAINER_NAME,
+    JsonObj,
+    merge,
+    restricted_defaults,
+    runner_first,
+)
 
 MANAGED_BY: Final = "heat-scheduler"
-CONTAINER_NAME: Final = "runner"
 CREDENTIAL_KEY: Final = "credential"
 
 LABEL_NAME: Final = "app.kubernetes.io/name"
@@ -86,9 +81,11 @@ def dns_label(value: str, max_length: int = 63) -> str:
     return f"{cleaned}-{_digest(value)}" if cleaned else _digest(value)
 
 
-def secret_name(runner: str) -> str:
-    """The Secret holding a Runner's credential: ``heat-runner-<runner>``."""
-    return _SECRET_PREFIX + dns_label(runner, _DNS_SUBDOMAIN_MAX - len(_SECRET_PREFIX))
+def secret_name(scheduler_name: str, runner: str) -> str:
+    """The Secret holding a Runner's credential for one scheduler:
+    ``heat-runner-<scheduler>-<runner>``, so two schedulers in a namespace never share one."""
+    room = _DNS_SUBDOMAIN_MAX - len(_SECRET_PREFIX)
+    return _SECRET_PREFIX + dns_label(f"{scheduler_name}-{runner}", room)
 
 
 def generate_name(runner: str) -> str:
@@ -119,60 +116,57 @@ def pod_manifest(
     scheduler_name: str,
     termination_grace_seconds: int,
     image_pull_policy: str | None,
-) -> V1Pod:
+    template: Mapping[str, Any] | None = None,
+) -> JsonObj:
+    """The pod of one instance: the restricted defaults, then ``template`` (the file's), then
+    the Runner's own template, then what the scheduler sets (see ``_k8s_template``)."""
     runner = spec.runner
     resources = {
         key: value
         for key, value in (("cpu", runner.cpu_limit), ("memory", runner.memory_limit))
         if value
     }
-    env = [
-        V1EnvVar(name="HEAT_SCHEDULER_ADDRESS", value=spec.scheduler_address),
-        V1EnvVar(name="HEAT_RUNNER", value=runner.name),
-        V1EnvVar(name="HEAT_CAPACITY", value=str(runner.tasks_per_pod)),
-        V1EnvVar(
-            name="HEAT_INSTANCE_ID",
-            value_from=V1EnvVarSource(
-                field_ref=V1ObjectFieldSelector(api_version="v1", field_path="metadata.name")
-            ),
-        ),
-        V1EnvVar(
-            name="HEAT_RUNNER_CREDENTIAL",
-            value_from=V1EnvVarSource(
-                secret_key_ref=V1SecretKeySelector(
-                    name=secret_name(runner.name), key=CREDENTIAL_KEY
-                )
-            ),
-        ),
-    ]
-    container = V1Container(
-        name=CONTAINER_NAME,
-        image=runner.container_image,
-        env=env,
-        resources=V1ResourceRequirements(requests=dict(resources), limits=dict(resources)),
-    )
-    if image_pull_policy:
-        container.image_pull_policy = image_pull_policy
-    return V1Pod(
-        api_version="v1",
-        kind="Pod",
-        metadata=V1ObjectMeta(
-            generate_name=generate_name(runner.name),
-            namespace=namespace,
-            labels=owned_labels(runner.name, scheduler_name),
-            annotations={
+    env: list[JsonObj] = [
+        {"name": "HEAT_SCHEDULER_ADDRESS", "value": spec.scheduler_address},
+        {"name": "HEAT_RUNNER", "value": runner.name},
+        {"name": "HEAT_CAPACITY", "value": str(runner.tasks_per_pod)},
+        {"name": "HEAT_INSTANCE_ID",
+         "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.name"}}},
+        {"name": "HEAT_RUNNER_CREDENTIAL",
+         "valueFrom": {"secretKeyRef": {"name": secret_name(scheduler_name, runner.name),
+                                        "key": CREDENTIAL_KEY}}},
+    ]  # fmt: skip
+    ours: JsonObj = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "generateName": generate_name(runner.name),
+            "namespace": namespace,
+            "labels": owned_labels(runner.name, scheduler_name),
+            "annotations": {
                 ANNOTATION_RUNNER: runner.name,
                 ANNOTATION_RUNNER_ID: str(runner.id),
                 ANNOTATION_SCHEDULER: scheduler_name,
             },
-        ),
-        spec=V1PodSpec(
-            containers=[container],
-            restart_policy="Never",
-            termination_grace_period_seconds=termination_grace_seconds,
-            automount_service_account_token=False,
-        ),
-    )
+        },
+        "spec": {
+            "restartPolicy": "Never",
+            "containers": [
+                {
+                    "name": CONTAINER_NAME,
+                    "image": runner.container_image,
+                    "env": env,
+                    "resources": {"requests": dict(resources), "limits": dict(resources)},
+                }
+            ],
+        },
+    }
+    pod = restricted_defaults(termination_grace_seconds, image_pull_policy)
+    for layer in (template, runner.pod_template):
+        if layer:
+            pod = merge(pod, {k: v for k, v in layer.items() if k in ("metadata", "spec")})
+    pod.setdefault("metadata", {}).pop("name", None)  # generateName names each pod
+    return runner_first(merge(pod, ours))
 
 
 def secret_manifest(runner: str, secret: str, *, namespace: str, scheduler_name: str) -> V1Secret:
@@ -182,7 +176,7 @@ def secret_manifest(runner: str, secret: str, *, namespace: str, scheduler_name:
         kind="Secret",
         type="Opaque",
         metadata=V1ObjectMeta(
-            name=secret_name(runner),
+            name=secret_name(scheduler_name, runner),
             namespace=namespace,
             labels={
                 k: labels[k] for k in (LABEL_MANAGED_BY, LABEL_SCHEDULER, LABEL_RUNNER, LABEL_NAME)

@@ -127,6 +127,7 @@ class KubernetesProvisioner:
         scheduler_name: str,
         termination_grace_seconds: int = 60,
         image_pull_policy: str | None = None,
+        pod_template: Mapping[str, Any] | None = None,
         clock: Clock | None = None,
         request_timeout: float = 30.0,
         watch_timeout_seconds: int = 300,
@@ -140,6 +141,7 @@ class KubernetesProvisioner:
         self._selector = selector(scheduler_name)
         self._grace = termination_grace_seconds
         self._image_pull_policy = image_pull_policy
+        self._template = dict(pod_template or {})
         self._clock = clock or SystemClock()
         self._request_timeout = request_timeout
         self._watch_timeout = watch_timeout_seconds
@@ -165,6 +167,7 @@ class KubernetesProvisioner:
         scheduler_name: str,
         termination_grace_seconds: int = 60,
         image_pull_policy: str | None = None,
+        pod_template: Mapping[str, Any] | None = None,
         clock: Clock | None = None,
         request_timeout: float = 30.0,
         service_account_dir: str = SERVICE_ACCOUNT_DIR,
@@ -195,6 +198,7 @@ class KubernetesProvisioner:
             scheduler_name=scheduler_name,
             termination_grace_seconds=termination_grace_seconds,
             image_pull_policy=image_pull_policy,
+            pod_template=pod_template,
             clock=clock,
             request_timeout=request_timeout,
             owns_api=True,
@@ -406,19 +410,23 @@ class KubernetesProvisioner:
 
     # --- changes ------------------------------------------------------------------------
 
-    async def create(self, spec: InstanceSpec) -> Observed:
-        body = pod_manifest(
+    def manifest(self, spec: InstanceSpec) -> Any:  # a dict: the client sends it as it is
+        """The pod this provisioner would create for ``spec``."""
+        return pod_manifest(
             spec,
             namespace=self._namespace,
             scheduler_name=self._scheduler_name,
             termination_grace_seconds=self._grace,
             image_pull_policy=self._image_pull_policy,
+            template=self._template,
         )
+
+    async def create(self, spec: InstanceSpec) -> Observed:
         runner = spec.runner.name
         try:
             raw = await self._send(
                 self._core.create_namespaced_pod(
-                    self._namespace, body,
+                    self._namespace, self.manifest(spec),
                     _preload_content=False, _request_timeout=self._request_timeout,
                 )
             )  # fmt: skip
@@ -459,8 +467,23 @@ class KubernetesProvisioner:
             self._deleting.add(instance.uid)
             self._snapshot = None
 
+    async def check_template(self, spec: InstanceSpec) -> None:
+        """Ask the API to admit (dry run: nothing is made) the pod of ``spec`` as this
+        provisioner would build it: the template's defaults, types and values, the namespace's
+        Pod Security admission, and our permission to create pods. ProvisionerError (with the
+        API's status) naming the field at fault when it is refused."""
+        try:
+            await self._send(
+                self._core.create_namespaced_pod(
+                    self._namespace, self.manifest(spec), dry_run="All",
+                    _preload_content=False, _request_timeout=self._request_timeout,
+                )
+            )  # fmt: skip
+        except Exception as exc:
+            raise _failure("checking the runner pod template (server-side dry run)", exc) from exc
+
     async def has_credential(self, runner: str) -> bool:
-        name = secret_name(runner)
+        name = secret_name(self._scheduler_name, runner)
         try:
             secret = await self._send(
                 self._core.read_namespaced_secret(
@@ -480,7 +503,7 @@ class KubernetesProvisioner:
         body = secret_manifest(
             runner, secret, namespace=self._namespace, scheduler_name=self._scheduler_name
         )
-        name = secret_name(runner)
+        name = secret_name(self._scheduler_name, runner)
         try:
             try:
                 await self._send(
