@@ -505,6 +505,36 @@ class ApiServer(kmock.KubernetesScaffold):
         self._store(plural, namespace, body, "MODIFIED", old)
         return body
 
+    def _update_status(self, namespace: str, name: str, body: Any) -> JsonObj:
+        """PUT of pods/status: only the status changes (its resourceVersion must match)."""
+        old = self._get("pods", namespace, name)
+        meta = (body.get("metadata") or {}) if isinstance(body, dict) else {}
+        wanted = meta.get("resourceVersion")
+        if wanted not in (None, "", old["metadata"]["resourceVersion"]):
+            raise ApiStatus(
+                409, f'Operation cannot be fulfilled on pods "{name}": the object has been '
+                "modified; please apply your changes to the latest version and try again",
+                name=name, kind="pods",
+            )  # fmt: skip
+        status = body.get("status") if isinstance(body, dict) else None
+        return self.modify("pods", namespace, name, lambda pod: pod.update(status=status or {}))
+
+    def _bind(self, namespace: str, name: str, body: Any) -> JsonObj:
+        """POST of pods/binding: the pod gets its node, once."""
+        node = ((body or {}).get("target") or {}).get("name") if isinstance(body, dict) else None
+        if not node:
+            raise ApiStatus(400, "a Binding needs target.name")
+        if self._get("pods", namespace, name)["spec"].get("nodeName"):
+            raise ApiStatus(409, f"pod {name} is already assigned to a node", name=name)
+
+        def bind(pod: JsonObj) -> None:
+            pod["spec"]["nodeName"] = node
+            conditions = pod["status"].setdefault("conditions", [])
+            conditions.append({"type": "PodScheduled", "status": "True"})
+
+        self.modify("pods", namespace, name, bind)
+        return {"kind": "Status", "apiVersion": "v1", "status": "Success", "code": 201}
+
     def _delete(
         self, plural: str, namespace: str, name: str, options: Any, params: Mapping[str, str]
     ) -> JsonObj:
@@ -557,12 +587,13 @@ class ApiServer(kmock.KubernetesScaffold):
 
     async def _handle(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
         resource = request.resource
+        sub = request.subresource
         ours = (
             resource is not None
             and resource.group == ""
             and resource.version == "v1"
             and resource.plural in PLURALS
-            and request.subresource is None
+            and (sub is None or (resource.plural == "pods" and sub in ("status", "binding")))
         )
         if not ours:
             return await super()._handle(request)
@@ -571,9 +602,8 @@ class ApiServer(kmock.KubernetesScaffold):
             # kmock reads only watch=true as a watch; make its request views agree with us.
             object.__setattr__(request, "action", kmock.action.WATCH)
         assert resource is not None and resource.plural is not None
-        call = Call(
-            verb, resource.plural, request.namespace, request.name, request.params, request.data
-        )
+        plural = resource.plural if sub is None else f"{resource.plural}/{sub}"
+        call = Call(verb, plural, request.namespace, request.name, request.params, request.data)
         self.calls.append(call)
         try:
             for fault in self.faults:
@@ -610,6 +640,10 @@ class ApiServer(kmock.KubernetesScaffold):
             return self._json(self._create(plural, namespace, copy.deepcopy(call.body)), 201)
         if name is None:
             raise ApiStatus(405, f"{call.verb} is not supported on a collection")
+        if plural == "pods/status" and call.verb == "update":
+            return self._json(self._update_status(namespace, name, copy.deepcopy(call.body)))
+        if plural == "pods/binding" and call.verb == "create":
+            return self._json(self._bind(namespace, name, call.body), 201)
         if call.verb == "get":
             return self._json(self._get(plural, namespace, name))
         if call.verb == "update":

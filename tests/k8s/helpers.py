@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,7 +14,7 @@ from scheduler.provisioner.kubernetes import KubernetesProvisioner
 from tests.k8s.emulator import ApiServer
 from tests.support import eventually
 
-__all__ = ["NAMESPACE", "Changes", "MakeProvisioner", "Served", "eventually", "runner", "spec"]
+__all__ = ["NAMESPACE", "Changes", "MakeProvisioner", "Served", "eventually", "runner", "spec", "until"]
 
 NAMESPACE = "heat"
 
@@ -52,3 +53,12 @@ def runner(name: str = "csv-runner", **kwargs: Any) -> Runner:
 
 def spec(name: str = "csv-runner", scheduler_name: str = "alpha", **kwargs: Any) -> InstanceSpec:
     return InstanceSpec(runner(name, **kwargs), "heat-scheduler.heat.svc:50051", scheduler_name)
+
+
+async def until(sample: Callable[[], Awaitable[Any]], wanted: Any, timeout: float = 5.0) -> None:
+    """Wait until ``await sample()`` gives ``wanted`` (a question to the API, say)."""
+    deadline = time.monotonic() + timeout
+    while (got := await sample()) != wanted:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"still {got!r}, not {wanted!r}, after {timeout}s: {sample}")
+        await asyncio.sleep(0.05)

@@ -1,14 +1,22 @@
-"""The pure half of the Kubernetes backend: names, labels, and what a pod's status means."""
+"""The pure half of the Kubernetes backend: names, labels, pod templates, and what a pod's
+status means."""
 
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from scheduler.domain.provisioning import Phase
 from scheduler.provisioner._k8s_pods import generate_name
+from scheduler.provisioner._k8s_template import (
+    TemplateError,
+    check_pod_template,
+    load_pod_template,
+    merge,
+)
 from scheduler.provisioner.kubernetes import dns_label, label_safe, observe_pod, secret_name
 
 LABEL_VALUE = re.compile(r"([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?")
@@ -50,13 +58,14 @@ def test_label_safe_keeps_distinct_values_distinct() -> None:
     "value", ["csv-runner", "CSV_Runner", "x" * 80, "-a-", "a.b", "ünïcode", "9lives"]
 )
 def test_dns_names(value: str) -> None:
-    for name in (dns_label(value), generate_name(value)[:-1], secret_name(value)):
+    for name in (dns_label(value), generate_name(value)[:-1], secret_name("sched", value)):
         assert DNS_LABEL.fullmatch(name), name
     assert len(generate_name(value)) <= 58 and generate_name(value).endswith("-")
-    assert secret_name(value).startswith("heat-runner-")
+    assert secret_name("sched", value).startswith("heat-runner-sched-")
+    assert secret_name("a", value) != secret_name("b", value)
     if DNS_LABEL.fullmatch(value) and len(value) <= 57:
         assert generate_name(value) == value + "-"
-        assert secret_name(value) == "heat-runner-" + value
+        assert secret_name("sched", value) == "heat-runner-sched-" + value
 
 
 def pod(status: dict[str, Any], **meta: Any) -> dict[str, Any]:
@@ -132,3 +141,72 @@ def test_observe_pod_deleting_and_runner_fallback() -> None:
     observed = observe_pod(raw)
     assert observed.deleting and not observed.live
     assert observed.runner == "from-label"
+
+
+# --- pod templates ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("template", "field", "words"),
+    [
+        ([], "", "an object with metadata and spec"),
+        ({"spec": {"containers": [{"name": "runner", "imagePullPolcy": "Always"}]}},
+         "spec.containers[0].imagePullPolcy", "did you mean imagePullPolicy?"),
+        ({"spec": {"tolerations": {"key": "gpu"}}}, "spec.tolerations", "expected a list"),
+        ({"spec": {"terminationGracePeriodSeconds": "60"}},
+         "spec.terminationGracePeriodSeconds", "expected a whole number, got a string"),
+        ({"metadata": {"labels": {"team": 3}}}, "metadata.labels[team]", "expected a string"),
+        ({"spec": {"automountServiceAccountToken": "yes"}},
+         "spec.automountServiceAccountToken", "expected true or false"),
+        ({"sepc": {}}, "sepc", "did you mean spec?"),
+    ],
+)  # fmt: skip
+def test_a_wrong_template_names_the_field(template: Any, field: str, words: str) -> None:
+    with pytest.raises(TemplateError) as caught:
+        check_pod_template(template)
+    assert caught.value.field == field
+    assert words in str(caught.value)
+
+
+def test_a_template_file_loads_from_yaml(tmp_path: Path) -> None:
+    good = tmp_path / "good.yaml"
+    good.write_text(
+        "metadata:\n  annotations: {a: b}\nspec:\n  nodeSelector: {pool: batch}\n"
+        "  containers:\n  - name: runner\n    resources: {limits: {cpu: 2}}\n"
+    )
+    assert load_pod_template(good)["spec"]["nodeSelector"] == {"pool": "batch"}
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("spec: {nodeSelectr: {}}")
+    with pytest.raises(TemplateError, match=r"spec\.nodeSelectr: unknown field"):
+        load_pod_template(bad)
+    with pytest.raises(TemplateError, match="cannot read"):
+        load_pod_template(tmp_path / "missing.yaml")
+
+
+def test_merge_merges_named_lists_and_replaces_the_rest() -> None:
+    base = {
+        "spec": {
+            "containers": [{"name": "a", "env": [{"name": "X", "value": "1"}]}],
+            "tolerations": [{"key": "t1"}],
+        }
+    }
+    over = {
+        "spec": {
+            "containers": [
+                {"name": "a", "env": [{"name": "Y", "value": "2"}]},
+                {"name": "sidecar"},
+            ],
+            "tolerations": [{"key": "t2"}],
+        }
+    }
+    merged = merge(base, over)
+    assert merged == {
+        "spec": {
+            "containers": [
+                {"name": "a", "env": [{"name": "X", "value": "1"}, {"name": "Y", "value": "2"}]},
+                {"name": "sidecar"},
+            ],
+            "tolerations": [{"key": "t2"}],
+        }
+    }
+    assert base["spec"]["tolerations"] == [{"key": "t1"}], "the inputs are left alone"

@@ -137,7 +137,7 @@ async def test_delete_checks_the_uid_and_is_graceful_for_running_pods(
     core: CoreV1Api, api: ApiServer, kubelet: Kubelet
 ) -> None:
     pod = await core.create_namespaced_pod(NAMESPACE, a_pod("p"))
-    kubelet.run("p")
+    await kubelet.run("p")
     wrong = V1DeleteOptions(preconditions=V1Preconditions(uid="someone-else"))
     assert await status_of(core.delete_namespaced_pod("p", NAMESPACE, body=wrong)) == (
         409,
@@ -146,8 +146,8 @@ async def test_delete_checks_the_uid_and_is_graceful_for_running_pods(
     right = V1DeleteOptions(preconditions=V1Preconditions(uid=pod.metadata.uid))
     await core.delete_namespaced_pod("p", NAMESPACE, grace_period_seconds=30, body=right)
     assert api.read("pods", NAMESPACE, "p")["metadata"]["deletionGracePeriodSeconds"] == 30
-    assert kubelet.finish_deletions() == ["p"]
-    assert kubelet.names() == []
+    assert await kubelet.finish_deletions() == ["p"]
+    assert await kubelet.names() == []
 
 
 @pytest.mark.parametrize(
@@ -164,9 +164,9 @@ async def test_when_a_deleted_pod_goes_at_once(
 ) -> None:
     await core.create_namespaced_pod(NAMESPACE, a_pod("p"))
     if step != "none":
-        getattr(kubelet, step)("p")
+        await getattr(kubelet, step)("p")
     await core.delete_namespaced_pod("p", NAMESPACE, grace_period_seconds=grace)
-    assert (kubelet.names() == []) is gone_at_once
+    assert (await kubelet.names() == []) is gone_at_once
 
 
 async def test_replace_honours_the_resource_version(core: CoreV1Api) -> None:
@@ -193,15 +193,16 @@ async def test_watch_streams_what_came_after_the_version(
     listed = await core.list_namespaced_pod(NAMESPACE)
     await core.create_namespaced_pod(NAMESPACE, a_pod("after", {"app": "heat"}))
     await core.create_namespaced_pod(NAMESPACE, a_pod("theirs", {"app": "other"}))
-    kubelet.run("after")
+    await kubelet.run("after")
     await core.delete_namespaced_pod("after", NAMESPACE, grace_period_seconds=0)
     events = await watch_lines(
         http, f"labelSelector=app%3Dheat&resourceVersion={listed.metadata.resource_version}",
-        count=3,
+        count=4,
     )  # fmt: skip
     assert [(e["type"], e["object"]["metadata"]["name"]) for e in events] == [
         ("ADDED", "after"),
-        ("MODIFIED", "after"),
+        ("MODIFIED", "after"),  # bound to the node
+        ("MODIFIED", "after"),  # running
         ("DELETED", "after"),
     ]
     versions = [int(e["object"]["metadata"]["resourceVersion"]) for e in events]
