@@ -9,6 +9,8 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -25,7 +27,10 @@ from heat.scheduler.v1 import (
 from scheduler.domain.clock import SystemClock
 from scheduler.domain.limits import Limits
 from scheduler.domain.ports import Provisioner
+from scheduler.domain.provisioning import InstanceSpec
+from scheduler.domain.registry import Runner
 from scheduler.embedded import EmbeddedPostgres
+from scheduler.provisioner.errors import ProvisionerError
 from scheduler.provisioner.local import LocalProvisioner
 from scheduler.service.provisioning import ProvisionSettings, Reconciler
 from scheduler.service.registry import Registry
@@ -42,6 +47,9 @@ from scheduler.transport.runner import RunnerServicer
 from scheduler.transport.sessions import SessionServicer
 
 __all__ = ["Running", "database", "migrate_database", "running", "serve"]
+
+if TYPE_CHECKING:
+    from scheduler.provisioner.kubernetes import KubernetesProvisioner
 
 log = logging.getLogger("scheduler")
 
@@ -119,6 +127,7 @@ async def running(
             ("grpc.max_send_message_length", limits.max_message_bytes),
             # Two schedulers must not share a port: the second would steal calls silently.
             ("grpc.so_reuseport", 0),
+            *connection_options(settings),
         ]
         server = grpc.aio.server(interceptors=[ErrorInterceptor()], options=options)
         registry = Registry(store, limits)
@@ -180,6 +189,32 @@ async def running(
         yield Running(server, port, health_servicer, store, protocol, reconciler)
 
 
+def connection_options(settings: Settings) -> list[tuple[str, int]]:
+    """Keepalive (dead peers and NAT entries go away) and a maximum connection age (runner
+    streams move to new replicas after a rollout: told to go away, they reconnect through the
+    Service)."""
+    options = [
+        # runners keep streams open for hours: let them ping on them every 10 s or more
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+    ]
+    if settings.grpc_keepalive_time > 0:
+        options += [
+            ("grpc.keepalive_time_ms", int(settings.grpc_keepalive_time * 1000)),
+            ("grpc.keepalive_timeout_ms", int(settings.grpc_keepalive_timeout * 1000)),
+        ]
+    if settings.grpc_max_connection_age > 0:
+        options += [
+            ("grpc.max_connection_age_ms", int(settings.grpc_max_connection_age * 1000)),
+            (
+                "grpc.max_connection_age_grace_ms",
+                int(settings.grpc_max_connection_age_grace * 1000),
+            ),
+        ]
+    return options
+
+
 def advertised(host: str, port: int) -> str:
     """The address instances on this machine dial when we listen on every interface."""
     if host in ("0.0.0.0", "[::]", ""):  # noqa: S104 (compared, not bound)
@@ -189,15 +224,51 @@ def advertised(host: str, port: int) -> str:
 
 async def make_provisioner(settings: Settings) -> Provisioner:
     if settings.provisioner == "kubernetes":
+        from scheduler.provisioner._k8s_template import load_pod_template
         from scheduler.provisioner.kubernetes import KubernetesProvisioner
 
-        return await KubernetesProvisioner.connect(
+        template = load_pod_template(Path(settings.k8s_pod_template)) if (
+            settings.k8s_pod_template
+        ) else None  # fmt: skip
+        provisioner = await KubernetesProvisioner.connect(
             kubeconfig=settings.kubeconfig or None,
             context=settings.k8s_context or None,
             namespace=settings.k8s_namespace or None,
             scheduler_name=settings.scheduler_name,
+            pod_template=template,
         )
+        if template:
+            try:
+                await check_pod_template(provisioner, settings)
+            except BaseException:
+                await provisioner.close()
+                raise
+        return provisioner
     return LocalProvisioner(parse_commands(settings.local_runners))
+
+
+async def check_pod_template(provisioner: KubernetesProvisioner, settings: Settings) -> None:
+    """Refuse to start when the API will not admit a pod built from the template (its types,
+    values, the namespace's Pod Security admission, our permission to create pods); a server
+    that does not answer is only logged: the provisioner retries on its own."""
+    probe = Runner(
+        name="template-check",
+        container_image="registry.invalid/heat/template-check:0",
+        cpu_limit="100m",
+        memory_limit="64Mi",
+    )
+    spec = InstanceSpec(
+        probe, settings.advertise_address or settings.listen, settings.scheduler_name
+    )
+    try:
+        await provisioner.check_template(spec)
+    except ProvisionerError as exc:
+        if exc.status is not None and 400 <= exc.status < 500 and exc.status not in (408, 429):
+            raise SettingsError(
+                "setting k8s_pod_template (--k8s-pod-template / HEAT_K8S_POD_TEMPLATE): "
+                f"{settings.k8s_pod_template}: the Kubernetes API refuses its pods: {exc}"
+            ) from None
+        log.warning("could not check the runner pod template with the API: %s", exc)
 
 
 async def serve(settings: Settings) -> None:

@@ -69,6 +69,17 @@ def _label(value: str) -> str:
     return value
 
 
+def _pod_template(value: str) -> str:
+    if value:
+        from scheduler.provisioner._k8s_template import TemplateError, load_pod_template
+
+        try:
+            load_pod_template(Path(value))
+        except TemplateError as exc:
+            raise ValueError(f"is not a usable pod template: {exc}") from None
+    return value
+
+
 def _advertised(value: str) -> str:
     return _address(value) if value else value
 
@@ -124,6 +135,11 @@ class Settings:
     k8s_namespace: str = ""
     kubeconfig: str = ""
     k8s_context: str = ""
+    k8s_pod_template: str = ""
+    grpc_keepalive_time: float = 30.0
+    grpc_keepalive_timeout: float = 10.0
+    grpc_max_connection_age: float = 0.0
+    grpc_max_connection_age_grace: float = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +180,23 @@ _SPECS: Final[Mapping[str, _Spec]] = {
     "k8s_namespace": _Spec(str, "kubernetes: namespace of runner pods (default: in-cluster's)"),
     "kubeconfig": _Spec(str, "kubernetes: kubeconfig file (default: in-cluster, ~/.kube/config)"),
     "k8s_context": _Spec(str, "kubernetes: kubeconfig context (default: the current one)"),
+    "k8s_pod_template": _Spec(
+        _pod_template,
+        "kubernetes: YAML/JSON PodTemplateSpec merged into every runner pod (pull secrets, "
+        "node selector, tolerations, …)",
+    ),
+    "grpc_keepalive_time": _Spec(
+        _seconds, "seconds between keepalive pings on an idle connection (0: none)"
+    ),
+    "grpc_keepalive_timeout": _Spec(_seconds, "seconds a keepalive ping may go unanswered"),
+    "grpc_max_connection_age": _Spec(
+        _seconds,
+        "seconds after which a connection is asked to go (so runner streams spread over new "
+        "replicas after a rollout); 0: never",
+    ),
+    "grpc_max_connection_age_grace": _Spec(
+        _seconds, "seconds calls get, after max connection age, before the connection is cut"
+    ),
 }
 
 

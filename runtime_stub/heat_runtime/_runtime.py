@@ -345,6 +345,11 @@ class HeatRuntime:
         options = [
             ("grpc.primary_user_agent", f"heat-runtime/{VERSION}"),
             ("grpc.max_receive_message_length", _MAX_RECEIVE_BYTES),
+            # A scheduler that vanished without closing (node lost, NAT entry dropped) is
+            # noticed within 40 s, not at the next heartbeat's TCP timeout; the scheduler
+            # accepts pings every 10 s or more.
+            ("grpc.keepalive_time_ms", 30_000),
+            ("grpc.keepalive_timeout_ms", 10_000),
         ]
         while not state.closing:
             channel = grpc.aio.insecure_channel(self._config.address, options=options)
