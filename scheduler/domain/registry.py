@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from datetime import datetime, timedelta
@@ -184,6 +185,31 @@ def check_runner(runner: Runner, prefix: str, limits: Limits) -> list[FieldViola
         )
     if runner.idle_period < timedelta(0):
         out.append(FieldViolation(f"{p}.idle_period", "must not be negative"))
+    if runner.pod_template is not None:
+        out += check_pod_template_shape(runner.pod_template, f"{p}.pod_template")
+    return out
+
+
+POD_TEMPLATE_MAX_BYTES: Final = 64 * 1024
+
+
+def check_pod_template_shape(template: JsonObject, path: str) -> list[FieldViolation]:
+    """A PodTemplateSpec's outline: an object of ``metadata`` and ``spec`` objects, bounded.
+    (The provisioner checks its fields against the Kubernetes API's types, and the API its
+    values, when a pod is made.)"""
+    out = [
+        FieldViolation(f"{path}.{key}", "unknown field; a pod template has metadata and spec")
+        for key in template
+        if key not in ("metadata", "spec")
+    ]
+    out += [
+        FieldViolation(f"{path}.{key}", "must be an object")
+        for key in ("metadata", "spec")
+        if key in template and not isinstance(template[key], dict)
+    ]
+    size = len(json.dumps(template, separators=(",", ":"), default=str))
+    if size > POD_TEMPLATE_MAX_BYTES:
+        out.append(FieldViolation(path, f"is {size} bytes; at most {POD_TEMPLATE_MAX_BYTES}"))
     return out
 
 

@@ -55,6 +55,7 @@ from scheduler.provisioner._k8s_pods import (
     secret_name,
     selector,
 )
+from scheduler.provisioner._k8s_template import TemplateError, check_pod_template
 from scheduler.provisioner.errors import ProvisionerError
 
 __all__ = [
@@ -423,6 +424,11 @@ class KubernetesProvisioner:
 
     async def create(self, spec: InstanceSpec) -> Observed:
         runner = spec.runner.name
+        if spec.runner.pod_template:
+            try:
+                check_pod_template(spec.runner.pod_template, "pod_template")
+            except TemplateError as exc:
+                raise ProvisionerError(f"runner {runner}'s {exc}") from None
         try:
             raw = await self._send(
                 self._core.create_namespaced_pod(

@@ -42,6 +42,7 @@ def runner_row(runner: Runner) -> dict[str, Any]:
         "max_pods": runner.max_pods,
         "tasks_per_pod": runner.tasks_per_pod,
         "idle_period_ms": _ms(runner.idle_period),
+        "pod_template": runner.pod_template,
     }
 
 
@@ -59,6 +60,7 @@ def runner_from(row: Row) -> Runner:
         max_pods=row["max_pods"],
         tasks_per_pod=row["tasks_per_pod"],
         idle_period=_duration(row["idle_period_ms"]),
+        pod_template=row["pod_template"],
         create_time=row["create_time"],
         update_time=row["update_time"],
     )

@@ -86,6 +86,9 @@ def runner(message: runner_pb2.Runner) -> reg.Runner:
             if message.HasField("idle_period")
             else reg.DEFAULT_IDLE_PERIOD
         ),
+        pod_template=(
+            struct_to_dict(message.pod_template) if message.HasField("pod_template") else None
+        ),
     )
 
 
@@ -116,6 +119,7 @@ def runner_message(value: reg.Runner, status: RunnerStatus | None = None) -> run
         max_pods=value.max_pods,
         tasks_per_pod=value.tasks_per_pod,
         idle_period=to_duration(value.idle_period),
+        pod_template=dict_to_struct(value.pod_template) if value.pod_template is not None else None,
         create_time=to_timestamp(value.create_time),
         update_time=to_timestamp(value.update_time),
     )

@@ -258,6 +258,56 @@ async def test_update_validates_the_result(scheduler: Scheduler) -> None:
     assert still["runner"]["memoryLimit"] == "1Gi"
 
 
+GPU_TEMPLATE = {
+    "spec": {
+        "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+        "containers": [{"name": "runner", "resources": {"limits": {"nvidia.com/gpu": 1}}}],
+    }
+}
+
+
+async def test_a_runner_keeps_its_pod_template(scheduler: Scheduler) -> None:
+    made = await create_runner(scheduler, runner("gpu-runner", podTemplate=GPU_TEMPLATE))
+    assert made["podTemplate"] == GPU_TEMPLATE
+    got = await call(scheduler.registry.GetRunner, pb.GetRunnerRequest, {"name": "gpu-runner"})
+    assert got["runner"]["podTemplate"] == GPU_TEMPLATE
+    plain = await create_runner(scheduler, runner("plain"))
+    assert "podTemplate" not in plain
+    # Changed through the update mask; cleared by leaving it out.
+    relaxed = {
+        "spec": {
+            "containers": [{"name": "runner", "securityContext": {"readOnlyRootFilesystem": False}}]
+        }
+    }
+    for template in (relaxed, None):
+        body: dict[str, Any] = {"name": "gpu-runner"}
+        if template is not None:
+            body["podTemplate"] = template
+        updated = await call(
+            scheduler.registry.UpdateRunner, pb.UpdateRunnerRequest,
+            {"runner": body, "updateMask": "podTemplate"},
+        )  # fmt: skip
+        assert updated["runner"].get("podTemplate") == template
+
+
+@pytest.mark.parametrize(
+    ("template", "field"),
+    [
+        ({"sepc": {}}, "runner.pod_template.sepc"),
+        ({"spec": []}, "runner.pod_template.spec"),
+        ({"metadata": {"annotations": {"big": "x" * 70_000}}}, "runner.pod_template"),
+    ],
+)
+async def test_a_bad_pod_template_is_refused(
+    scheduler: Scheduler, template: dict[str, Any], field: str
+) -> None:
+    got = await refused(
+        scheduler.registry.CreateRunner, pb.CreateRunnerRequest,
+        {"runner": runner("gpu-runner", podTemplate=template)},
+    )  # fmt: skip
+    assert got.code is grpc.StatusCode.INVALID_ARGUMENT and field in got.violations, got
+
+
 async def test_runner_in_use_cannot_be_deleted(scheduler: Scheduler) -> None:
     await create_runner(scheduler, runner("csv"))
     await create_template(scheduler, template("csv-sum"))

@@ -129,12 +129,16 @@ async def test_a_busy_pod_is_never_deleted(
     namespace: str, process_kubelet: ProcessKubelet, worker_log: Path,
 ) -> None:  # fmt: skip
     async with serving(db_dsn, config, namespace, free_port()) as sc:
-        await apply(sc, idlePeriod="0.3s", tasksPerPod=1)
+        # (and the Runner's own pod template reaches its pods, through the registry)
+        template = {"metadata": {"annotations": {"example.com/team": "data"}}}
+        await apply(sc, idlePeriod="0.3s", tasksPerPod=1, podTemplate=template)
         name = await submit(sc, nodes_sleeping(1, 3))
         done = await finished(sc, name)
         assert done.state == s.SESSION_STATE_SUCCEEDED
         assert done.nodes[0].attempt == 1, "the pod holding the task was never drained"
         pod = ran_on(worker_log)["n0"]
+        [made] = process_kubelet.seen
+        assert made["metadata"]["annotations"]["example.com/team"] == "data"
         succeeded = to_dt(done.nodes[0].end_time)
         early = [r for r in requests(cluster.audit(identity.user), "delete") if r.at < succeeded]
         assert not early, f"a pod was deleted while its task ran: {early}"

@@ -16,7 +16,9 @@ CREATE TABLE runners (
     tasks_per_pod         integer     NOT NULL CHECK (tasks_per_pod >= 1),
     idle_period_ms        bigint      NOT NULL CHECK (idle_period_ms >= 0),
     create_time           timestamptz NOT NULL DEFAULT now(),
-    update_time           timestamptz NOT NULL DEFAULT now()
+    update_time           timestamptz NOT NULL DEFAULT now(),
+    -- a Kubernetes PodTemplateSpec merged into the Runner's pods; NULL: none
+    pod_template          jsonb       CHECK (jsonb_typeof(pod_template) = 'object')
 );
 
 -- Ids given by the caller (HEAT's own ids) and ids drawn here share one space:

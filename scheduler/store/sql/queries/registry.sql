@@ -22,14 +22,14 @@ WHERE s.top > 0 AND s.top > q.last_value - CASE WHEN q.is_called THEN 0 ELSE 1 E
 -- Insert a batch of Runners; id 0 draws the next id.
 INSERT INTO runners (id, name, description, container_image, cpu_limit, memory_limit,
                      feature_internal_name, enabled, min_pods, max_pods, tasks_per_pod,
-                     idle_period_ms)
+                     idle_period_ms, pod_template)
 SELECT COALESCE(NULLIF(x.id, 0), nextval('runners_id_seq')), x.name, x.description,
        x.container_image, x.cpu_limit, x.memory_limit, x.feature_internal_name, x.enabled,
-       x.min_pods, x.max_pods, x.tasks_per_pod, x.idle_period_ms
+       x.min_pods, x.max_pods, x.tasks_per_pod, x.idle_period_ms, NULLIF(x.pod_template, 'null')
 FROM jsonb_to_recordset($1::jsonb) AS x(id bigint, name text, description text,
      container_image text, cpu_limit text, memory_limit text, feature_internal_name text,
      enabled boolean, min_pods integer, max_pods integer, tasks_per_pod integer,
-     idle_period_ms bigint)
+     idle_period_ms bigint, pod_template jsonb)
 RETURNING *;
 
 -- update_runners --
@@ -39,10 +39,12 @@ SET description = x.description, container_image = x.container_image,
     cpu_limit = x.cpu_limit, memory_limit = x.memory_limit,
     feature_internal_name = x.feature_internal_name, enabled = x.enabled,
     min_pods = x.min_pods, max_pods = x.max_pods, tasks_per_pod = x.tasks_per_pod,
-    idle_period_ms = x.idle_period_ms, update_time = now()
+    idle_period_ms = x.idle_period_ms, pod_template = NULLIF(x.pod_template, 'null'),
+    update_time = now()
 FROM jsonb_to_recordset($1::jsonb) AS x(name text, description text, container_image text,
      cpu_limit text, memory_limit text, feature_internal_name text, enabled boolean,
-     min_pods integer, max_pods integer, tasks_per_pod integer, idle_period_ms bigint)
+     min_pods integer, max_pods integer, tasks_per_pod integer, idle_period_ms bigint,
+     pod_template jsonb)
 WHERE r.name = x.name
 RETURNING r.*;
 

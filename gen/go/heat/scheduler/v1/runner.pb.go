@@ -10,6 +10,7 @@ import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	durationpb "google.golang.org/protobuf/types/known/durationpb"
+	structpb "google.golang.org/protobuf/types/known/structpb"
 	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
@@ -64,7 +65,14 @@ type Runner struct {
 	// Output only. When the Runner was last changed.
 	UpdateTime *timestamppb.Timestamp `protobuf:"bytes,14,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
 	// Output only. What the provisioner wants and sees for this Runner.
-	Status        *RunnerStatus `protobuf:"bytes,15,opt,name=status,proto3" json:"status,omitempty"`
+	Status *RunnerStatus `protobuf:"bytes,15,opt,name=status,proto3" json:"status,omitempty"`
+	// Kubernetes only: a PodTemplateSpec ("metadata" and "spec", in the API's
+	// JSON field names) merged into this Runner's pods, over the scheduler's
+	// own template and under what the scheduler sets (image, HEAT_* env,
+	// cpu/memory, labels). E.g. tolerations and a GPU limit for a GPU Runner,
+	// or a container securityContext relaxing the restricted Pod Security
+	// Standard where the deployment allows it. Unset: the scheduler's alone.
+	PodTemplate   *structpb.Struct `protobuf:"bytes,16,opt,name=pod_template,json=podTemplate,proto3" json:"pod_template,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -200,6 +208,13 @@ func (x *Runner) GetUpdateTime() *timestamppb.Timestamp {
 func (x *Runner) GetStatus() *RunnerStatus {
 	if x != nil {
 		return x.Status
+	}
+	return nil
+}
+
+func (x *Runner) GetPodTemplate() *structpb.Struct {
+	if x != nil {
+		return x.PodTemplate
 	}
 	return nil
 }
@@ -401,7 +416,7 @@ var File_heat_scheduler_v1_runner_proto protoreflect.FileDescriptor
 
 const file_heat_scheduler_v1_runner_proto_rawDesc = "" +
 	"\n" +
-	"\x1eheat/scheduler/v1/runner.proto\x12\x11heat.scheduler.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf1\x04\n" +
+	"\x1eheat/scheduler/v1/runner.proto\x12\x11heat.scheduler.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xad\x05\n" +
 	"\x06Runner\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x05R\x02id\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12 \n" +
@@ -421,7 +436,8 @@ const file_heat_scheduler_v1_runner_proto_rawDesc = "" +
 	"createTime\x12;\n" +
 	"\vupdate_time\x18\x0e \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"updateTime\x127\n" +
-	"\x06status\x18\x0f \x01(\v2\x1f.heat.scheduler.v1.RunnerStatusR\x06statusB\n" +
+	"\x06status\x18\x0f \x01(\v2\x1f.heat.scheduler.v1.RunnerStatusR\x06status\x12:\n" +
+	"\fpod_template\x18\x10 \x01(\v2\x17.google.protobuf.StructR\vpodTemplateB\n" +
 	"\n" +
 	"\b_enabledB\v\n" +
 	"\t_max_pods\"\xd2\x02\n" +
@@ -464,20 +480,22 @@ var file_heat_scheduler_v1_runner_proto_goTypes = []any{
 	(*RunnerCredential)(nil),      // 2: heat.scheduler.v1.RunnerCredential
 	(*durationpb.Duration)(nil),   // 3: google.protobuf.Duration
 	(*timestamppb.Timestamp)(nil), // 4: google.protobuf.Timestamp
+	(*structpb.Struct)(nil),       // 5: google.protobuf.Struct
 }
 var file_heat_scheduler_v1_runner_proto_depIdxs = []int32{
 	3, // 0: heat.scheduler.v1.Runner.idle_period:type_name -> google.protobuf.Duration
 	4, // 1: heat.scheduler.v1.Runner.create_time:type_name -> google.protobuf.Timestamp
 	4, // 2: heat.scheduler.v1.Runner.update_time:type_name -> google.protobuf.Timestamp
 	1, // 3: heat.scheduler.v1.Runner.status:type_name -> heat.scheduler.v1.RunnerStatus
-	4, // 4: heat.scheduler.v1.RunnerStatus.last_provisioning_error_time:type_name -> google.protobuf.Timestamp
-	4, // 5: heat.scheduler.v1.RunnerCredential.create_time:type_name -> google.protobuf.Timestamp
-	4, // 6: heat.scheduler.v1.RunnerCredential.revoke_time:type_name -> google.protobuf.Timestamp
-	7, // [7:7] is the sub-list for method output_type
-	7, // [7:7] is the sub-list for method input_type
-	7, // [7:7] is the sub-list for extension type_name
-	7, // [7:7] is the sub-list for extension extendee
-	0, // [0:7] is the sub-list for field type_name
+	5, // 4: heat.scheduler.v1.Runner.pod_template:type_name -> google.protobuf.Struct
+	4, // 5: heat.scheduler.v1.RunnerStatus.last_provisioning_error_time:type_name -> google.protobuf.Timestamp
+	4, // 6: heat.scheduler.v1.RunnerCredential.create_time:type_name -> google.protobuf.Timestamp
+	4, // 7: heat.scheduler.v1.RunnerCredential.revoke_time:type_name -> google.protobuf.Timestamp
+	8, // [8:8] is the sub-list for method output_type
+	8, // [8:8] is the sub-list for method input_type
+	8, // [8:8] is the sub-list for extension type_name
+	8, // [8:8] is the sub-list for extension extendee
+	0, // [0:8] is the sub-list for field type_name
 }
 
 func init() { file_heat_scheduler_v1_runner_proto_init() }

@@ -23,20 +23,21 @@ _sym_db = _symbol_database.Default()
 
 
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
+from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1eheat/scheduler/v1/runner.proto\x12\x11heat.scheduler.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xca\x03\n\x06Runner\x12\n\n\x02id\x18\x01 \x01(\x05\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x17\n\x0f\x63ontainer_image\x18\x04 \x01(\t\x12\x11\n\tcpu_limit\x18\x05 \x01(\t\x12\x14\n\x0cmemory_limit\x18\x06 \x01(\t\x12\x1d\n\x15\x66\x65\x61ture_internal_name\x18\x07 \x01(\t\x12\x14\n\x07\x65nabled\x18\x08 \x01(\x08H\x00\x88\x01\x01\x12\x10\n\x08min_pods\x18\t \x01(\x05\x12\x15\n\x08max_pods\x18\n \x01(\x05H\x01\x88\x01\x01\x12\x15\n\rtasks_per_pod\x18\x0b \x01(\x05\x12.\n\x0bidle_period\x18\x0c \x01(\x0b\x32\x19.google.protobuf.Duration\x12/\n\x0b\x63reate_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x06status\x18\x0f \x01(\x0b\x32\x1f.heat.scheduler.v1.RunnerStatusB\n\n\x08_enabledB\x0b\n\t_max_pods\"\xdf\x01\n\x0cRunnerStatus\x12\x14\n\x0c\x64\x65sired_pods\x18\x01 \x01(\x05\x12\x15\n\robserved_pods\x18\x02 \x01(\x05\x12\x12\n\nready_pods\x18\x03 \x01(\x05\x12\x14\n\x0cqueued_tasks\x18\x04 \x01(\x03\x12\x15\n\rrunning_tasks\x18\x05 \x01(\x03\x12\x1f\n\x17last_provisioning_error\x18\x06 \x01(\t\x12@\n\x1clast_provisioning_error_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xb5\x01\n\x10RunnerCredential\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06runner\x18\x02 \x01(\t\x12\x0e\n\x06secret\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0brevoke_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestampb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1eheat/scheduler/v1/runner.proto\x12\x11heat.scheduler.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf9\x03\n\x06Runner\x12\n\n\x02id\x18\x01 \x01(\x05\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x17\n\x0f\x63ontainer_image\x18\x04 \x01(\t\x12\x11\n\tcpu_limit\x18\x05 \x01(\t\x12\x14\n\x0cmemory_limit\x18\x06 \x01(\t\x12\x1d\n\x15\x66\x65\x61ture_internal_name\x18\x07 \x01(\t\x12\x14\n\x07\x65nabled\x18\x08 \x01(\x08H\x00\x88\x01\x01\x12\x10\n\x08min_pods\x18\t \x01(\x05\x12\x15\n\x08max_pods\x18\n \x01(\x05H\x01\x88\x01\x01\x12\x15\n\rtasks_per_pod\x18\x0b \x01(\x05\x12.\n\x0bidle_period\x18\x0c \x01(\x0b\x32\x19.google.protobuf.Duration\x12/\n\x0b\x63reate_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x06status\x18\x0f \x01(\x0b\x32\x1f.heat.scheduler.v1.RunnerStatus\x12-\n\x0cpod_template\x18\x10 \x01(\x0b\x32\x17.google.protobuf.StructB\n\n\x08_enabledB\x0b\n\t_max_pods\"\xdf\x01\n\x0cRunnerStatus\x12\x14\n\x0c\x64\x65sired_pods\x18\x01 \x01(\x05\x12\x15\n\robserved_pods\x18\x02 \x01(\x05\x12\x12\n\nready_pods\x18\x03 \x01(\x05\x12\x14\n\x0cqueued_tasks\x18\x04 \x01(\x03\x12\x15\n\rrunning_tasks\x18\x05 \x01(\x03\x12\x1f\n\x17last_provisioning_error\x18\x06 \x01(\t\x12@\n\x1clast_provisioning_error_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xb5\x01\n\x10RunnerCredential\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06runner\x18\x02 \x01(\t\x12\x0e\n\x06secret\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0brevoke_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestampb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'heat.scheduler.v1.runner_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_RUNNER']._serialized_start=119
-  _globals['_RUNNER']._serialized_end=577
-  _globals['_RUNNERSTATUS']._serialized_start=580
-  _globals['_RUNNERSTATUS']._serialized_end=803
-  _globals['_RUNNERCREDENTIAL']._serialized_start=806
-  _globals['_RUNNERCREDENTIAL']._serialized_end=987
+  _globals['_RUNNER']._serialized_start=149
+  _globals['_RUNNER']._serialized_end=654
+  _globals['_RUNNERSTATUS']._serialized_start=657
+  _globals['_RUNNERSTATUS']._serialized_end=880
+  _globals['_RUNNERCREDENTIAL']._serialized_start=883
+  _globals['_RUNNERCREDENTIAL']._serialized_end=1064
 # @@protoc_insertion_point(module_scope)

@@ -6,6 +6,7 @@ isort:skip_file
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
+from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 import builtins as _builtins
 import sys
@@ -43,6 +44,7 @@ class Runner(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     STATUS_FIELD_NUMBER: _builtins.int
+    POD_TEMPLATE_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     """Numeric identifier, as HEAT documents it. Zero on create lets the
     scheduler assign the next free id; a non-zero id is kept as given.
@@ -92,6 +94,16 @@ class Runner(_message.Message):
     def status(self) -> Global___RunnerStatus:
         """Output only. What the provisioner wants and sees for this Runner."""
 
+    @_builtins.property
+    def pod_template(self) -> _struct_pb2.Struct:
+        """Kubernetes only: a PodTemplateSpec ("metadata" and "spec", in the API's
+        JSON field names) merged into this Runner's pods, over the scheduler's
+        own template and under what the scheduler sets (image, HEAT_* env,
+        cpu/memory, labels). E.g. tolerations and a GPU limit for a GPU Runner,
+        or a container securityContext relaxing the restricted Pod Security
+        Standard where the deployment allows it. Unset: the scheduler's alone.
+        """
+
     def __init__(
         self,
         *,
@@ -110,10 +122,11 @@ class Runner(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
         status: Global___RunnerStatus | None = ...,
+        pod_template: _struct_pb2.Struct | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_enabled", b"_enabled", "_max_pods", b"_max_pods", "create_time", b"create_time", "enabled", b"enabled", "idle_period", b"idle_period", "max_pods", b"max_pods", "status", b"status", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_enabled", b"_enabled", "_max_pods", b"_max_pods", "create_time", b"create_time", "enabled", b"enabled", "idle_period", b"idle_period", "max_pods", b"max_pods", "pod_template", b"pod_template", "status", b"status", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_enabled", b"_enabled", "_max_pods", b"_max_pods", "container_image", b"container_image", "cpu_limit", b"cpu_limit", "create_time", b"create_time", "description", b"description", "enabled", b"enabled", "feature_internal_name", b"feature_internal_name", "id", b"id", "idle_period", b"idle_period", "max_pods", b"max_pods", "memory_limit", b"memory_limit", "min_pods", b"min_pods", "name", b"name", "status", b"status", "tasks_per_pod", b"tasks_per_pod", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_enabled", b"_enabled", "_max_pods", b"_max_pods", "container_image", b"container_image", "cpu_limit", b"cpu_limit", "create_time", b"create_time", "description", b"description", "enabled", b"enabled", "feature_internal_name", b"feature_internal_name", "id", b"id", "idle_period", b"idle_period", "max_pods", b"max_pods", "memory_limit", b"memory_limit", "min_pods", b"min_pods", "name", b"name", "pod_template", b"pod_template", "status", b"status", "tasks_per_pod", b"tasks_per_pod", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__enabled: _TypeAlias = _typing.Literal["enabled"]  # noqa: Y015
     _WhichOneofArgType__enabled: _TypeAlias = _typing.Literal["_enabled", b"_enabled"]  # noqa: Y015

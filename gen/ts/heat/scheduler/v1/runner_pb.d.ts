@@ -3,7 +3,7 @@
 /* eslint-disable */
 
 import type { GenFile, GenMessage } from "@bufbuild/protobuf/codegenv2";
-import type { Message } from "@bufbuild/protobuf";
+import type { JsonObject, Message } from "@bufbuild/protobuf";
 import type { Duration, Timestamp } from "@bufbuild/protobuf/wkt";
 
 /**
@@ -130,6 +130,18 @@ export declare type Runner = Message<"heat.scheduler.v1.Runner"> & {
    * @generated from field: heat.scheduler.v1.RunnerStatus status = 15;
    */
   status?: RunnerStatus | undefined;
+
+  /**
+   * Kubernetes only: a PodTemplateSpec ("metadata" and "spec", in the API's
+   * JSON field names) merged into this Runner's pods, over the scheduler's
+   * own template and under what the scheduler sets (image, HEAT_* env,
+   * cpu/memory, labels). E.g. tolerations and a GPU limit for a GPU Runner,
+   * or a container securityContext relaxing the restricted Pod Security
+   * Standard where the deployment allows it. Unset: the scheduler's alone.
+   *
+   * @generated from field: google.protobuf.Struct pod_template = 16;
+   */
+  podTemplate?: JsonObject | undefined;
 };
 
 /**
