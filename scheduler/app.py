@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 from collections.abc import AsyncIterator
@@ -61,6 +62,55 @@ SERVICE_NAMES = (
 )
 
 
+LIVENESS = "liveness"  # SERVING while the process runs: what a liveness probe asks
+
+
+class Readiness:
+    """The health service follows PostgreSQL: the overall status ("") and each service's are
+    NOT_SERVING while the scheduler has lost its connection to the database, and SERVING again
+    once it is back (the LISTEN connection says both, at once). ``liveness`` is left alone, so a
+    database outage takes replicas out of the Service without restarting them."""
+
+    def __init__(self, servicer: health.aio.HealthServicer) -> None:
+        self._servicer = servicer
+        self._up = True
+        self._changed = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def database(self, *, up: bool) -> None:
+        self._up = up
+        self._changed.set()
+
+    def start(self) -> None:
+        self._changed.set()
+        self._task = asyncio.create_task(self._show(), name="readiness")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _show(self) -> None:
+        shown: bool | None = None
+        while True:
+            await self._changed.wait()
+            self._changed.clear()
+            if self._up is not shown:
+                if shown is not None:
+                    log.warning(
+                        "PostgreSQL is %s", "back: ready" if self._up else "unreachable: not ready"
+                    )
+                shown = self._up
+                status = (
+                    health_pb2.HealthCheckResponse.SERVING
+                    if shown
+                    else health_pb2.HealthCheckResponse.NOT_SERVING
+                )
+                for name in (*SERVICE_NAMES, ""):  # the overall status last: it sums them up
+                    await self._servicer.set(name, status)
+
+
 @dataclass
 class Running:
     server: grpc.aio.Server
@@ -116,7 +166,14 @@ async def running(
             ),
             limits,
         )
-        listener = Listener(dsn, signals)
+        health_servicer = health.aio.HealthServicer()
+        readiness = Readiness(health_servicer)
+        listener = Listener(
+            dsn,
+            signals,
+            on_up=lambda: readiness.database(up=True),
+            on_down=lambda: readiness.database(up=False),
+        )
         listener.start()
         stack.push_async_callback(listener.stop)
         protocol.start()
@@ -140,7 +197,6 @@ async def running(
         runner_service_pb2_grpc.add_RunnerServiceServicer_to_server(
             RunnerServicer(protocol), server
         )
-        health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection(
             (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
@@ -153,11 +209,12 @@ async def running(
                 "the port is taken or the address is not this machine's"
             ) from None
         await server.start()
-        for name in ("", *SERVICE_NAMES):
-            await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        await health_servicer.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
+        readiness.start()  # migrations just reached the database; the listener says otherwise
 
         async def shutdown() -> None:
             signals.close()
+            await readiness.stop()
             await health_servicer.enter_graceful_shutdown()
             await server.stop(settings.shutdown_grace)
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any, Final
 
@@ -73,12 +74,24 @@ class Listener:
     when the server goes.
 
     Notifications sent while the connection was down are lost, so ``feed.missed()`` runs
-    after every (re)connection: waiters re-check whatever they might have missed.
+    after every (re)connection: waiters re-check whatever they might have missed. The
+    connection also says whether PostgreSQL can be reached: ``on_up`` runs after every
+    (re)connection, ``on_down`` when it goes or cannot be made (the server stopped,
+    restarted, or is unreachable).
     """
 
-    def __init__(self, dsn: str, feed: ChangeFeed) -> None:
+    def __init__(
+        self,
+        dsn: str,
+        feed: ChangeFeed,
+        *,
+        on_up: Callable[[], None] = lambda: None,
+        on_down: Callable[[], None] = lambda: None,
+    ) -> None:
         self._dsn = dsn
         self._feed = feed
+        self._on_up = on_up
+        self._on_down = on_down
         self._task: asyncio.Task[None] | None = None
         self.connected = asyncio.Event()
 
@@ -105,6 +118,7 @@ class Listener:
                 conn = await asyncpg.connect(self._dsn)
             except (OSError, asyncpg.PostgresError) as exc:
                 log.warning("LISTEN connection failed; retrying", extra={"error": str(exc)})
+                self._on_down()
                 await asyncio.sleep(retries.wait())
                 continue
             try:
@@ -114,12 +128,15 @@ class Listener:
                 retries.reset()
                 self.connected.set()
                 self._feed.missed()
+                self._on_up()
                 await lost.wait()
                 log.warning("LISTEN connection lost; reconnecting")
             except (OSError, asyncpg.PostgresError) as exc:
                 log.warning("LISTEN connection broke; reconnecting", extra={"error": str(exc)})
             finally:
-                self.connected.clear()
+                if self.connected.is_set():
+                    self.connected.clear()
+                    self._on_down()
                 with contextlib.suppress(Exception):
                     await conn.close(timeout=1)
             await asyncio.sleep(retries.wait())
