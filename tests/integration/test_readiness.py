@@ -8,6 +8,7 @@ import contextlib
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -21,11 +22,14 @@ SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
-async def next_status(stream: grpc.aio.UnaryStreamCall, wanted: int) -> None:
+async def next_status(stream: Any, wanted: int) -> None:
     """Read the Watch stream until it says ``wanted`` (the test waits; nothing polls)."""
     async with asyncio.timeout(60):
-        while (await stream.read()).status != wanted:
-            pass
+        while True:
+            answer = await stream.read()
+            assert answer is not grpc.aio.EOF, "the health stream ended"
+            if answer.status == wanted:
+                return
 
 
 class Postgres:
