@@ -100,7 +100,7 @@ def test_the_manifest_is_one_the_scheduler_accepts() -> None:
     (runner,) = manifest.runners
     assert (runner.name, runner.container_image, runner.cpu_limit, runner.memory_limit) == (
         "csv-runner",
-        "python:3.11-slim",
+        "heat-csv-runner:0.1.0",  # examples/csv_sum/Dockerfile
         "500m",
         "256Mi",
     )
