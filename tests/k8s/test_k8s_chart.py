@@ -21,12 +21,14 @@ from tests.k8s.chart import (
     RELEASE,
     TEST_VALUES,
     VALUES_FILES,
+    HelmError,
     Identity,
     helm,
     install,
     render,
 )
 from tests.k8s.cluster import Cluster, free_port
+from tests.k8s.helpers import until
 from tests.k8s.kube import Kube, KubeError, path
 from tests.k8s.kubelet import ProcessKubelet
 from tests.k8s.scheduling import node, nodes_sleeping, serving
@@ -64,11 +66,11 @@ async def test_the_chart_lints_strictly_with_each_values_file(cluster: Cluster) 
 
 
 async def test_values_the_schema_refuses(cluster: Cluster) -> None:
-    with pytest.raises(Exception, match="replicaCount"):
+    with pytest.raises(HelmError, match="replicaCount"):
         await render(cluster, *TEST_VALUES, "--set", "replicaCount=-1")
-    with pytest.raises(Exception, match="logLevel"):
+    with pytest.raises(HelmError, match="logLevel"):
         await render(cluster, *TEST_VALUES, "--set", "config.logLevel=LOUD")
-    with pytest.raises(Exception, match=r"database\.url .* or database\.existingSecret"):
+    with pytest.raises(HelmError, match=r"database\.url .* or database\.existingSecret"):
         await render(cluster)
 
 
@@ -151,8 +153,6 @@ async def test_the_role_holds_exactly_the_verbs_the_scheduler_uses(
 
 
 async def until_gone(kube: Kube, namespace: str, kubelet: ProcessKubelet) -> None:
-    from tests.k8s.helpers import until
-
     async def left() -> int:
         return len(await kube.items(path("pods", namespace)))
 
