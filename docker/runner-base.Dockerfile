@@ -9,6 +9,7 @@
 FROM python:3.11-slim-bookworm AS build
 WORKDIR /src
 COPY docker/build-venv docker/
+COPY gen/python/ gen/python/
 COPY runtime_stub/ runtime_stub/
 RUN docker/build-venv /opt/heat runtime
 

@@ -6,6 +6,7 @@
 FROM python:3.11-slim-bookworm AS build
 WORKDIR /src
 COPY docker/build-venv docker/
+COPY gen/python/ gen/python/
 COPY runtime_stub/ runtime_stub/
 COPY pyproject.toml README.md ./
 COPY scheduler/ scheduler/
