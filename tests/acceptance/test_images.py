@@ -49,24 +49,62 @@ def test_the_example_manifest_names_the_example_image() -> None:
     )
 
 
+def build_context(dockerfile: Path, into: Path) -> Path:
+    """The build stage's files, copied as its COPY lines say (into a folder of their own, so
+    that building leaves nothing in the source tree), and its WORKDIR."""
+    workdir = into
+    for line in dockerfile.read_text().splitlines():
+        words = line.split()
+        if not words or (words[0] == "FROM" and "AS" not in words):
+            if words:
+                break  # the final stage starts: the build stage is done
+            continue
+        if words[0] == "WORKDIR":
+            workdir = into / words[1].lstrip("/")
+            workdir.mkdir(parents=True, exist_ok=True)
+        elif words[0] == "COPY" and not words[1].startswith("--from"):
+            *sources, dest = words[1:]
+            for source in sources:
+                target = workdir / dest if not dest.startswith("/") else into / dest.lstrip("/")
+                if (ROOT / source).is_dir():
+                    shutil.copytree(
+                        ROOT / source,
+                        target,
+                        dirs_exist_ok=True,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.egg-info", "build"),
+                    )
+                else:
+                    target.mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(ROOT / source, target)
+    return workdir
+
+
 @pytest.fixture(scope="module")
 def venvs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]:
-    """/opt/heat of the scheduler image and of the runner base image, built side by side."""
+    """/opt/heat of the scheduler image and of the runner base image, each built by its
+    Dockerfile's own step (``RUN docker/build-venv /opt/heat …``) from its build context."""
     folder = tmp_path_factory.mktemp("images")
     made = {"scheduler": folder / "scheduler", "runtime": folder / "runtime"}
+    sources = {
+        "scheduler": ROOT / "docker" / "scheduler.Dockerfile",
+        "runtime": ROOT / "docker" / "runner-base.Dockerfile",
+    }
 
     async def build() -> None:
-        processes = [
-            await asyncio.create_subprocess_exec(
-                str(ROOT / "docker" / "build-venv"),
-                str(dest),
-                what,
-                cwd=ROOT,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT,
+        processes = []
+        for what, dest in made.items():
+            assert f"RUN docker/build-venv /opt/heat {what}" in sources[what].read_text()
+            workdir = build_context(sources[what], folder / f"{what}-context")
+            processes.append(
+                await asyncio.create_subprocess_exec(
+                    str(workdir / "docker" / "build-venv"),
+                    str(dest),
+                    what,
+                    cwd=workdir,
+                    stdout=asyncio.subprocess.PIPE,
+                    stderr=asyncio.subprocess.STDOUT,
+                )
             )
-            for what, dest in made.items()
-        ]
         for process in processes:
             out, _ = await process.communicate()
             assert process.returncode == 0, out.decode()
