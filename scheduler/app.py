@@ -281,12 +281,18 @@ def advertised(host: str, port: int) -> str:
 
 async def make_provisioner(settings: Settings) -> Provisioner:
     if settings.provisioner == "kubernetes":
-        from scheduler.provisioner._k8s_template import load_pod_template
+        from scheduler.provisioner._k8s_template import TemplateError, load_pod_template
         from scheduler.provisioner.kubernetes import KubernetesProvisioner
 
-        template = load_pod_template(Path(settings.k8s_pod_template)) if (
-            settings.k8s_pod_template
-        ) else None  # fmt: skip
+        template = None
+        if settings.k8s_pod_template:
+            try:
+                template = load_pod_template(Path(settings.k8s_pod_template))
+            except TemplateError as exc:
+                raise SettingsError(
+                    "setting k8s_pod_template (--k8s-pod-template / HEAT_K8S_POD_TEMPLATE): "
+                    f"{settings.k8s_pod_template}: {exc}"
+                ) from None
         provisioner = await KubernetesProvisioner.connect(
             kubeconfig=settings.kubeconfig or None,
             context=settings.k8s_context or None,

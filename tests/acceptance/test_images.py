@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.acceptance.conftest import free_port
+from tests.support import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 HADOLINT = Path(sys.executable).parent / "hadolint"

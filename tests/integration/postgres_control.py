@@ -12,7 +12,7 @@ import asyncio
 import sys
 from pathlib import Path
 
-from scheduler.store.embedded import EmbeddedPostgres
+from scheduler.embedded import EmbeddedPostgres
 
 
 async def main(folder: Path) -> None:

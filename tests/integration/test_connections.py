@@ -10,7 +10,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from scheduler.app import connection_options
 from scheduler.settings import Settings
-from tests.integration.conftest import serving
+from tests.support import serving
 
 
 async def test_a_stream_outliving_the_maximum_connection_age_is_moved_off(db_dsn: str) -> None:

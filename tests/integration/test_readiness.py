@@ -14,7 +14,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from scheduler.app import LIVENESS, SERVICE_NAMES
-from tests.integration.conftest import serving
+from tests.support import serving
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -14,7 +14,16 @@ from scheduler.provisioner.kubernetes import KubernetesProvisioner
 from tests.k8s.emulator import ApiServer
 from tests.support import eventually
 
-__all__ = ["NAMESPACE", "Changes", "MakeProvisioner", "Served", "eventually", "runner", "spec", "until"]
+__all__ = [
+    "NAMESPACE",
+    "Changes",
+    "MakeProvisioner",
+    "Served",
+    "eventually",
+    "runner",
+    "spec",
+    "until",
+]
 
 NAMESPACE = "heat"
 

@@ -16,18 +16,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 from heat.scheduler.v1 import registry_service_pb2 as rpb
-from heat.scheduler.v1 import registry_service_pb2_grpc, runner_pb2
+from heat.scheduler.v1 import runner_pb2
 from kubernetes_asyncio.client import ApiClient, Configuration
 
-from scheduler import app
 from scheduler.provisioner.kubernetes import KubernetesProvisioner
-from scheduler.settings import Settings
-from tests.helpers import Scheduler
+from tests import support
 from tests.k8s.kube import JsonObj, Kube
 from tests.k8s.kubelet import ProcessKubelet
+from tests.support import Scheduler
 
 WORKER = Path(__file__).parent.parent / "e2e" / "worker.py"
 SCHEDULER = "heat-test"
@@ -66,34 +64,28 @@ async def serving(
     identity it acts as); it listens on (and advertises) ``port``, so a restart can take its
     runners back."""
     address = f"127.0.0.1:{port}"
-    settings = Settings(
-        **{
-            "listen": address,
-            "advertise_address": address,
-            "database_url": dsn,
-            "shutdown_grace": 1.0,
-            "provisioner": "kubernetes",
-            "scheduler_name": SCHEDULER,
-            "lease_duration": 2.0,
-            "heartbeat_interval": 0.5,
-            **overrides,
-        }
-    )
+    settings: dict[str, Any] = {
+        "listen": address,
+        "advertise_address": address,
+        "provisioner": "kubernetes",
+        "scheduler_name": SCHEDULER,
+        "lease_duration": 2.0,
+        "heartbeat_interval": 0.5,
+        **overrides,
+    }
     async with ApiClient(config) as client:
         provisioner = KubernetesProvisioner(
-            client, namespace=namespace, scheduler_name=settings.scheduler_name,
+            client, namespace=namespace, scheduler_name=settings["scheduler_name"],
             request_timeout=1.0,
         )  # fmt: skip
-        async with (
-            app.running(settings, provisioner=provisioner) as running,
-            grpc.aio.insecure_channel(address) as channel,
-        ):
-            stub = registry_service_pb2_grpc.RegistryServiceStub(channel)
-            yield Scheduler(address, channel, stub, running)
+        async with support.serving(dsn, backend=provisioner, **settings) as sc:
+            yield sc
 
 
 async def runner_status(sc: Scheduler) -> runner_pb2.RunnerStatus:
-    return (await sc.registry.GetRunner(rpb.GetRunnerRequest(name="w"))).runner.status
+    got = await sc.registry.GetRunner(rpb.GetRunnerRequest(name="w"))
+    status: runner_pb2.RunnerStatus = got.runner.status
+    return status
 
 
 async def status_until(

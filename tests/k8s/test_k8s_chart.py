@@ -232,14 +232,25 @@ async def test_a_template_the_api_refuses_stops_the_start(
     assert words in str(caught.value)
 
 
-def test_a_template_with_an_unknown_field_is_refused_when_settings_load(tmp_path: Path) -> None:
+async def test_a_template_with_an_unknown_field_is_refused_at_start(tmp_path: Path) -> None:
+    """Before the API is even asked: a field a PodTemplateSpec does not have."""
     from scheduler import settings
 
     bad = tmp_path / "template.yaml"
     bad.write_text("spec:\n  containers:\n  - name: runner\n    imagePullPolcy: Always\n")
+    config = settings.load(
+        {},
+        {
+            "HEAT_K8S_POD_TEMPLATE": str(bad),
+            "HEAT_PROVISIONER": "kubernetes",
+            "HEAT_KUBECONFIG": str(tmp_path / "no-kubeconfig"),
+        },
+    )
     with pytest.raises(SettingsError) as caught:
-        settings.load({}, {"HEAT_K8S_POD_TEMPLATE": str(bad)})
+        await app.make_provisioner(config)
     assert "HEAT_K8S_POD_TEMPLATE" in str(caught.value)
     assert "spec.containers[0].imagePullPolcy: unknown field (did you mean imagePullPolicy?)" in (
         str(caught.value)
     )
+    with pytest.raises(SettingsError, match="is not a file"):
+        settings.load({}, {"HEAT_K8S_POD_TEMPLATE": str(tmp_path / "missing.yaml")})
