@@ -9,7 +9,14 @@ from datetime import datetime, timedelta
 from typing import Any, Final, TypeVar
 
 from scheduler.domain.errors import FieldViolation, InvalidArgument
-from scheduler.domain.limits import Limits
+from scheduler.domain.limits import (
+    MAX_ATTEMPT_TIMEOUT,
+    MAX_BACKOFF,
+    MAX_BACKOFF_MULTIPLIER,
+    MAX_IDLE_PERIOD,
+    MAX_PODS,
+    Limits,
+)
 from scheduler.domain.validation import (
     ConfigChecker,
     DagNodeSpec,
@@ -169,11 +176,13 @@ def check_runner(runner: Runner, prefix: str, limits: Limits) -> list[FieldViola
         out.append(FieldViolation(f"{p}.id", "must be 0 (assigned) or a positive id"))
     if runner.min_pods < 0:
         out.append(FieldViolation(f"{p}.min_pods", "must be 0 or more"))
-    if runner.max_pods < max(runner.min_pods, 0) or runner.max_pods < 1:
+    if runner.min_pods > MAX_PODS:
+        out.append(FieldViolation(f"{p}.min_pods", f"must be at most {MAX_PODS}"))
+    if runner.max_pods < max(runner.min_pods, 0) or not 1 <= runner.max_pods <= MAX_PODS:
         out.append(
             FieldViolation(
                 f"{p}.max_pods",
-                f"must be at least 1 and at least min_pods ({runner.min_pods}); "
+                f"must be between 1 and {MAX_PODS} and at least min_pods ({runner.min_pods}); "
                 f"got {runner.max_pods}",
             )
         )
@@ -183,8 +192,9 @@ def check_runner(runner: Runner, prefix: str, limits: Limits) -> list[FieldViola
                 f"{p}.tasks_per_pod", f"must be between 1 and {limits.max_tasks_per_pod}"
             )
         )
-    if runner.idle_period < timedelta(0):
-        out.append(FieldViolation(f"{p}.idle_period", "must not be negative"))
+    out += _check_duration(
+        runner.idle_period, f"{p}.idle_period", positive=False, most=MAX_IDLE_PERIOD
+    )
     if runner.pod_template is not None:
         out += check_pod_template_shape(runner.pod_template, f"{p}.pod_template")
     return out
@@ -213,11 +223,23 @@ def check_pod_template_shape(template: JsonObject, path: str) -> list[FieldViola
     return out
 
 
-def _check_duration(value: timedelta, path: str, *, positive: bool) -> list[FieldViolation]:
-    if value < timedelta(0) or (positive and value == timedelta(0)):
-        bound = "greater than 0s" if positive else "0s or more"
-        return [FieldViolation(path, f"must be {bound}; got {value.total_seconds()}s")]
+def _check_duration(
+    value: timedelta, path: str, *, positive: bool, most: timedelta
+) -> list[FieldViolation]:
+    if value < timedelta(0) or (positive and value == timedelta(0)) or value > most:
+        low = "greater than 0s" if positive else "0s or more"
+        return [
+            FieldViolation(
+                path,
+                f"must be {low} and at most {most.total_seconds():g}s ({_days(most)});"
+                f" got {value.total_seconds():g}s",
+            )
+        ]
     return []
+
+
+def _days(value: timedelta) -> str:
+    return f"{value.days} days" if value.days != 1 else "1 day"
 
 
 def check_node_template(
@@ -250,13 +272,26 @@ def check_node_template(
         out.append(
             FieldViolation(f"{rp}.max_attempts", f"must be between 1 and {limits.max_attempts}")
         )
-    out += _check_duration(policy.initial_backoff, f"{rp}.initial_backoff", positive=False)
-    out += _check_duration(policy.max_backoff, f"{rp}.max_backoff", positive=False)
+    out += _check_duration(
+        policy.initial_backoff, f"{rp}.initial_backoff", positive=False, most=MAX_BACKOFF
+    )
+    out += _check_duration(
+        policy.max_backoff, f"{rp}.max_backoff", positive=False, most=MAX_BACKOFF
+    )
     if policy.max_backoff < policy.initial_backoff:
         out.append(FieldViolation(f"{rp}.max_backoff", "must be at least initial_backoff"))
-    if policy.backoff_multiplier < 1:
-        out.append(FieldViolation(f"{rp}.backoff_multiplier", "must be 1 or more"))
-    out += _check_duration(template.attempt_timeout, f"{p}.attempt_timeout", positive=True)
+    # Written so that NaN fails it too.
+    if not 1 <= policy.backoff_multiplier <= MAX_BACKOFF_MULTIPLIER:
+        out.append(
+            FieldViolation(
+                f"{rp}.backoff_multiplier",
+                f"must be between 1 and {MAX_BACKOFF_MULTIPLIER:g};"
+                f" got {policy.backoff_multiplier:g}",
+            )
+        )
+    out += _check_duration(
+        template.attempt_timeout, f"{p}.attempt_timeout", positive=True, most=MAX_ATTEMPT_TIMEOUT
+    )
     return out
 
 

@@ -26,7 +26,7 @@ from scheduler.domain.registry import (
     apply_mask,
     check_runner,
 )
-from scheduler.domain.validation import check_dns_label
+from scheduler.domain.validation import check_dns_label, check_text
 from scheduler.service import manifests
 from scheduler.service.manifests import ApplyOutcome, Manifest
 
@@ -246,6 +246,7 @@ class Registry:
 
     async def issue_credential(self, runner: str, description: str) -> RunnerCredential:
         _required_name(runner, "runner")
+        raise_if(check_text(description, "description", max_len=self._limits.max_description))
         secret = credentials.new_secret()
         credential = RunnerCredential(
             id=credentials.new_credential_id(), runner=runner, description=description

@@ -17,9 +17,11 @@ from scheduler.domain.errors import (
     raise_if,
 )
 from scheduler.domain.limits import (
+    BIGINT_MAX,
     LABEL_KEY_MAX_LENGTH,
     LABEL_VALUE_MAX_LENGTH,
     MAX_LABELS,
+    REASON_MAX_LENGTH,
     REQUEST_ID_MAX_LENGTH,
     Limits,
 )
@@ -38,7 +40,7 @@ from scheduler.domain.sessions import (
     new_session_name,
     new_trace_id,
 )
-from scheduler.domain.validation import check_dns_label
+from scheduler.domain.validation import check_dns_label, check_text
 from scheduler.service.signals import Signals
 
 _WATCH_BATCH: Final = 500
@@ -67,13 +69,18 @@ def _check_labels(labels: Mapping[str, str]) -> list[FieldViolation]:
         if not key or len(key) > LABEL_KEY_MAX_LENGTH:
             out.append(
                 FieldViolation(
-                    f"labels[{key!r}]", f"keys are 1 to {LABEL_KEY_MAX_LENGTH} characters"
+                    f"labels[{key[:40]!r}]", f"keys are 1 to {LABEL_KEY_MAX_LENGTH} characters"
                 )
             )
+        elif "\x00" in key:
+            out.append(FieldViolation(f"labels[{key[:40]!r}]", "keys may not contain NUL"))
+        if "\x00" in value:
+            out.append(FieldViolation(f"labels[{key[:40]!r}]", "values may not contain NUL"))
         if len(value) > LABEL_VALUE_MAX_LENGTH:
             out.append(
                 FieldViolation(
-                    f"labels[{key!r}]", f"values are at most {LABEL_VALUE_MAX_LENGTH} characters"
+                    f"labels[{key[:40]!r}]",
+                    f"values are at most {LABEL_VALUE_MAX_LENGTH} characters",
                 )
             )
     return out
@@ -174,6 +181,8 @@ class Sessions:
             try:
                 stamp, _, ident = page.after.rpartition("|")
                 after = SessionCursor(datetime.fromisoformat(stamp), int(ident))
+                if not 0 <= after.id <= BIGINT_MAX or after.create_time.tzinfo is None:
+                    raise ValueError(page.after)
             except ValueError:
                 raise InvalidArgument(
                     [FieldViolation("page_token", "is not a token from a previous page")]
@@ -184,6 +193,7 @@ class Sessions:
         return Page.of([r.session for r in rows], page.size, lambda s: keys[id(s)])
 
     async def cancel(self, name: str, reason: str) -> Session:
+        raise_if(check_text(reason, "reason", max_len=REASON_MAX_LENGTH))
         now = self._clock.now()
         async with self._store.transaction() as work:
             found = await self._find(work, name, with_nodes=False)
@@ -198,6 +208,12 @@ class Sessions:
         return result.session
 
     async def cancel_node(self, name: str, key: str, reason: str) -> Session:
+        raise_if(
+            [
+                *check_dns_label(key, "key", what="node key"),
+                *check_text(reason, "reason", max_len=REASON_MAX_LENGTH),
+            ]
+        )
         now = self._clock.now()
         async with self._store.transaction() as work:
             found = await self._find(work, name, with_nodes=False)

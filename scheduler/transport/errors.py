@@ -1,8 +1,13 @@
 """The one table that maps domain errors to gRPC status codes, applied to every call.
 
 Callers get the code, a message, and rich details (google.rpc.ErrorInfo, and
-google.rpc.BadRequest field violations for INVALID_ARGUMENT). An error we did not
-raise on purpose is logged with its stack and reaches the caller as a bare INTERNAL.
+google.rpc.BadRequest field violations for INVALID_ARGUMENT), each bounded so the whole
+status fits the trailing metadata peers accept. An error we did not raise on purpose is
+logged with its stack and reaches the caller as a bare INTERNAL.
+
+The same interceptor decodes every request itself and sweeps it (``scheduler.transport.bounds``)
+before the servicer runs, so a request protobuf cannot decode, or one out of the edge's bounds,
+is answered INVALID_ARGUMENT like any other bad field.
 """
 
 from __future__ import annotations
@@ -18,12 +23,13 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from scheduler.domain import errors
+from scheduler.domain.limits import ERROR_MESSAGE_MAX_LENGTH, ERROR_METADATA_VALUE_MAX_LENGTH
+from scheduler.transport import bounds
 
 log = logging.getLogger(__name__)
 
 DOMAIN: Final = "scheduler.heat"
 MAX_VIOLATIONS: Final = 12
-MAX_MESSAGE: Final = 1000
 
 CODES: Final[dict[type[errors.SchedulerError], grpc.StatusCode]] = {
     errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
@@ -57,9 +63,9 @@ def status_of(error: errors.SchedulerError) -> grpc.Status:
     for attr in ("kind", "name"):
         value = getattr(error, attr, None)
         if isinstance(value, str) and value:
-            metadata[attr] = value
+            metadata[attr] = _cut(value, ERROR_METADATA_VALUE_MAX_LENGTH)
     if isinstance(error, errors.InUse):
-        metadata["users"] = ",".join(error.users)
+        metadata["users"] = _cut(",".join(error.users), ERROR_METADATA_VALUE_MAX_LENGTH)
     info = error_details_pb2.ErrorInfo(reason=error.reason, domain=DOMAIN, metadata=metadata)
     details = [_pack(info)]
     if isinstance(error, errors.InvalidArgument):
@@ -72,12 +78,14 @@ def status_of(error: errors.SchedulerError) -> grpc.Status:
             for v in shown
         ]
         details.append(_pack(error_details_pb2.BadRequest(field_violations=violations)))
-    message = error.message
-    if len(message) > MAX_MESSAGE:
-        message = message[: MAX_MESSAGE - 1] + "…"
+    message = _cut(error.message, ERROR_MESSAGE_MAX_LENGTH)
     status = status_pb2.Status(code=code.value[0], message=message, details=details)
     converted: grpc.Status = rpc_status.to_status(status)
     return converted
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _internal() -> grpc.Status:
@@ -97,6 +105,27 @@ async def _abort(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, "this method is not implemented yet")
     log.exception("unexpected error in %s", context.__class__.__name__, exc_info=exc)
     await context.abort_with_status(_internal())
+
+
+Decode = Callable[[Any], Any]
+
+
+def _decode_into(
+    behavior: Callable[..., Any], decode: Decode, streaming: bool
+) -> Callable[..., Any]:
+    """``behavior`` taking raw requests: decoded and swept first (in the guard, so a bad one
+    is answered like any other error)."""
+    if streaming:
+
+        def streamed(requests: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            return behavior(bounds.decoded(requests, decode), context)
+
+        return streamed
+
+    def single(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        return behavior(decode(request), context)
+
+    return single
 
 
 def _guard_unary(behavior: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
@@ -151,9 +180,16 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
                 continue
             # Streaming handlers are async generators, or coroutines that call write().
             guard = _guard_stream if inspect.isasyncgenfunction(behavior) else _guard_unary
+            if handler.request_deserializer is not None:
+                # gRPC hands the raw bytes over; decoding happens inside the guard.
+                behavior = _decode_into(
+                    behavior,
+                    bounds.decoder(handler.request_deserializer),
+                    handler.request_streaming,
+                )
             return build(
                 guard(behavior),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=None,
                 response_serializer=handler.response_serializer,
             )
         return handler
