@@ -58,6 +58,7 @@ class NodeWrite:
     outputs: Any
     error: NodeError | None
     not_before: datetime | None
+    outputs_bytes: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,12 +87,19 @@ def settle(judged: Iterable[Judged]) -> Settlement:
     verdicts: list[RecordedVerdict] = []
     for item in judged:
         if item.remember:
-            verdicts.append(RecordedVerdict(item.node, item.verdict.reply))
+            verdicts.append(RecordedVerdict(item.node, item.verdict.reply, item.outcome.kind))
         state = item.verdict.new_state
         if state is not None:
-            outputs = item.outcome.outputs if state is NodeState.SUCCEEDED else None
+            succeeded = state is NodeState.SUCCEEDED
             writes.append(
-                NodeWrite(item.node, state, outputs, item.verdict.error, item.verdict.not_before)
+                NodeWrite(
+                    item.node,
+                    state,
+                    item.outcome.outputs if succeeded else None,
+                    item.verdict.error,
+                    item.verdict.not_before,
+                    item.outcome.outputs_size if succeeded else None,
+                )
             )
     failed: dict[int, list[int]] = {}
     for w in writes:

@@ -35,7 +35,7 @@ from scheduler.domain.sessions import (
     StoredEvent,
     StoredSession,
 )
-from scheduler.domain.verdicts import ExpiredAttempt, HeldNode, Reply
+from scheduler.domain.verdicts import EarlierVerdict, ExpiredAttempt, HeldNode
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,15 +130,23 @@ class TaskRepository(Protocol):
         """The nodes these attempts name (by their current attempt or not), locked."""
         ...
 
-    async def earlier_verdicts(self, attempt_ids: Sequence[str]) -> dict[str, Reply]: ...
+    async def earlier_verdicts(self, attempt_ids: Sequence[str]) -> dict[str, EarlierVerdict]:
+        """The verdicts already recorded for these attempts (read after ``held`` locked their
+        nodes, so a verdict committed meanwhile by another replica is seen)."""
+        ...
+
     async def settle(self, settlement: Settlement, now: datetime) -> None:
         """Apply a settlement: the held nodes' states, released children, doomed descendants,
         the Sessions' bookkeeping, the verdicts to remember."""
         ...
 
     async def extend_leases(
-        self, runner: str, attempt_ids: Sequence[str], deadline: datetime
-    ) -> set[str]: ...
+        self, runner: str, attempt_ids: Sequence[str], deadline: datetime, now: datetime
+    ) -> set[str]:
+        """Move the leases of the Runner's running attempts to ``deadline``; a lease (or an
+        attempt's time) already past ``now`` is never extended."""
+        ...
+
     async def attempt_states(self, attempt_ids: Sequence[str]) -> dict[str, AttemptState]: ...
     async def expire_leases_of(self, instance_ids: Sequence[str], now: datetime) -> int:
         """End the leases that instances (which died) hold, for the timekeeper to requeue."""

@@ -26,11 +26,14 @@ class ClaimedTask:
     lease_deadline: datetime
     attempt_deadline: datetime
     config: dict[str, Any]
-    inputs: dict[str, Any]
+    inputs: dict[str, Any] | None  # None: too heavy to send (see inputs_bytes)
     parameters: dict[str, Any]
     trace_id: str
     # How often the holder must heartbeat; set by the dispatcher that hands the task out.
     heartbeat_interval: timedelta = timedelta(0)
+    # What the upstream outputs weigh (encoded); ``inputs`` is None when that is more than a
+    # task may carry: the task is failed, not sent.
+    inputs_bytes: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +45,10 @@ class ClaimRequest:
     owners: tuple[str, ...]
     lease_deadline: datetime
     now: datetime
+    # Bounds the claim applies whatever the rows hold: the longest attempt, the heaviest
+    # inputs a task may carry (a heavier one is claimed without them, to be failed).
+    max_attempt_timeout: timedelta = timedelta(days=30)
+    max_inputs_bytes: int = 63 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,12 +107,15 @@ def lease_due(known_deadline: datetime | None, now: datetime, lease_duration: ti
     return known_deadline is None or known_deadline <= now + lease_duration / 2
 
 
-def lease_state(found: AttemptState | None) -> LeaseState:
+def lease_state(found: AttemptState | None, now: datetime) -> LeaseState:
     """The lease of an attempt the extension did not touch (None: unknown, or not the
-    heartbeating Runner's to know)."""
+    heartbeating Runner's to know). A lease that ran out is lost, even before the timekeeper
+    fails its attempt: it is never extended."""
     if found is None:
         return LOST
     if found.state is NodeState.RUNNING and found.lease_deadline is not None:
+        if found.lease_deadline <= now:
+            return LOST
         return LeaseState(True, found.lease_deadline)
     if found.state is NodeState.CANCELLED:
         return LeaseState(False, cancelled=True)

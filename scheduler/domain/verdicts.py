@@ -6,12 +6,19 @@ Pure: time and randomness come in as arguments.
 from __future__ import annotations
 
 import enum
+import json
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
 from scheduler.domain.backoff import Backoff
+from scheduler.domain.limits import (
+    FAILURE_DETAILS_MAX_BYTES,
+    FAILURE_MESSAGE_MAX_LENGTH,
+    MAX_BACKOFF,
+    RELEASE_REASON_MAX_LENGTH,
+)
 from scheduler.domain.registry import RetryPolicy
 from scheduler.domain.sessions import NodeError, NodeState
 
@@ -42,6 +49,32 @@ class Outcome:
     retryable: bool = True
     message: str = ""
     details: dict[str, Any] = field(default_factory=dict)
+
+
+def bounded(outcome: Outcome) -> Outcome:
+    """The outcome as it is stored: a failure's message cut to its bound, details beyond
+    theirs replaced by a note saying so (a runner's long traceback must not cost it the
+    result, nor the scheduler the memory to show it)."""
+    limit = (
+        RELEASE_REASON_MAX_LENGTH
+        if outcome.kind is OutcomeKind.RELEASE
+        else FAILURE_MESSAGE_MAX_LENGTH
+    )
+    message = outcome.message
+    if len(message) > limit:
+        cut = len(message) - limit
+        message = f"{message[:limit]}… ({cut} more characters cut)"
+    details = outcome.details
+    if details:
+        size = len(json.dumps(details, separators=(",", ":")))
+        if size > FAILURE_DETAILS_MAX_BYTES:
+            details = {
+                "omitted": f"details of {size} bytes of JSON exceed the limit of"
+                f" {FAILURE_DETAILS_MAX_BYTES}"
+            }
+    if message is outcome.message and details is outcome.details:
+        return outcome
+    return replace(outcome, message=message, details=details)
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +123,28 @@ class RecordedVerdict:
 
     node: HeldNode
     reply: Reply
+    outcome: OutcomeKind
+
+
+@dataclass(frozen=True, slots=True)
+class EarlierVerdict:
+    """A verdict recorded for an attempt, and the kind of outcome it answered (None: recorded
+    before the kind was kept)."""
+
+    reply: Reply
+    outcome: OutcomeKind | None
+
+
+def repeated(earlier: EarlierVerdict, outcome: Outcome) -> Reply:
+    """The answer to an outcome posted again for an attempt that already has a verdict: the
+    same verdict for the same outcome; a different outcome for a settled attempt is refused."""
+    if earlier.outcome is None or earlier.outcome is outcome.kind:
+        return earlier.reply
+    return Reply(
+        ResultStatus.REJECTED_STALE,
+        f"the attempt was already settled by a {earlier.outcome.value} outcome"
+        f" ({earlier.reply.status.value}); a {outcome.kind.value} outcome for it is refused",
+    )
 
 
 def judge(
@@ -146,10 +201,16 @@ def failure_verdict(
 
 
 def backoff(policy: RetryPolicy, failed_attempt: int, rng: random.Random) -> timedelta:
-    """Full jitter: uniform in [0, min(max_backoff, initial * multiplier^(attempt-1))]."""
-    return Backoff(policy.initial_backoff, policy.max_backoff, policy.backoff_multiplier).delay(
-        failed_attempt, rng
-    )
+    """Full jitter: uniform in [0, min(max_backoff, initial * multiplier^(attempt-1))].
+
+    Whatever the stored policy holds (rows written before its bounds, or by hand), the wait is
+    a finite time of at most ``MAX_BACKOFF``: a poison policy must not stop the settlement.
+    """
+    cap = min(policy.max_backoff, MAX_BACKOFF)
+    first = min(policy.initial_backoff, cap)
+    multiplier = policy.backoff_multiplier if policy.backoff_multiplier >= 1 else 1.0  # NaN too
+    delay = Backoff(first, cap, multiplier).delay(failed_attempt, rng)
+    return min(max(delay, timedelta(0)), MAX_BACKOFF)
 
 
 def remembered(outcome: Outcome, *, posted_by_runner: bool) -> bool:

@@ -17,9 +17,11 @@ from scheduler.domain.registry import RetryPolicy
 from scheduler.domain.runner_protocol import AttemptState, ClaimedTask, ClaimRequest
 from scheduler.domain.sessions import NodeState
 from scheduler.domain.verdicts import (
+    EarlierVerdict,
     ExpiredAttempt,
     ExpiryReason,
     HeldNode,
+    OutcomeKind,
     RecordedVerdict,
     Reply,
     ResultStatus,
@@ -43,6 +45,8 @@ class PgTasks:
             request.lease_deadline,
             request.now,
             None if request.templates is None else list(request.templates),
+            request.max_attempt_timeout // timedelta(milliseconds=1),
+            request.max_inputs_bytes,
         )
         if not rows:
             return []
@@ -65,6 +69,7 @@ class PgTasks:
                 inputs=r["inputs"],
                 parameters=r["parameters"],
                 trace_id=r["trace_id"],
+                inputs_bytes=r["inputs_bytes"],
             )
             for r in rows
         ]
@@ -90,9 +95,15 @@ class PgTasks:
             for r in rows
         }
 
-    async def earlier_verdicts(self, attempt_ids: Sequence[str]) -> dict[str, Reply]:
+    async def earlier_verdicts(self, attempt_ids: Sequence[str]) -> dict[str, EarlierVerdict]:
         rows = await self._db.fetch("earlier_verdicts", list(attempt_ids))
-        return {r["attempt_id"]: Reply(ResultStatus(r["status"]), r["message"]) for r in rows}
+        return {
+            r["attempt_id"]: EarlierVerdict(
+                Reply(ResultStatus(r["status"]), r["message"]),
+                OutcomeKind(r["outcome"]) if r["outcome"] else None,
+            )
+            for r in rows
+        }
 
     async def settle(self, settlement: dag.Settlement, now: datetime) -> None:
         if settlement.writes:
@@ -114,6 +125,7 @@ class PgTasks:
             [w.not_before for w in writes],
             [w.node.attempt_id for w in writes],
             now,
+            [w.outputs_bytes for w in writes],
         )
         changes = list(settlement.changes)
         self._changes.ready_runners |= settlement.ready_runners
@@ -146,12 +158,13 @@ class PgTasks:
             [v.reply.status.value for v in verdicts],
             [v.reply.message for v in verdicts],
             [now] * len(verdicts),
+            [v.outcome.value for v in verdicts],
         )
 
     async def extend_leases(
-        self, runner: str, attempt_ids: Sequence[str], deadline: datetime
+        self, runner: str, attempt_ids: Sequence[str], deadline: datetime, now: datetime
     ) -> set[str]:
-        rows = await self._db.fetch("extend_leases", list(attempt_ids), deadline, runner)
+        rows = await self._db.fetch("extend_leases", list(attempt_ids), deadline, runner, now)
         return {r["attempt_id"] for r in rows}
 
     async def attempt_states(self, attempt_ids: Sequence[str]) -> dict[str, AttemptState]:

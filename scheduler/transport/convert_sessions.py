@@ -146,7 +146,7 @@ def task_message(task: ClaimedTask, trace_parent: str) -> rpb.Task:
         node_template=task.node_template,
         attempt=task.attempt,
         config=dict_to_struct(task.config),
-        inputs={k: value_message(v) for k, v in task.inputs.items()},
+        inputs={k: value_message(v) for k, v in (task.inputs or {}).items()},
         parameters=dict_to_struct(task.parameters),
         lease_deadline=to_timestamp(task.lease_deadline),
         attempt_deadline=to_timestamp(task.attempt_deadline),

@@ -14,9 +14,15 @@ from heat.scheduler.v1 import runner_service_pb2 as pb
 from heat.scheduler.v1 import runner_service_pb2_grpc as pb_grpc
 
 from scheduler.domain.errors import FieldViolation, InvalidArgument, raise_if
-from scheduler.domain.limits import INSTANCE_ID_MAX_LENGTH, MAX_CREDITS
+from scheduler.domain.limits import (
+    INSTANCE_ID_MAX_LENGTH,
+    MAX_CREDITS,
+    MAX_HEARTBEAT_ATTEMPTS,
+    MAX_PENDING_RESULTS,
+    MAX_TEMPLATES_PER_CLAIM,
+)
 from scheduler.domain.runner_protocol import ClaimedTask, HeartbeatReply
-from scheduler.domain.validation import check_text
+from scheduler.domain.validation import check_dns_label, check_text
 from scheduler.service.runner_protocol import RunnerProtocol
 from scheduler.transport import convert_sessions as convert
 
@@ -76,6 +82,17 @@ class RunnerServicer(pb_grpc.RunnerServiceServicer):
             violations.append(FieldViolation("start.instance_id", "is required: a unique id"))
         if not 0 <= start.credits <= MAX_CREDITS:
             violations.append(FieldViolation("start.credits", f"must be 0 to {MAX_CREDITS}"))
+        if len(start.node_templates) > MAX_TEMPLATES_PER_CLAIM:
+            violations.append(
+                FieldViolation(
+                    "start.node_templates", f"names at most {MAX_TEMPLATES_PER_CLAIM} templates"
+                )
+            )
+        else:
+            for i, name in enumerate(start.node_templates):
+                violations += check_dns_label(
+                    name, f"start.node_templates[{i}]", what="node template name"
+                )
         raise_if(violations)
         protocol = self._protocol
         instance = protocol.connect(
@@ -96,17 +113,22 @@ class RunnerServicer(pb_grpc.RunnerServiceServicer):
                 protocol.hang_up(instance)  # half-closed (or a bad credit): it stops claiming
 
         reader = asyncio.create_task(read_credits())
+        sending: ClaimedTask | None = None
         try:
             async for item in protocol.stream(instance):
                 if isinstance(item, ClaimedTask):
+                    sending = item
                     task = convert.task_message(item, _traceparent(item.trace_id))
                     yield pb.ClaimTaskResponse(task=task)
+                    sending = None
                 else:
                     yield pb.ClaimTaskResponse(drain=convert.drain_message(item))
             reader.result()  # a bad credit message ends the stream with its error
         finally:
             reader.cancel()
-            protocol.disconnect(instance)
+            protocol.disconnect(instance, unsent=sending)
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await reader
 
     async def Heartbeat(
         self, request_iterator: AsyncIterator[pb.HeartbeatRequest], context: Context
@@ -117,19 +139,31 @@ class RunnerServicer(pb_grpc.RunnerServiceServicer):
 
         async def read_attaching() -> None:
             async for request in request_iterator:
-                violations: list[FieldViolation] = []
-                for i, attempt_id in enumerate(request.attempt_ids):
-                    violations += check_attempt_id(attempt_id, f"attempt_ids[{i}]")
-                raise_if(violations)
+                violations = check_text(
+                    request.instance_id, "instance_id", max_len=INSTANCE_ID_MAX_LENGTH
+                )
+                if len(request.attempt_ids) > MAX_HEARTBEAT_ATTEMPTS:
+                    violations.append(
+                        FieldViolation(
+                            "attempt_ids",
+                            f"has {len(request.attempt_ids)} ids; a heartbeat names at most"
+                            f" {MAX_HEARTBEAT_ATTEMPTS}",
+                        )
+                    )
+                else:
+                    for i, attempt_id in enumerate(request.attempt_ids):
+                        violations += check_attempt_id(attempt_id, f"attempt_ids[{i}]")
+                raise_if(violations[:12])
+                # The heartbeat is answered (and the instance's ownership checked) before its
+                # stream becomes the one pushes for the instance go to.
+                reply = await self._protocol.heartbeat(
+                    runner, request.instance_id, list(request.attempt_ids)
+                )
                 if request.instance_id not in detach:
                     detach[request.instance_id] = self._protocol.attach_heartbeats(
                         request.instance_id, out.put_nowait
                     )
-                out.put_nowait(
-                    await self._protocol.heartbeat(
-                        runner, request.instance_id, list(request.attempt_ids)
-                    )
-                )
+                out.put_nowait(reply)
             out.put_nowait(_END)
 
         try:
@@ -146,11 +180,13 @@ class RunnerServicer(pb_grpc.RunnerServiceServicer):
         runner = await self._runner(context)
         out: asyncio.Queue[pb.PostResultResponse | object] = asyncio.Queue()
         pending: set[asyncio.Task[None]] = set()
+        # Answers not yet sent, the ones in the queue included: the reader waits past the bound.
+        room = asyncio.Semaphore(MAX_PENDING_RESULTS)
 
         async def answer(request: pb.PostResultRequest) -> None:
             try:
                 reply = await self._protocol.post(runner, convert.outcome(request))
-            except BaseException as exc:
+            except Exception as exc:
                 out.put_nowait(exc)
                 return
             out.put_nowait(
@@ -169,6 +205,7 @@ class RunnerServicer(pb_grpc.RunnerServiceServicer):
                         FieldViolation("outcome", "is required: success, failure or release")
                     )
                 raise_if(violations)
+                await room.acquire()
                 task = asyncio.create_task(answer(request))
                 pending.add(task)
                 task.add_done_callback(pending.discard)
@@ -176,27 +213,37 @@ class RunnerServicer(pb_grpc.RunnerServiceServicer):
                 await asyncio.gather(*pending)
             out.put_nowait(_END)
 
-        async for item in _drain_queue(out, read()):
-            if isinstance(item, BaseException):
-                raise item
-            assert isinstance(item, pb.PostResultResponse)
-            yield item
+        try:
+            async for item in _drain_queue(out, read()):
+                room.release()
+                if isinstance(item, BaseException):
+                    raise item
+                assert isinstance(item, pb.PostResultResponse)
+                yield item
+        finally:
+            # The call ended (or was cancelled): outcomes still being settled are not dropped
+            # half-way (settlement runs on in the batcher), but nobody waits for their answer.
+            for task in pending:
+                task.cancel()
 
 
 async def _drain_queue(queue: asyncio.Queue[Any], producer: Awaitable[None]) -> AsyncIterator[Any]:
     """Items of ``queue`` until the producer puts the end marker; its errors end the stream."""
     task = asyncio.ensure_future(producer)
+    getter: asyncio.Task[Any] | None = None
     try:
         while True:
             getter = asyncio.create_task(queue.get())
             await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
             if getter.done():
                 item = getter.result()
+                getter = None
                 if item is _END:
                     return
                 yield item
                 continue
             getter.cancel()
+            getter = None
             task.result()  # raises the producer's error
             while not queue.empty():
                 item = queue.get_nowait()
@@ -205,4 +252,10 @@ async def _drain_queue(queue: asyncio.Queue[Any], producer: Awaitable[None]) -> 
                 yield item
             return
     finally:
+        # Cancelled with the call: a getter left waiting would take an item off the queue
+        # for nobody, and be destroyed pending.
+        if getter is not None:
+            getter.cancel()
         task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task

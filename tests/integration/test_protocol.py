@@ -172,9 +172,13 @@ async def test_retry_then_success_and_exhaustion(scheduler: Scheduler) -> None:
         claimer.credit()
         two = await claimer.task()
         assert two.node_key == "a" and two.attempt == 2 and two.attempt_id != one.attempt_id
-        stale = await post(scheduler, secret, success(one.attempt_id, 1))
-        assert stale == {one.attempt_id: pb.RESULT_STATUS_ACCEPTED}, (
+        again = await post(scheduler, secret, failed(one.attempt_id))
+        assert again == {one.attempt_id: pb.RESULT_STATUS_ACCEPTED}, (
             "a repeated post keeps its verdict"
+        )
+        other = await post(scheduler, secret, success(one.attempt_id, 1))
+        assert other == {one.attempt_id: pb.RESULT_STATUS_REJECTED_STALE}, (
+            "a different outcome for a settled attempt is refused"
         )
         await post(scheduler, secret, failed(two.attempt_id))
     finally:

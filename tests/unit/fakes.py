@@ -21,7 +21,7 @@ from scheduler.domain.provisioning import InstanceSpec, Observed, Phase, RunnerS
 from scheduler.domain.registry import Runner, RunnerCredential
 from scheduler.domain.runner_protocol import AttemptState, ClaimedTask, ClaimRequest
 from scheduler.domain.sessions import NodeState
-from scheduler.domain.verdicts import ExpiredAttempt, HeldNode, Reply
+from scheduler.domain.verdicts import EarlierVerdict, ExpiredAttempt, HeldNode
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -70,7 +70,7 @@ class MemoryTasks:
 
     nodes: dict[str, HeldNode] = field(default_factory=dict)
     leases: dict[str, datetime] = field(default_factory=dict)
-    verdicts: dict[str, Reply] = field(default_factory=dict)
+    verdicts: dict[str, EarlierVerdict] = field(default_factory=dict)
     queued: list[ClaimedTask] = field(default_factory=list)
     settlements: list[dag.Settlement] = field(default_factory=list)
     claims: list[ClaimRequest] = field(default_factory=list)
@@ -93,7 +93,7 @@ class MemoryTasks:
     async def held(self, attempt_ids: Sequence[str]) -> dict[str, HeldNode]:
         return {a: self.nodes[a] for a in attempt_ids if a in self.nodes}
 
-    async def earlier_verdicts(self, attempt_ids: Sequence[str]) -> dict[str, Reply]:
+    async def earlier_verdicts(self, attempt_ids: Sequence[str]) -> dict[str, EarlierVerdict]:
         return {a: self.verdicts[a] for a in attempt_ids if a in self.verdicts}
 
     async def settle(self, settlement: dag.Settlement, now: datetime) -> None:
@@ -105,11 +105,11 @@ class MemoryTasks:
             self.nodes[write.node.attempt_id] = replace(write.node, state=write.state)
             self.leases.pop(write.node.attempt_id, None)
         for verdict in settlement.verdicts:
-            self.verdicts[verdict.node.attempt_id] = verdict.reply
+            self.verdicts[verdict.node.attempt_id] = EarlierVerdict(verdict.reply, verdict.outcome)
         self.changes.ready_runners |= settlement.ready_runners
 
     async def extend_leases(
-        self, runner: str, attempt_ids: Sequence[str], deadline: datetime
+        self, runner: str, attempt_ids: Sequence[str], deadline: datetime, now: datetime
     ) -> set[str]:
         self.extended.append((runner, list(attempt_ids)))
         done = set()
@@ -117,7 +117,7 @@ class MemoryTasks:
             node = self.nodes.get(a)
             if node is None or node.state is not NodeState.RUNNING or node.runner != runner:
                 continue
-            if a in self.leases and self.leases[a] < deadline:
+            if a in self.leases and now < self.leases[a] < deadline:
                 self.leases[a] = deadline
                 done.add(a)
         return done

@@ -156,10 +156,13 @@ def test_a_lease_is_written_only_once_half_of_it_is_used() -> None:
     assert not lease_due(T0 + LEASE, T0 + timedelta(seconds=14), LEASE)
     assert lease_due(T0 + LEASE, T0 + timedelta(seconds=15), LEASE)
     assert lease_due(None, T0, LEASE)
-    assert lease_state(None) == LOST
-    assert lease_state(AttemptState(NodeState.RUNNING, T0, "w")) == LeaseState(True, T0)
-    assert lease_state(AttemptState(NodeState.CANCELLED, None, "w")).cancelled
-    assert lease_state(AttemptState(NodeState.SUCCEEDED, None, "w")) == LOST
+    before = T0 - timedelta(seconds=1)
+    assert lease_state(None, before) == LOST
+    assert lease_state(AttemptState(NodeState.RUNNING, T0, "w"), before) == LeaseState(True, T0)
+    assert lease_state(AttemptState(NodeState.CANCELLED, None, "w"), before).cancelled
+    assert lease_state(AttemptState(NodeState.SUCCEEDED, None, "w"), before) == LOST
+    # A lease that ran out is lost, though the timekeeper has not failed its attempt yet.
+    assert lease_state(AttemptState(NodeState.RUNNING, T0, "w"), T0) == LOST
 
 
 async def test_heartbeats_cost_no_write_until_the_lease_runs_short(rig: Rig) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -21,6 +22,7 @@ from typing import Any, Final
 
 from scheduler.domain.backoff import Backoff, Retries
 from scheduler.domain.clock import Clock
+from scheduler.domain.limits import MAX_ATTEMPT_TIMEOUT, Limits
 from scheduler.domain.ports import Store
 from scheduler.domain.runner_protocol import ClaimedTask, ClaimRequest, Drain, allocate
 from scheduler.service.leadership import DATABASE_ERRORS
@@ -80,7 +82,7 @@ class Dispatcher:
                 if not owners:
                     break
                 try:
-                    tasks = await self._dispatch.claim(self, owners)
+                    tasks, claimed = await self._dispatch.claim(self, owners)
                 except DATABASE_ERRORS as exc:
                     for owner in owners:
                         owner.credits += 1
@@ -89,10 +91,14 @@ class Dispatcher:
                     self.wake.set()
                     break
                 retries.reset()
-                for owner in owners[len(tasks) :]:
-                    owner.credits += 1
+                handed = Counter(t.owner for t in tasks)
+                for owner in owners:
+                    if handed[owner.instance_id] > 0:
+                        handed[owner.instance_id] -= 1
+                    else:
+                        owner.credits += 1
                 self._dispatch.hand_out(tasks)
-                if len(tasks) < len(owners):
+                if claimed < len(owners):
                     break
 
 
@@ -104,11 +110,16 @@ class Dispatch:
         clock: Clock,
         settings: ProtocolSettings,
         leases: Leases,
+        limits: Limits,
         *,
         release: Callable[[ClaimedTask], Coroutine[Any, Any, object]],
+        fail: Callable[[ClaimedTask, str], Coroutine[Any, Any, object]],
     ) -> None:
-        """``release(task)``: give back a task claimed for an instance that went away."""
+        """``release(task)``: give back a task claimed for an instance that went away;
+        ``fail(task, message)``: fail a claimed task that cannot be sent."""
         self.settings = settings
+        self._limits = limits
+        self._fail = fail
         self._store = store
         self._signals = signals
         self._clock = clock
@@ -188,8 +199,10 @@ class Dispatch:
         instance.hung_up = True
         instance.outbox.put_nowait(_HUNG_UP)
 
-    def disconnect(self, instance: Instance) -> None:
+    def disconnect(self, instance: Instance, *, unsent: ClaimedTask | None = None) -> None:
         instance.connected = False
+        if unsent is not None:
+            self._spawn(self._release(unsent))
         if instance.idle_timer is not None:
             instance.idle_timer.cancel()
             instance.idle_timer = None
@@ -215,7 +228,10 @@ class Dispatch:
 
     # -- claims ----------------------------------------------------------------------------
 
-    async def claim(self, dispatcher: Dispatcher, owners: list[Instance]) -> list[ClaimedTask]:
+    async def claim(
+        self, dispatcher: Dispatcher, owners: list[Instance]
+    ) -> tuple[list[ClaimedTask], int]:
+        """The tasks claimed for ``owners`` that can be sent, and how many were claimed."""
         now = self._clock.now()
         request = ClaimRequest(
             dispatcher.runner,
@@ -223,15 +239,32 @@ class Dispatch:
             tuple(o.instance_id for o in owners),
             now + self.settings.lease_duration,
             now,
+            max_attempt_timeout=MAX_ATTEMPT_TIMEOUT,
+            max_inputs_bytes=self._limits.max_task_bytes,
         )
         async with self._store.transaction() as work:
-            tasks = await work.tasks.claim(request)
-        self._leases.leased(tasks, now)
+            claimed = await work.tasks.claim(request)
+        self._leases.leased(claimed, now)
+        tasks = []
+        for task in claimed:
+            if task.inputs is None:
+                # Its upstream outputs would not fit one message: no attempt could ever get
+                # it, so the node fails (and the credit goes back to its instance).
+                message = (
+                    f"the task's inputs (the outputs of its upstream nodes) are"
+                    f" {task.inputs_bytes} bytes; a task carries at most"
+                    f" {self._limits.max_task_bytes} (setting max_message_bytes, less"
+                    f" {self._limits.task_margin_bytes} for the rest of the task)"
+                )
+                log.warning("node %s of %s failed: %s", task.node_key, task.session, message)
+                self._spawn(self._fail(task, message))
+            else:
+                tasks.append(task)
         if tasks:
             # Claims write leases past now + lease_duration, which the timekeeper sleeps no
             # longer than; a short attempt timeout must wake it.
             self._signals.deadline_written(min(t.attempt_deadline for t in tasks))
-        return tasks
+        return tasks, len(claimed)
 
     def hand_out(self, tasks: Sequence[ClaimedTask]) -> None:
         interval = self.settings.heartbeat_interval

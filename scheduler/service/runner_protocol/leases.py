@@ -162,7 +162,7 @@ class Leases:
         extended: set[str] = set()
         async with self._store.transaction() as work:
             for runner, attempt_ids in by_runner.items():
-                extended |= await work.tasks.extend_leases(runner, attempt_ids, deadline)
+                extended |= await work.tasks.extend_leases(runner, attempt_ids, deadline, now)
             others = [a for _, a in items if a not in extended]
             states = await work.tasks.attempt_states(others) if others else {}
         answers = []
@@ -175,7 +175,7 @@ class Leases:
             if found is not None and not self._authorisation.owns_attempt(runner, found.runner):
                 answers.append(LOST)
                 continue
-            answer = lease_state(found)
+            answer = lease_state(found, now)
             if answer.held and answer.deadline is not None:
                 self._known[attempt_id] = answer.deadline
             answers.append(answer)

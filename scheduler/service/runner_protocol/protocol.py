@@ -52,7 +52,14 @@ class RunnerProtocol:
             store, clock, settings, limits, self.authorisation, self.leases, rng=rng
         )
         self.dispatch = Dispatch(
-            store, signals, clock, settings, self.leases, release=self.results.release
+            store,
+            signals,
+            clock,
+            settings,
+            self.leases,
+            limits,
+            release=self.results.release,
+            fail=self.results.fail,
         )
         self.timekeeper = Timekeeper(store, leadership, clock, settings, expire=self.results.expire)
         self._unsubscribe = [
@@ -100,8 +107,10 @@ class RunnerProtocol:
     def hang_up(self, instance: Instance) -> None:
         self.dispatch.hang_up(instance)
 
-    def disconnect(self, instance: Instance) -> None:
-        self.dispatch.disconnect(instance)
+    def disconnect(self, instance: Instance, *, unsent: ClaimedTask | None = None) -> None:
+        """The instance's stream ended; ``unsent``: a task taken for it that it may not have
+        received (the call ended while it was being sent), given back like the unsent ones."""
+        self.dispatch.disconnect(instance, unsent=unsent)
 
     # -- Heartbeat -------------------------------------------------------------------------
 

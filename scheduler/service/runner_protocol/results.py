@@ -1,15 +1,21 @@
 """Results: outcomes posted by runners (and by the timekeeper, for expired attempts), settled
 by group commit.
 
-Whatever arrives while one settlement runs goes into the next: one transaction judges the
-batch (``domain.verdicts``), decides its consequences for the DAG (``domain.dag``) and applies
-them. A batch that loses to a concurrent change (a deadlock, a serialization failure) is
-tried again after a short backoff.
+Whatever arrives while one settlement runs goes into the next: one transaction locks the nodes
+the batch names, reads the verdicts already recorded for its attempts (after the lock, so a
+verdict another replica committed meanwhile is seen), judges the rest (``domain.verdicts``),
+decides their consequences for the DAG (``domain.dag``) and applies them. A batch that loses to
+a concurrent change (a deadlock, a serialization failure) is tried again after a short backoff.
+
+A bad item never fails its batch: when a batch's statements fail for a reason of the data, its
+items are settled one by one, and one that fails alone is failed itself, permanently, with the
+reason as its error (or, when even that cannot be stored, answered with the error alone).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,25 +25,30 @@ from typing import Final
 from scheduler.domain import dag
 from scheduler.domain.backoff import Backoff, Retries
 from scheduler.domain.clock import Clock
-from scheduler.domain.errors import Aborted, PermissionDenied
+from scheduler.domain.errors import Aborted, Internal, PermissionDenied
 from scheduler.domain.limits import Limits
 from scheduler.domain.ports import Store
 from scheduler.domain.runner_protocol import ClaimedTask
 from scheduler.domain.verdicts import (
     STALE_UNKNOWN,
+    EarlierVerdict,
     ExpiredAttempt,
     Outcome,
     OutcomeKind,
     Reply,
     ResultStatus,
+    bounded,
     expiry_outcome,
     judge,
     remembered,
+    repeated,
 )
 from scheduler.service.batcher import Batcher
 from scheduler.service.runner_protocol.authorisation import Authorisation
 from scheduler.service.runner_protocol.leases import Leases
 from scheduler.service.runner_protocol.settings import ProtocolSettings
+
+log = logging.getLogger(__name__)
 
 CONFLICT_RETRY: Final = Backoff(timedelta(seconds=0.05), timedelta(seconds=1))
 CONFLICT_TRIES: Final = 5
@@ -76,7 +87,7 @@ class Results:
 
     async def post(self, runner: str, outcome: Outcome) -> Reply:
         """A runner's outcome for an attempt; PermissionDenied if the attempt is not its own."""
-        reply = await self._batcher.submit(_Posted(runner, outcome))
+        reply = await self._batcher.submit(_Posted(runner, bounded(outcome)))
         if reply.status is ResultStatus.FORBIDDEN:
             raise PermissionDenied(reply.message)
         return reply
@@ -90,7 +101,48 @@ class Results:
         """Fail attempts whose lease or time ran out (retryable)."""
         await self._batcher.submit_many([_Posted(None, expiry_outcome(e)) for e in expired])
 
+    async def fail(self, task: ClaimedTask, message: str) -> None:
+        """Fail a claimed task that cannot be sent (permanently: every attempt would fail)."""
+        outcome = Outcome(task.attempt_id, OutcomeKind.FAILURE, retryable=False, message=message)
+        await self._batcher.submit(_Posted(None, outcome))
+
     async def _flush(self, items: Sequence[_Posted]) -> list[Reply]:
+        try:
+            return await self._settle_retrying(items)
+        except Internal as error:
+            if len(items) == 1:
+                return [await self._isolated(items[0], error)]
+            log.warning(
+                "a settlement of %d outcomes failed (%s); settling them one by one",
+                len(items),
+                error.message,
+            )
+        replies = []
+        for item in items:
+            try:
+                replies.append((await self._settle_retrying([item]))[0])
+            except Internal as error:
+                replies.append(await self._isolated(item, error))
+        return replies
+
+    async def _isolated(self, item: _Posted, error: Internal) -> Reply:
+        """An outcome that cannot be settled on its own: its attempt fails with the reason."""
+        attempt_id = item.outcome.attempt_id
+        log.warning("the outcome for attempt %s cannot be stored: %s", attempt_id, error.message)
+        message = (
+            f"the scheduler could not store this attempt's {item.outcome.kind.value} outcome"
+            f" ({error.message}); the attempt failed"
+        )
+        failure = _Posted(
+            item.runner,
+            Outcome(attempt_id, OutcomeKind.FAILURE, retryable=False, message=message),
+        )
+        (reply,) = await self._settle_retrying([failure])
+        if reply.status is ResultStatus.ACCEPTED:
+            return Reply(ResultStatus.REJECTED_INVALID, message)
+        return reply
+
+    async def _settle_retrying(self, items: Sequence[_Posted]) -> list[Reply]:
         retries = Retries(CONFLICT_RETRY, self._rng)
         while True:
             try:
@@ -104,16 +156,19 @@ class Results:
         now = self._clock.now()
         ids = list(dict.fromkeys(i.outcome.attempt_id for i in items))
         answers: dict[str, Reply] = {}
+        first: dict[str, Outcome] = {}  # the outcome that decided each attempt's answer
         async with self._store.transaction() as work:
+            # Lock first: a verdict is read, and decided, only while its node is held.
+            held = await work.tasks.held(ids)
             earlier = await work.tasks.earlier_verdicts(ids)
-            held = await work.tasks.held([i for i in ids if i not in earlier])
             judged: list[dag.Judged] = []
             for item in items:
                 attempt_id = item.outcome.attempt_id
                 if attempt_id in answers:
                     continue
+                first[attempt_id] = item.outcome
                 if attempt_id in earlier:
-                    answers[attempt_id] = earlier[attempt_id]
+                    answers[attempt_id] = repeated(earlier[attempt_id], item.outcome)
                     continue
                 node = held.get(attempt_id)
                 if node is None:
@@ -144,4 +199,14 @@ class Results:
         for attempt_id, reply in answers.items():
             if reply.status is not ResultStatus.FORBIDDEN:
                 self._leases.forget(attempt_id)
-        return [answers[i.outcome.attempt_id] for i in items]
+        return [self._answer(answers, first, i.outcome) for i in items]
+
+    @staticmethod
+    def _answer(answers: dict[str, Reply], first: dict[str, Outcome], outcome: Outcome) -> Reply:
+        """The answer to one item of the batch; a second item for the same attempt gets the
+        first one's answer if it is the same kind of outcome, a refusal if not."""
+        reply = answers[outcome.attempt_id]
+        decided = first.get(outcome.attempt_id)
+        if decided is None or decided is outcome or reply.status is ResultStatus.FORBIDDEN:
+            return reply
+        return repeated(EarlierVerdict(reply, decided.kind), outcome)

@@ -147,6 +147,8 @@ CREATE TABLE nodes (
     ready_time         timestamptz,
     start_time         timestamptz,
     end_time           timestamptz,
+    -- The encoded size of the outputs, as posted: what they add to a downstream task.
+    outputs_bytes      bigint,
     PRIMARY KEY (session_id, idx),
     UNIQUE (session_id, key)
 );
@@ -166,7 +168,9 @@ CREATE TABLE results (
     attempt     integer     NOT NULL,
     status      text        NOT NULL,
     message     text        NOT NULL DEFAULT '',
-    post_time   timestamptz NOT NULL
+    post_time   timestamptz NOT NULL,
+    -- The kind of outcome (success, failure) the verdict answered; another kind is refused.
+    outcome     text
 );
 
 CREATE INDEX results_node_idx ON results (session_id, idx);

@@ -1,7 +1,9 @@
 -- claim --
 -- Lease up to $2 of a Runner's queued tasks, oldest first, to the instances in $3 (one
 -- entry per task); SKIP LOCKED so concurrent claimers never get the same task. Inputs are
--- looked up by primary key, one per upstream node.
+-- looked up by primary key, one per upstream node, and left out (NULL) when they weigh more
+-- than $8 bytes: that task cannot be sent. The attempt's time is at most $7 ms, whatever the
+-- row says, so no stored timeout can overflow the deadline.
 WITH picked AS (
     SELECT session_id, idx FROM nodes
     WHERE runner = $1 AND state = 'queued'
@@ -18,14 +20,25 @@ UPDATE nodes AS n
 SET state = 'running', attempt = n.attempt + 1, attempt_id = gen_random_uuid(),
     lease_owner = ($3::text[])[numbered.rn], lease_deadline = $4::timestamptz,
     start_time = $5::timestamptz,
-    attempt_deadline = $5::timestamptz + n.attempt_timeout_ms * interval '1 millisecond',
+    attempt_deadline = $5::timestamptz
+        + LEAST(GREATEST(n.attempt_timeout_ms, 1), $7::bigint) * interval '1 millisecond',
     not_before = NULL
 FROM numbered JOIN sessions AS s ON s.id = numbered.session_id
+     CROSS JOIN LATERAL (
+         SELECT COALESCE(sum(COALESCE(u.outputs_bytes, octet_length(u.outputs::text))), 0)
+                    AS inputs_bytes
+         FROM nodes AS me
+         CROSS JOIN unnest(me.upstream) AS up(idx)
+         JOIN nodes AS u ON u.session_id = me.session_id AND u.idx = up.idx
+         WHERE me.session_id = numbered.session_id AND me.idx = numbered.idx
+     ) AS sizes
 WHERE n.session_id = numbered.session_id AND n.idx = numbered.idx
 RETURNING n.session_id, n.idx, n.key, n.node_template, n.attempt, n.attempt_id::text,
           n.lease_owner, n.lease_deadline, n.attempt_deadline, n.config,
           s.name AS session_name, s.parameters, s.trace_id,
+          sizes.inputs_bytes,
           CASE WHEN cardinality(n.upstream) = 0 THEN '{}'::jsonb
+               WHEN sizes.inputs_bytes > $8::bigint THEN NULL
                ELSE (SELECT jsonb_object_agg(u.key, u.outputs)
                      FROM unnest(n.upstream) AS up(idx)
                      JOIN nodes AS u ON u.session_id = n.session_id AND u.idx = up.idx)
@@ -41,13 +54,14 @@ FOR UPDATE;
 
 -- earlier_verdicts --
 -- Verdicts already given to the posted attempts.
-SELECT attempt_id::text, status, message FROM results WHERE attempt_id = ANY($1::uuid[]);
+SELECT attempt_id::text, status, message, outcome FROM results
+WHERE attempt_id = ANY($1::uuid[]);
 
 -- insert_verdicts --
 -- Remember the verdicts, so a repeated post gets the same answer.
-INSERT INTO results (attempt_id, session_id, idx, attempt, status, message, post_time)
+INSERT INTO results (attempt_id, session_id, idx, attempt, status, message, post_time, outcome)
 SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::integer[], $4::integer[], $5::text[],
-                     $6::text[], $7::timestamptz[])
+                     $6::text[], $7::timestamptz[], $8::text[])
 ON CONFLICT (attempt_id) DO NOTHING;
 
 -- settle_nodes --
@@ -56,6 +70,8 @@ UPDATE nodes AS n
 SET state = x.state,
     attempt = CASE WHEN x.state = 'queued' THEN n.attempt - 1 ELSE n.attempt END,
     outputs = CASE WHEN x.state = 'succeeded' THEN x.outputs::jsonb ELSE n.outputs END,
+    outputs_bytes = CASE WHEN x.state = 'succeeded' THEN x.outputs_bytes
+                         ELSE n.outputs_bytes END,
     error = COALESCE(x.error, n.error),
     not_before = x.not_before,
     ready_time = CASE WHEN x.state = 'queued' THEN $8::timestamptz ELSE n.ready_time END,
@@ -63,8 +79,8 @@ SET state = x.state,
     lease_owner = NULL, lease_deadline = NULL, attempt_deadline = NULL
 -- Outputs arrive as JSON text: a JSON array would read as another array dimension.
 FROM unnest($1::bigint[], $2::integer[], $3::text[], $4::text[], $5::jsonb[],
-            $6::timestamptz[], $7::uuid[])
-     AS x(session_id, idx, state, outputs, error, not_before, attempt_id)
+            $6::timestamptz[], $7::uuid[], $9::bigint[])
+     AS x(session_id, idx, state, outputs, error, not_before, attempt_id, outputs_bytes)
 WHERE n.session_id = x.session_id AND n.idx = x.idx AND n.attempt_id = x.attempt_id;
 
 -- release_upstream --
@@ -98,9 +114,11 @@ WHERE n.session_id = x.session_id AND n.idx = x.idx
 RETURNING n.session_id, n.idx;
 
 -- extend_leases --
--- Push the lease deadline of attempts still running; the ones not returned are gone.
+-- Push the lease deadline of attempts still running; the ones not returned are gone. A lease
+-- (or an attempt's time) that already ran out is never extended: the timekeeper fails it.
 UPDATE nodes SET lease_deadline = $2
 WHERE attempt_id = ANY($1::uuid[]) AND state = 'running' AND lease_deadline < $2
+  AND lease_deadline > $4 AND attempt_deadline > $4
   AND runner = $3
 RETURNING attempt_id::text;
 
