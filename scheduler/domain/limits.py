@@ -38,6 +38,12 @@ QUANTITY_EXPONENT_MAX: Final = 1000
 # sha512 digest, with room to spare) bounds the work the reference grammar can be asked for.
 IMAGE_NAME_MAX_LENGTH: Final = 255
 IMAGE_REFERENCE_MAX_LENGTH: Final = 1024
+# JSON Schemas of node templates, and configurations (a template's defaults, a node's own).
+SCHEMA_MAX_BYTES: Final = 64 * 1024
+CONFIG_MAX_BYTES: Final = 256 * 1024
+# Checking one DAG's configurations against their schemas may take this long, off the event
+# loop; a DAG that takes longer is refused (simplify the schemas or split the Session).
+VALIDATION_BUDGET: Final = timedelta(seconds=10)
 # Sessions.
 MAX_LABELS: Final = 64
 LABEL_KEY_MAX_LENGTH: Final = 63

@@ -21,6 +21,7 @@ from scheduler.domain.validation import (
     ConfigChecker,
     DagNodeSpec,
     check_config,
+    check_config_size,
     check_cpu,
     check_dag,
     check_dns_label,
@@ -260,7 +261,9 @@ def check_node_template(
         out.append(FieldViolation(f"{p}.runner", f"runner {template.runner!r} does not exist"))
     schema_violations = check_json_schema(template.config_schema, f"{p}.config_schema")
     out += schema_violations
-    if not schema_violations:
+    size_violations = check_config_size(template.default_config, f"{p}.default_config")
+    out += size_violations
+    if not schema_violations and not size_violations:
         # Defaults may leave required properties to each node; a node's merged configuration
         # is checked in full where the node is defined.
         out += check_config(
@@ -301,8 +304,10 @@ def check_dag_nodes(
     limits: Limits,
     *,
     templates: Callable[[str], NodeTemplate | None],
+    out_of_time: Callable[[], bool] = lambda: False,
 ) -> list[FieldViolation]:
-    """The DAG's shape, then each node's configuration against its template's schema."""
+    """The DAG's shape, then each node's configuration against its template's schema, for as
+    long as ``out_of_time()`` is false (asked after each node)."""
 
     def multiple_inputs(name: str) -> bool | None:
         template = templates(name)
@@ -316,8 +321,19 @@ def check_dag_nodes(
     )
     checkers: dict[str, ConfigChecker] = {}
     for i, node in enumerate(nodes):
+        if out_of_time():
+            out.append(
+                FieldViolation(
+                    f"{prefix}.nodes",
+                    f"checking the configurations took too long (stopped at node {i} of"
+                    f" {len(nodes)}); simplify the templates' schemas or split the DAG",
+                )
+            )
+            break
+        sized = check_config_size(node.config, f"{prefix}.nodes[{i}].config")
+        out += sized
         template = templates(node.node_template)
-        if template is None or not template.config_schema:
+        if sized or template is None or not template.config_schema:
             continue
         check = checkers.get(template.name)
         if check is None:
@@ -340,9 +356,12 @@ def check_session_template(
     limits: Limits,
     *,
     templates: Callable[[str], NodeTemplate | None],
+    out_of_time: Callable[[], bool] = lambda: False,
 ) -> list[FieldViolation]:
     return [
         *check_dns_label(template.name, f"{prefix}.name"),
         *check_text(template.description, f"{prefix}.description", max_len=limits.max_description),
-        *check_dag_nodes(template.nodes, prefix, limits, templates=templates),
+        *check_dag_nodes(
+            template.nodes, prefix, limits, templates=templates, out_of_time=out_of_time
+        ),
     ]

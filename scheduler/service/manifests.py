@@ -20,6 +20,7 @@ from scheduler.domain.registry import (
     check_runner,
     check_session_template,
 )
+from scheduler.service.offload import off_loop, within_budget
 
 
 class ApplyAction(enum.Enum):
@@ -131,7 +132,8 @@ async def plan(
     runner_names = set(old_runners) | {r.name for r in manifest.runners}
     new_templates = {t.name: t for t in manifest.node_templates}
     for i, template in enumerate(manifest.node_templates):
-        violations += check_node_template(
+        violations += await off_loop(
+            check_node_template,
             template,
             path("node_templates", i),
             limits,
@@ -149,8 +151,8 @@ async def plan(
         return new_templates.get(name) or old_templates.get(name)
 
     for i, session in enumerate(manifest.session_templates):
-        violations += check_session_template(
-            session, path("session_templates", i), limits, templates=lookup
+        violations += await within_budget(
+            check_session_template, session, path("session_templates", i), limits, templates=lookup
         )
         old_s = old_sessions.get(session.name)
         action = _classify("SessionTemplate", session.name, old_s, session)
@@ -192,7 +194,9 @@ async def _check_dependents(
 
     broken = []
     for session in dependents:
-        problems = check_session_template(session, "session_template", limits, templates=resolve)
+        problems = await within_budget(
+            check_session_template, session, "session_template", limits, templates=resolve
+        )
         if problems:
             broken.append(f"{session.name} ({problems[0].field}: {problems[0].description})")
     if broken:

@@ -41,6 +41,7 @@ from scheduler.domain.sessions import (
     new_trace_id,
 )
 from scheduler.domain.validation import check_dns_label, check_text
+from scheduler.service.offload import within_budget
 from scheduler.service.signals import Signals
 
 _WATCH_BATCH: Final = 500
@@ -133,7 +134,11 @@ class Sessions:
             templates = await work.registry.node_templates_by_name(
                 sorted({n.node_template for n in nodes})
             )
-            raise_if(check_dag_nodes(nodes, prefix, self._limits, templates=templates.get))
+            raise_if(
+                await within_budget(
+                    check_dag_nodes, nodes, prefix, self._limits, templates=templates.get
+                )
+            )
             new = NewSession(
                 name=new_session_name(now),
                 session_template=session_template,

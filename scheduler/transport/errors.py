@@ -12,6 +12,7 @@ is answered INVALID_ARGUMENT like any other bad field.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -30,6 +31,7 @@ log = logging.getLogger(__name__)
 
 DOMAIN: Final = "scheduler.heat"
 MAX_VIOLATIONS: Final = 12
+OFF_LOOP_BYTES: Final = 256 * 1024
 
 CODES: Final[dict[type[errors.SchedulerError], grpc.StatusCode]] = {
     errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
@@ -121,11 +123,28 @@ def _decode_into(
             return behavior(bounds.decoded(requests, decode), context)
 
         return streamed
+    if inspect.isasyncgenfunction(behavior):
 
-    def single(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        return behavior(decode(request), context)
+        async def single_streamed(
+            request: Any, context: grpc.aio.ServicerContext[Any, Any]
+        ) -> AsyncIterator[Any]:
+            async for item in behavior(await _decoded(decode, request), context):
+                yield item
+
+        return single_streamed
+
+    async def single(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        result = behavior(await _decoded(decode, request), context)
+        return await result if inspect.isawaitable(result) else result
 
     return single
+
+
+async def _decoded(decode: Decode, data: bytes) -> Any:
+    """A large request (a DAG of many nodes) is decoded and swept off the event loop."""
+    if len(data) > OFF_LOOP_BYTES:
+        return await asyncio.to_thread(decode, data)
+    return decode(data)
 
 
 def _guard_unary(behavior: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:

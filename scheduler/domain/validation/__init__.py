@@ -16,6 +16,7 @@ from __future__ import annotations
 from scheduler.domain.validation.config import (
     ConfigChecker,
     check_config,
+    check_config_size,
     check_json_schema,
     config_checker,
     merge_config,
@@ -28,6 +29,7 @@ __all__ = [
     "ConfigChecker",
     "DagNodeSpec",
     "check_config",
+    "check_config_size",
     "check_cpu",
     "check_dag",
     "check_dns_label",

@@ -1,13 +1,30 @@
 """Configurations: JSON Schema dialects, checking a configuration against its schema, merging
-overrides over defaults. Schema references are never fetched: validation stays pure and offline.
+overrides over defaults.
+
+A schema is the caller's code, run on every Session that uses its template, so it is held to:
+
+- references: only to its own parts (``#...``) and to the bundled metaschemas of the dialects;
+  nothing is ever fetched or read (the resolver's registry refuses any other URI, and such a
+  reference is refused when the schema is stored);
+- regular expressions (``pattern``, ``patternProperties``) through RE2, a linear-time engine:
+  one RE2 cannot compile (backreferences, lookaround) is refused when the schema is stored;
+- size: ``SCHEMA_MAX_BYTES`` of JSON; a configuration, ``CONFIG_MAX_BYTES``.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterable, Mapping
+import json
+import re
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from functools import lru_cache
+from types import SimpleNamespace
 from typing import Any, Final
 
+import jsonschema._keywords
+import jsonschema._legacy_keywords
+import jsonschema._utils
+import re2
 from jsonschema.exceptions import SchemaError, ValidationError
 from jsonschema.protocols import Validator
 from jsonschema.validators import (
@@ -18,9 +35,12 @@ from jsonschema.validators import (
     Draft201909Validator,
     Draft202012Validator,
 )
-from referencing.exceptions import Unresolvable
+from jsonschema_specifications import REGISTRY as METASCHEMAS
+from referencing import Registry, Resource
+from referencing.exceptions import NoSuchResource, Unresolvable
 
 from scheduler.domain.errors import FieldViolation
+from scheduler.domain.limits import CONFIG_MAX_BYTES, SCHEMA_MAX_BYTES
 from scheduler.domain.validation.wording import bounded, shown
 
 _DIALECTS: Final[Mapping[str, type[Validator]]] = {
@@ -40,10 +60,51 @@ _SCHEMA_FORM: Final = (
 )
 
 
+def _refuse(uri: str) -> Resource[Any]:
+    raise NoSuchResource(ref=uri)  # type: ignore[call-arg]
+
+
+# Whatever is not a bundled metaschema resolves to nothing: no URL is fetched, no file read.
+_REGISTRY: Final[Registry[Any]] = Registry(retrieve=_refuse)  # type: ignore[call-arg]
+
+
+@lru_cache(maxsize=1024)
+def _re2(pattern: str) -> Any:
+    options = re2.Options()
+    options.max_mem = 8 << 20  # RE2's memory for one pattern; a bigger one does not compile
+    options.log_errors = False  # a refused pattern is the caller's, answered, not logged
+    return re2.compile(pattern, options)
+
+
+def _search(pattern: str, text: str) -> Any:
+    return _re2(pattern).search(text)
+
+
+# jsonschema matches `pattern` and `patternProperties` with the `re` module its keyword
+# modules import; they get one whose search is RE2's (the rest of `re` as it is).
+_LINEAR_RE: Final = SimpleNamespace(
+    **{**{k: getattr(re, k) for k in re.__all__}, "search": _search}
+)
+for _module in (jsonschema._keywords, jsonschema._legacy_keywords, jsonschema._utils):
+    _module.re = _LINEAR_RE  # type: ignore[attr-defined]
+
+_REFERENCES: Final = ("$ref", "$dynamicRef", "$recursiveRef")
+# Keywords whose values are data, not schemas: a "$ref" or "pattern" in them means nothing.
+_DATA_KEYWORDS: Final = frozenset({"const", "enum", "default", "examples"})
+
+
 def check_json_schema(schema: Mapping[str, Any] | None, field: str) -> list[FieldViolation]:
-    """The schema is itself a valid JSON Schema; None or {} means "any object"."""
+    """The schema is itself a valid JSON Schema, safe to run (see the module's docstring);
+    None or {} means "any object"."""
     if not schema:
         return []
+    size = len(json.dumps(schema, separators=(",", ":")))
+    if size > SCHEMA_MAX_BYTES:
+        return [
+            FieldViolation(
+                field, f"is {size} bytes of JSON; a schema has at most {SCHEMA_MAX_BYTES}"
+            )
+        ]
     dialect = _dialect(schema)
     if dialect is None:
         known = ", ".join(sorted(_DIALECTS))
@@ -66,7 +127,76 @@ def check_json_schema(schema: Mapping[str, Any] | None, field: str) -> list[Fiel
         ]
     except RecursionError:
         return [FieldViolation(field, f"is nested too deeply to check; {_SCHEMA_FORM}")]
+    return list(_unsafe_parts(schema, field))[:12]
+
+
+def _unsafe_parts(value: Any, path: str) -> Iterator[FieldViolation]:
+    """References that would leave the schema, and patterns RE2 cannot run."""
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            yield from _unsafe_parts(item, f"{path}[{i}]")
+        return
+    if not isinstance(value, Mapping):
+        return
+    for key, item in value.items():
+        at = f"{path}.{key}"
+        if key in _DATA_KEYWORDS:
+            continue
+        if key in _REFERENCES and isinstance(item, str) and not _local(item):
+            yield FieldViolation(
+                at,
+                f"refers to {shown(item)}; a schema may only refer to its own parts ('#/$defs/"
+                "name') or to a JSON Schema metaschema: references are never fetched",
+            )
+        elif key == "pattern" and isinstance(item, str):
+            yield from _pattern(item, at)
+        elif key == "patternProperties" and isinstance(item, Mapping):
+            for pattern in item:
+                yield from _pattern(str(pattern), f"{at}[{shown(str(pattern))}]")
+        yield from _unsafe_parts(item, at)
+
+
+def _reason(error: Exception) -> str:
+    reason = error.args[0] if error.args else error
+    if isinstance(reason, bytes):
+        reason = reason.decode("utf-8", "replace")
+    return bounded(str(reason))
+
+
+def check_config_size(config: Mapping[str, Any], field: str) -> list[FieldViolation]:
+    """A configuration is at most ``CONFIG_MAX_BYTES`` of JSON."""
+    if not config:
+        return []
+    size = len(json.dumps(config, separators=(",", ":")))
+    if size > CONFIG_MAX_BYTES:
+        return [
+            FieldViolation(
+                field, f"is {size} bytes of JSON; a configuration has at most {CONFIG_MAX_BYTES}"
+            )
+        ]
     return []
+
+
+def _local(reference: str) -> bool:
+    if reference.startswith("#"):
+        return True
+    try:
+        METASCHEMAS.get_or_retrieve(reference.rstrip("#"))
+    except (NoSuchResource, Unresolvable, ValueError):
+        return False
+    return True
+
+
+def _pattern(pattern: str, path: str) -> Iterator[FieldViolation]:
+    try:
+        _re2(pattern)
+    except re2.error as error:
+        yield FieldViolation(
+            path,
+            f"the regular expression {shown(pattern)} is not one this scheduler runs"
+            f" ({_reason(error)}): patterns run on RE2, a linear-time engine, without"
+            " backreferences or lookaround",
+        )
 
 
 ConfigChecker = Callable[[Mapping[str, Any], str], list[FieldViolation]]
@@ -77,7 +207,7 @@ def config_checker(schema: Mapping[str, Any] | None, *, partial: bool = False) -
     template checks each node's configuration without compiling the schema again."""
     if not schema:
         return lambda config, field: []
-    validator = (_dialect(schema) or Draft202012Validator)(schema)
+    validator = (_dialect(schema) or Draft202012Validator)(schema, registry=_REGISTRY)
 
     def check(config: Mapping[str, Any], field: str) -> list[FieldViolation]:
         try:
@@ -94,6 +224,14 @@ def config_checker(schema: Mapping[str, Any] | None, *, partial: bool = False) -
         except RecursionError:
             return [
                 FieldViolation(field, "is nested too deeply to check; flatten the configuration")
+            ]
+        except re2.error as error:  # a pattern stored before patterns were checked
+            return [
+                FieldViolation(
+                    field,
+                    f"cannot be checked: the schema has a pattern RE2 cannot run"
+                    f" ({_reason(error)}); fix the node template's schema",
+                )
             ]
         return [
             FieldViolation(_config_path(field, e.absolute_path), bounded(e.message))
