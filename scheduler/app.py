@@ -307,7 +307,10 @@ async def make_provisioner(settings: Settings) -> Provisioner:
                 await provisioner.close()
                 raise
         return provisioner
-    return LocalProvisioner(parse_commands(settings.local_runners))
+    return LocalProvisioner(
+        parse_commands(settings.local_runners),
+        state_dir=settings.data_dir.resolve() / "local-instances" / settings.scheduler_name,
+    )
 
 
 async def check_pod_template(provisioner: KubernetesProvisioner, settings: Settings) -> None:

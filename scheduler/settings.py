@@ -148,7 +148,11 @@ _SPECS: Final[Mapping[str, _Spec]] = {
     "database_url": _Spec(
         _database_url, "PostgreSQL URL; empty runs an embedded PostgreSQL under data_dir"
     ),
-    "data_dir": _Spec(Path, "folder of the embedded PostgreSQL's data (kept across restarts)"),
+    "data_dir": _Spec(
+        Path,
+        "folder of the embedded PostgreSQL's data and of the local provisioner's records of"
+        " its runner processes (kept across restarts)",
+    ),
     "shutdown_grace": _Spec(_seconds, "seconds in-flight calls get to finish on SIGTERM"),
     "log_level": _Spec(_choice(LOG_LEVELS, upper=True), "one of " + ", ".join(LOG_LEVELS)),
     "log_format": _Spec(_choice(LOG_FORMATS), "text, or json for one JSON object per line"),

@@ -146,12 +146,12 @@ class Reconciler:
             observed[instance.runner].append(instance)
         statuses: list[RunnerStatus] = []
         ended: list[str] = []
-        failed: list[str] = []
+        exited: list[str] = []
         for runner in runners:
             load = work.get(runner.name, RunnerWork())
             desired = desired_instances(runner, load.queued, load.running)
             instances = observed.pop(runner.name, [])
-            error = await self._converge(runner, desired, instances, now, ended, failed)
+            error = await self._converge(runner, desired, instances, now, ended, exited)
             if error:
                 self._errors[runner.name] = error
             shown = self._errors.get(runner.name, "")
@@ -175,9 +175,9 @@ class Reconciler:
         async with self._store.transaction() as unit:
             await unit.provisioning.save_runner_status(statuses, now)
             await unit.provisioning.forget_drains(ended)
-            expired = await unit.tasks.expire_leases_of(failed, now)
+            expired = await unit.tasks.expire_leases_of(exited, now)
         if expired:
-            log.info("requeueing %d tasks of failed instances", expired)
+            log.info("requeueing %d tasks of instances that exited", expired)
         waits = [b.until for b in self._backoff.values() if b.until is not None and b.until > now]
         return min(waits, default=None)
 
@@ -188,7 +188,7 @@ class Reconciler:
         instances: list[Observed],
         now: datetime,
         ended: list[str],
-        failed: list[str],
+        exited: list[str],
     ) -> str:
         """Create and remove this Runner's instances; the error to show on its status."""
         error = ""
@@ -197,9 +197,10 @@ class Reconciler:
             self._errors.pop(runner.name, None)
         steps = plan(runner, desired, instances, now=now, backoff=self._backoff[runner.name])
         for instance in steps.delete:
+            # It exited: whatever lease it still holds ends now (it cannot post any more).
+            exited.append(instance.name)
             if instance.phase is Phase.FAILED:
                 error = f"instance {instance.name} failed: {instance.reason or 'unknown reason'}"
-                failed.append(instance.name)
                 self._backoff[runner.name] = self._backoff[runner.name].after_failure(
                     now, self._settings.failure_backoff, self._rng
                 )

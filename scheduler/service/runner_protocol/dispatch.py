@@ -7,6 +7,10 @@ loop is a task of its own (``Dispatcher.run``).
 
 An instance that holds nothing for its Runner's idle period is drained, within the budget
 the reconciler records (the live instances beyond the desired count).
+
+An instance that holds tasks but has not heartbeated for a while (``silent``: a frozen
+process, a stopped container, a cut network whose stream still looks open) gets no new task
+until it is heard from again: each would only wait out its lease and burn an attempt.
 """
 
 from __future__ import annotations
@@ -51,6 +55,9 @@ class Instance:
     held: set[str] = field(default_factory=set)
     idle_period: timedelta | None = None  # None: nobody scales this Runner down
     idle_timer: asyncio.TimerHandle | None = None
+    # When the instance was last heard from (connected, heartbeated, or handed its first task
+    # while it held none, from which its heartbeats are owed).
+    heard: datetime | None = None
 
 
 class Dispatcher:
@@ -65,7 +72,12 @@ class Dispatcher:
 
     def allocate(self, limit: int) -> list[Instance]:
         """Reserve up to ``limit`` credits, round robin, so a batch spreads over instances."""
-        live = [i for i in self.instances.values() if i.connected and not i.drain]
+        now = self._dispatch.now()
+        live = [
+            i
+            for i in self.instances.values()
+            if i.connected and not i.drain and not self._dispatch.silent(i, now)
+        ]
         owners = allocate([(i, i.credits) for i in live], limit)
         for owner in owners:
             owner.credits -= 1
@@ -160,6 +172,7 @@ class Dispatch:
             # The same instance reconnected (its old stream may not have noticed yet).
             self.disconnect(previous)
         instance = Instance(runner, instance_id, key[1], max(credits, 0))
+        instance.heard = self._clock.now()
         self._instances[instance_id] = instance
         dispatcher = self._dispatchers.get(key)
         if dispatcher is None:
@@ -174,6 +187,28 @@ class Dispatch:
         if self.settings.drain_idle:
             self._spawn(self._arm_idle(instance))
         return instance
+
+    def now(self) -> datetime:
+        return self._clock.now()
+
+    def silent(self, instance: Instance, now: datetime) -> bool:
+        """Whether the instance holds tasks yet owes heartbeats for longer than it may."""
+        if not instance.held or instance.heard is None:
+            return False
+        return now - instance.heard > self.settings.silence
+
+    def heard(self, instance_id: str) -> None:
+        """The instance heartbeated: if it was silent, it may claim again."""
+        instance = self._instances.get(instance_id)
+        if instance is None:
+            return
+        was_silent = self.silent(instance, self._clock.now())
+        instance.heard = self._clock.now()
+        if was_silent:
+            log.info("instance %s is heard from again; it claims again", instance_id)
+            dispatcher = self._dispatchers.get((instance.runner, instance.templates))
+            if dispatcher is not None:
+                dispatcher.wake.set()
 
     def grant(self, instance: Instance, credits: int) -> None:
         if credits <= 0 or not instance.connected:
@@ -274,6 +309,8 @@ class Dispatch:
                 self._spawn(self._release(task))
                 continue
             self._leases.hold(task.attempt_id, instance.instance_id)
+            if not instance.held:
+                instance.heard = self._clock.now()  # heartbeats are owed from now on
             instance.held.add(task.attempt_id)
             if instance.idle_timer is not None:
                 instance.idle_timer.cancel()

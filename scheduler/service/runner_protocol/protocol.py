@@ -122,6 +122,7 @@ class RunnerProtocol:
         self, runner: str, instance_id: str, attempt_ids: Sequence[str]
     ) -> HeartbeatReply:
         self.authorisation.check_instance(runner, instance_id)
+        self.dispatch.heard(instance_id)
         return await self.leases.heartbeat(runner, instance_id, attempt_ids)
 
     # -- PostResult ------------------------------------------------------------------------

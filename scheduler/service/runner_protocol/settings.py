@@ -14,3 +14,9 @@ class ProtocolSettings:
     max_result_batch: int = 512
     # Whether idle instances are drained (a provisioner starts and stops them).
     drain_idle: bool = False
+
+    @property
+    def silence(self) -> timedelta:
+        """How long an instance holding tasks may go without a heartbeat before it gets no
+        new task: two heartbeats missed, or half a lease, whichever is longer."""
+        return max(2 * self.heartbeat_interval, self.lease_duration / 2)
