@@ -5,8 +5,9 @@ one nested past its depth limit, is the caller's fault and answered INVALID_ARGU
 once, whatever the RPC:
 
 - every string (plain fields, map keys and values, JSON strings and keys) holds no NUL (which
-  PostgreSQL text and jsonb cannot store) and is at most ``TEXT_MAX_LENGTH`` long; JSON keys at
-  most ``JSON_KEY_MAX_LENGTH``;
+  PostgreSQL text and jsonb cannot store); plain strings are at most ``TEXT_MAX_LENGTH`` long,
+  JSON keys at most ``JSON_KEY_MAX_LENGTH`` (JSON strings are data, bounded by the message and
+  by the domain's byte bounds on outputs, configurations and parameters);
 - every floating-point number, in JSON or not, is finite;
 - JSON (``Struct``, ``Value``, ``ListValue``) nests at most ``JSON_MAX_DEPTH`` levels;
 - ``Timestamp`` and ``Duration`` values are within the ranges their definitions give.
@@ -175,7 +176,10 @@ def _list(message: Any, path: str, depth: int) -> Iterator[FieldViolation]:
 def _value(message: Any, path: str, depth: int) -> Iterator[FieldViolation]:
     kind = message.WhichOneof("kind")
     if kind == "string_value":
-        yield from _text(message.string_value, path, TEXT_MAX_LENGTH)
+        if "\x00" in message.string_value:
+            yield FieldViolation(
+                path, "contains a NUL character, which cannot be stored; remove it"
+            )
     elif kind == "number_value":
         if not math.isfinite(message.number_value):
             yield FieldViolation(path, f"is {message.number_value}; JSON numbers must be finite")

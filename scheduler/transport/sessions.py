@@ -4,27 +4,52 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from datetime import UTC
-from typing import Any, TypeAlias
+from typing import Any, Final, TypeAlias
 
 import grpc
+from heat.scheduler.v1 import session_pb2 as spb
 from heat.scheduler.v1 import session_service_pb2 as pb
 from heat.scheduler.v1 import session_service_pb2_grpc as pb_grpc
 
 from scheduler.domain.errors import FieldViolation, InvalidArgument
 from scheduler.domain.limits import Limits
 from scheduler.domain.paging import PageRequest
-from scheduler.domain.sessions import SessionFilter
+from scheduler.domain.sessions import Session, SessionFilter
 from scheduler.service.sessions import Sessions, Snapshot
 from scheduler.transport import convert
 from scheduler.transport import convert_sessions as sconvert
 
 Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
+# Room left in a response for everything but the Session's nodes' outputs.
+_RESPONSE_MARGIN: Final = 64 * 1024
+
+
+def fitted(session: spb.Session, max_bytes: int) -> spb.Session:
+    """The Session as one response can carry it: when its nodes' outputs together would
+    exceed the message limit, the largest are left out (each node's outputs stay readable in
+    the task inputs of its downstream nodes, and in GetSession once fewer are shown)."""
+    budget = max_bytes - _RESPONSE_MARGIN
+    if session.ByteSize() <= budget:
+        return session
+    by_size = sorted(
+        (n for n in session.nodes if n.HasField("outputs")),
+        key=lambda n: n.outputs.ByteSize(),
+        reverse=True,
+    )
+    for node in by_size:
+        node.ClearField("outputs")
+        if session.ByteSize() <= budget:
+            break
+    return session
 
 
 class SessionServicer(pb_grpc.SessionServiceServicer):
     def __init__(self, sessions: Sessions, limits: Limits) -> None:
         self._sessions = sessions
         self._limits = limits
+
+    def _shown(self, session: Session) -> spb.Session:
+        return fitted(sconvert.session_message(session), self._limits.max_message_bytes)
 
     async def CreateSession(
         self, request: pb.CreateSessionRequest, context: Context
@@ -37,13 +62,13 @@ class SessionServicer(pb_grpc.SessionServiceServicer):
             labels=dict(request.labels),
             request_id=request.request_id,
         )
-        return pb.CreateSessionResponse(session=sconvert.session_message(created))
+        return pb.CreateSessionResponse(session=self._shown(created))
 
     async def GetSession(
         self, request: pb.GetSessionRequest, context: Context
     ) -> pb.GetSessionResponse:
         found = await self._sessions.get(request.name)
-        return pb.GetSessionResponse(session=sconvert.session_message(found))
+        return pb.GetSessionResponse(session=self._shown(found))
 
     async def ListSessions(
         self, request: pb.ListSessionsRequest, context: Context
@@ -85,7 +110,7 @@ class SessionServicer(pb_grpc.SessionServiceServicer):
         self, request: pb.CancelSessionRequest, context: Context
     ) -> pb.CancelSessionResponse:
         cancelled = await self._sessions.cancel(request.name, request.reason)
-        return pb.CancelSessionResponse(session=sconvert.session_message(cancelled))
+        return pb.CancelSessionResponse(session=self._shown(cancelled))
 
     async def CancelNode(
         self, request: pb.CancelNodeRequest, context: Context
@@ -100,7 +125,7 @@ class SessionServicer(pb_grpc.SessionServiceServicer):
         async for item in self._sessions.watch(request.name, request.cursor):
             if isinstance(item, Snapshot):
                 yield pb.WatchSessionResponse(
-                    cursor=item.cursor, snapshot=sconvert.session_message(item.session)
+                    cursor=item.cursor, snapshot=self._shown(item.session)
                 )
             else:
                 yield sconvert.change_message(item.cursor, item.event)
