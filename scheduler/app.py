@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -17,6 +18,8 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from heat.scheduler.v1 import (
+    access_service_pb2,
+    access_service_pb2_grpc,
     registry_service_pb2,
     registry_service_pb2_grpc,
     runner_service_pb2,
@@ -25,6 +28,7 @@ from heat.scheduler.v1 import (
     session_service_pb2_grpc,
 )
 
+from scheduler.domain import access as access_rules
 from scheduler.domain.clock import SystemClock
 from scheduler.domain.limits import Limits
 from scheduler.domain.ports import Provisioner
@@ -33,19 +37,22 @@ from scheduler.domain.registry import Runner
 from scheduler.embedded import EmbeddedPostgres
 from scheduler.provisioner.errors import ProvisionerError
 from scheduler.provisioner.local import LocalProvisioner
+from scheduler.service.access import Access
 from scheduler.service.provisioning import ProvisionSettings, Reconciler
 from scheduler.service.registry import Registry
 from scheduler.service.runner_protocol import ProtocolSettings, RunnerProtocol
 from scheduler.service.sessions import Sessions
 from scheduler.service.signals import Signals
-from scheduler.settings import Settings, SettingsError, parse_commands
+from scheduler.settings import Settings, SettingsError, check, parse_commands
 from scheduler.store.database import PgStore, migrate_database
 from scheduler.store.leadership import AdvisoryLockLeadership
 from scheduler.store.notifications import Listener
+from scheduler.transport.access import AccessInterceptor, AccessServicer
 from scheduler.transport.errors import ErrorInterceptor
 from scheduler.transport.registry import RegistryServicer
 from scheduler.transport.runner import RunnerServicer
 from scheduler.transport.sessions import SessionServicer
+from scheduler.transport.tls import CertificateFiles, TlsError
 
 __all__ = ["Running", "database", "migrate_database", "running", "serve"]
 
@@ -59,6 +66,7 @@ SERVICE_NAMES = (
     registry_service_pb2.DESCRIPTOR.services_by_name["RegistryService"].full_name,
     session_service_pb2.DESCRIPTOR.services_by_name["SessionService"].full_name,
     runner_service_pb2.DESCRIPTOR.services_by_name["RunnerService"].full_name,
+    access_service_pb2.DESCRIPTOR.services_by_name["AccessService"].full_name,
 )
 
 
@@ -119,6 +127,7 @@ class Running:
     store: PgStore
     protocol: RunnerProtocol
     reconciler: Reconciler | None
+    access: Access
 
 
 @asynccontextmanager
@@ -141,6 +150,9 @@ async def running(
 
     ``provisioner`` replaces the one the settings name (tests hand in one of their own).
     """
+    check(settings)
+    client_roles = _client_roles(settings)
+    certificates = _certificates(settings)
     async with AsyncExitStack() as stack:
         dsn = await stack.enter_async_context(database(settings))
         await migrate_database(dsn)
@@ -186,7 +198,14 @@ async def running(
             ("grpc.so_reuseport", 0),
             *connection_options(settings),
         ]
-        server = grpc.aio.server(interceptors=[ErrorInterceptor()], options=options)
+        access = Access(
+            store, clock, limits, runner_of=protocol.authenticate, client_roles=client_roles
+        )
+        await bootstrap_admin(access, settings)
+        # The error interceptor is outermost, so refusals of the access check become statuses.
+        server = grpc.aio.server(
+            interceptors=[ErrorInterceptor(), AccessInterceptor(access)], options=options
+        )
         registry = Registry(store, limits)
         registry_service_pb2_grpc.add_RegistryServiceServicer_to_server(
             RegistryServicer(registry, limits), server
@@ -197,12 +216,19 @@ async def running(
         runner_service_pb2_grpc.add_RunnerServiceServicer_to_server(
             RunnerServicer(protocol), server
         )
-        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-        reflection.enable_server_reflection(
-            (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        access_service_pb2_grpc.add_AccessServiceServicer_to_server(
+            AccessServicer(access, limits), server
         )
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        if settings.reflection_on:
+            reflection.enable_server_reflection(
+                (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+            )
         try:
-            port = server.add_insecure_port(settings.listen)
+            if certificates is not None:
+                port = server.add_secure_port(settings.listen, certificates.credentials())
+            else:
+                port = server.add_insecure_port(settings.listen)
         except RuntimeError:
             raise SettingsError(
                 f"setting listen (--listen / HEAT_LISTEN): cannot listen on {settings.listen}; "
@@ -238,12 +264,117 @@ async def running(
                 ProvisionSettings(
                     scheduler_address=settings.advertise_address or advertised(host, port),
                     scheduler_name=settings.scheduler_name,
+                    instance_environment=instance_environment(settings),
                 ),
             )
             reconciler.start()
             stack.push_async_callback(reconciler.stop)
-        log.info("serving", extra={"address": f"{host}:{port}"})
-        yield Running(server, port, health_servicer, store, protocol, reconciler)
+        log.info(
+            "serving",
+            extra={
+                "address": f"{host}:{port}",
+                "tls": "mutual" if settings.tls_client_ca else "on" if settings.tls else "off",
+                "reflection": "on" if settings.reflection_on else "off",
+            },
+        )
+        yield Running(server, port, health_servicer, store, protocol, reconciler, access)
+
+
+def _client_roles(settings: Settings) -> dict[str, access_rules.Role]:
+    try:
+        return access_rules.parse_client_roles(settings.tls_client_roles)
+    except ValueError as exc:
+        raise SettingsError(
+            f"setting tls_client_roles (--tls-client-roles / HEAT_TLS_CLIENT_ROLES): {exc}"
+        ) from None
+
+
+def _certificates(settings: Settings) -> CertificateFiles | None:
+    if not settings.tls:
+        return None
+    try:
+        return CertificateFiles(
+            Path(settings.tls_cert),
+            Path(settings.tls_key),
+            Path(settings.tls_client_ca) if settings.tls_client_ca else None,
+        )
+    except TlsError as exc:
+        raise SettingsError(f"setting tls_cert / tls_key / tls_client_ca: {exc}") from None
+
+
+def instance_environment(settings: Settings) -> tuple[tuple[str, str], ...]:
+    """The TLS variables runner instances get: files on this machine for local processes;
+    for pods the CA's content (its path means nothing there; a pod's own client certificate
+    comes from its pod template)."""
+    env: list[tuple[str, str]] = []
+    if settings.runner_tls_ca:
+        if settings.provisioner == "kubernetes":
+            env.append(("HEAT_TLS_CA", Path(settings.runner_tls_ca).read_text()))
+        else:
+            env.append(("HEAT_TLS_CA", str(Path(settings.runner_tls_ca).resolve())))
+    if settings.runner_tls_cert and settings.provisioner != "kubernetes":
+        env.append(("HEAT_TLS_CERT", str(Path(settings.runner_tls_cert).resolve())))
+        env.append(("HEAT_TLS_KEY", str(Path(settings.runner_tls_key).resolve())))
+    return tuple(env)
+
+
+async def bootstrap_admin(access: Access, settings: Settings) -> None:
+    """The first admin identity, without a window where anyone may call as admin.
+
+    - ``admin_token_file`` given (e.g. a mounted Kubernetes Secret): its content is the
+      bootstrap admin token; a changed file replaces it (the old one stops working).
+    - Otherwise ``data_dir/admin-token``: read when it exists; at the first start on a
+      database (no bootstrap token stored yet) a new token is written there, 0600, and the
+      CLI on this machine finds it by default. A replica starting later on the same database
+      writes none (the token lives where the first replica wrote it).
+    """
+    path = settings.admin_token_path()
+    source = str(path)
+    if path.exists():
+        secret = await asyncio.to_thread(_read_token, path)
+    elif settings.admin_token_file:
+        raise SettingsError(
+            f"setting admin_token_file (--admin-token-file / HEAT_ADMIN_TOKEN_FILE): {path} "
+            "does not exist; point it at the file holding the first admin token, or leave it "
+            "empty to have one made in the data folder"
+        )
+    elif await access.bootstrap_exists():
+        log.info(
+            "the first admin token was made at an earlier start; it is not in %s (issue more "
+            "with: heat-scheduler tokens issue --role admin)",
+            path,
+        )
+        return
+    else:
+        secret = access_rules.new_token_secret()
+        await asyncio.to_thread(_write_token, path, secret)
+        log.info("wrote the first admin token", extra={"file": source})
+    outcome = await access.bootstrap(secret, source=source)
+    if outcome.changed:
+        log.info("the first admin token is set", extra={"file": source})
+
+
+def _read_token(path: Path) -> str:
+    mode = path.stat().st_mode
+    if mode & 0o077 and not path.is_symlink():
+        # Kubernetes mounts Secrets through symlinks, with modes of its own choosing.
+        log.warning("the admin token file %s may be read by others (mode %o)", path, mode & 0o777)
+    secret = path.read_text(encoding="utf-8").strip()
+    problem = access_rules.check_given_secret(secret)
+    if problem:
+        raise SettingsError(
+            f"setting admin_token_file (--admin-token-file / HEAT_ADMIN_TOKEN_FILE): the token "
+            f"in {path} {problem}"
+        )
+    return secret
+
+
+def _write_token(path: Path, secret: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # O_EXCL: never over another token; 0600 from the start, never readable by others.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(secret + "\n")
 
 
 def connection_options(settings: Settings) -> list[tuple[str, int]]:

@@ -18,6 +18,8 @@ from typing import Any, Final
 LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR")
 LOG_FORMATS: Final = ("text", "json")
 PROVISIONERS: Final = ("local", "kubernetes", "none")
+REFLECTION: Final = ("auto", "on", "off")
+LOOPBACK_HOSTS: Final = ("localhost", "::1", "[::1]")
 
 
 class SettingsError(Exception):
@@ -89,6 +91,28 @@ def _seconds(value: str) -> float:
     return seconds
 
 
+def _boolean(value: str) -> bool:
+    text = value.strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError("is not a yes/no value; use true or false")
+
+
+def _file(value: str) -> str:
+    if value and not Path(value).is_file():
+        raise ValueError("is not a file that exists")
+    return value
+
+
+def _names(value: str) -> str:
+    for name in (n.strip() for n in value.split(",")):
+        if name and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+            raise ValueError(f"{name!r} is not an environment variable name; e.g. PYTHONPATH,HOME")
+    return value
+
+
 def _positive_int(value: str) -> int:
     try:
         number = int(value)
@@ -135,6 +159,45 @@ class Settings:
     grpc_keepalive_timeout: float = 10.0
     grpc_max_connection_age: float = 0.0
     grpc_max_connection_age_grace: float = 60.0
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_client_ca: str = ""
+    tls_client_roles: str = ""
+    insecure: bool = False
+    reflection: str = "auto"
+    admin_token_file: str = ""
+    runner_tls_ca: str = ""
+    runner_tls_cert: str = ""
+    runner_tls_key: str = ""
+    max_runner_pods: int = 100
+    local_max_processes: int = 32
+    local_runner_env: str = ""
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.tls_cert)
+
+    @property
+    def loopback(self) -> bool:
+        """Whether the listen address is this machine's loopback only."""
+        host = self.listen.rsplit(":", 1)[0]
+        return host in LOOPBACK_HOSTS or host.startswith("127.")
+
+    @property
+    def reflection_on(self) -> bool:
+        return self.reflection == "on" or (self.reflection == "auto" and self.loopback)
+
+    def admin_token_path(self) -> Path:
+        """Where the first admin token is read from (or, by default, written to)."""
+        return (
+            Path(self.admin_token_file)
+            if self.admin_token_file
+            else self.data_dir / ADMIN_TOKEN_FILE
+        )
+
+
+# The first admin token's file in the data folder, unless admin_token_file names another.
+ADMIN_TOKEN_FILE: Final = "admin-token"  # noqa: S105 (a file name, not a secret)
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,6 +259,43 @@ _SPECS: Final[Mapping[str, _Spec]] = {
     "grpc_max_connection_age_grace": _Spec(
         _seconds, "seconds calls get, after max connection age, before the connection is cut"
     ),
+    "tls_cert": _Spec(_file, "PEM certificate (chain) the server presents; turns TLS on"),
+    "tls_key": _Spec(_file, "PEM private key of tls_cert"),
+    "tls_client_ca": _Spec(
+        _file, "PEM CA bundle of client certificates; when set, every client must present one"
+    ),
+    "tls_client_roles": _Spec(
+        str,
+        "client certificates' roles: ROLE:NAME[;ROLE:NAME…], NAME a subject (CN=heat-api) or "
+        "an alternative name (spiffe://heat/ns/web/sa/api), ROLE admin, operator or viewer",
+    ),
+    "insecure": _Spec(
+        _boolean, "allow plaintext gRPC on an address other than loopback (not recommended)"
+    ),
+    "reflection": _Spec(
+        _choice(REFLECTION), "server reflection: auto (on when listening on loopback), on, off"
+    ),
+    "admin_token_file": _Spec(
+        str,
+        "file holding the first admin token (e.g. a mounted Secret); default: data_dir/"
+        + "admin-token, created 0600 at first start",
+    ),
+    "runner_tls_ca": _Spec(
+        _file, "CA bundle instances trust for the scheduler's certificate (their HEAT_TLS_CA)"
+    ),
+    "runner_tls_cert": _Spec(
+        _file, "client certificate local instances present under mTLS (their HEAT_TLS_CERT)"
+    ),
+    "runner_tls_key": _Spec(_file, "key of runner_tls_cert (their HEAT_TLS_KEY)"),
+    "max_runner_pods": _Spec(_positive_int, "ceiling of any Runner's min_pods and max_pods"),
+    "local_max_processes": _Spec(
+        _positive_int, "local provisioner: most runner processes at once, all Runners together"
+    ),
+    "local_runner_env": _Spec(
+        _names,
+        "local provisioner: NAME[,NAME…] of further variables runner processes inherit "
+        "(besides PATH, HOME, locale, OTEL_* and the HEAT_* they are given)",
+    ),
 }
 
 
@@ -210,12 +310,15 @@ def flag_name(setting: str) -> str:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = Settings()
     for name, spec in _SPECS.items():
+        help_text = f"{spec.help} [env {env_name(name)}, default {getattr(defaults, name)!s}]"
+        if spec.parse is _boolean:
+            # ``--insecure`` alone means true; ``--insecure false`` is accepted too.
+            parser.add_argument(
+                flag_name(name), dest=name, default=None, nargs="?", const="true", help=help_text
+            )
+            continue
         parser.add_argument(
-            flag_name(name),
-            dest=name,
-            default=None,
-            metavar=name.upper(),
-            help=f"{spec.help} [env {env_name(name)}, default {getattr(defaults, name)!s}]",
+            flag_name(name), dest=name, default=None, metavar=name.upper(), help=help_text
         )
 
 
@@ -238,9 +341,35 @@ def load(
         except ValueError as exc:
             raise SettingsError(f"setting {field.name} ({source}): {str(raw)!r} {exc}") from None
     settings = Settings(**values)
+    check(settings)
+    return settings
+
+
+def check(settings: Settings) -> None:
+    """The rules between settings; SettingsError naming them."""
+    if bool(settings.tls_cert) != bool(settings.tls_key):
+        raise SettingsError(
+            "settings tls_cert (--tls-cert / HEAT_TLS_CERT) and tls_key (--tls-key / "
+            "HEAT_TLS_KEY) go together: give both, or neither for plaintext"
+        )
+    if settings.tls_client_ca and not settings.tls_cert:
+        raise SettingsError(
+            "setting tls_client_ca (--tls-client-ca / HEAT_TLS_CLIENT_CA) needs TLS: give "
+            "tls_cert and tls_key too"
+        )
+    if bool(settings.runner_tls_cert) != bool(settings.runner_tls_key):
+        raise SettingsError(
+            "settings runner_tls_cert and runner_tls_key go together: give both, or neither"
+        )
+    if not settings.tls and not settings.insecure and not settings.loopback:
+        raise SettingsError(
+            f"setting listen (--listen / HEAT_LISTEN): {settings.listen} is not loopback, and "
+            "plaintext there would show tokens and data to the network; give tls_cert and "
+            "tls_key (--tls-cert / --tls-key), or --insecure (HEAT_INSECURE=true) to accept it "
+            "(e.g. behind a mesh that encrypts)"
+        )
     if settings.heartbeat_interval * 2 > settings.lease_duration:
         raise SettingsError(
             f"setting heartbeat_interval ({settings.heartbeat_interval}s) must be at most half "
             f"of lease_duration ({settings.lease_duration}s), or leases expire between heartbeats"
         )
-    return settings

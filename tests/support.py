@@ -3,13 +3,22 @@ condition, and schedulers to talk to (in this process, or ``heat-scheduler serve
 
 Every port comes from the kernel (port 0) and every folder is private, so several checkouts
 can run their tests on one machine at the same time.
+
+Callers need an identity. Every scheduler started here is given one admin token, made once per
+test process and handed over the way a deployment hands over its first admin token (a file,
+``--admin-token-file``); ``admin_token()`` is it, and the channels made here (``Scheduler``'s,
+``Served.channel()``, ``authorized_channel``) send it on every call that brings no
+``authorization`` of its own (so a runner credential given to a call still wins).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import functools
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -38,6 +47,145 @@ if TYPE_CHECKING:
 
 GRPCURL = str(Path(sys.executable).parent / "grpcurl")
 READY_TIMEOUT = 90.0
+
+
+# --- the tests' admin identity --------------------------------------------------------------
+
+
+@functools.cache
+def admin_token() -> str:
+    """The admin token every scheduler started by the tests accepts (one per test process)."""
+    return "heatat_test_" + secrets.token_urlsafe(32)
+
+
+@functools.cache
+def admin_token_file() -> Path:
+    """A 0600 file holding ``admin_token()``, given to schedulers as ``admin_token_file``."""
+    folder = Path(tempfile.mkdtemp(prefix="heat-token-"))
+    path = folder / "admin-token"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(admin_token() + "\n")
+    return path
+
+
+def bearer(token: str) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {token}"),)
+
+
+def _with_token(metadata: Any, token: str) -> list[tuple[str, Any]]:
+    items = list(metadata or ())
+    if not any(key.lower() == "authorization" for key, _ in items):
+        items.append(("authorization", f"Bearer {token}"))
+    return items
+
+
+class _Bearer:
+    def __init__(self, token: str) -> None:
+        self._token = token
+
+    def _details(self, details: Any) -> Any:
+        metadata = grpc.aio.Metadata(*_with_token(details.metadata, self._token))
+        return grpc.aio.ClientCallDetails(
+            details.method, details.timeout, metadata, details.credentials, details.wait_for_ready
+        )
+
+
+# grpc.aio files each interceptor under one kind of call only: one class per kind.
+class _BearerUnaryUnary(_Bearer, grpc.aio.UnaryUnaryClientInterceptor):
+    async def intercept_unary_unary(self, continuation, client_call_details, request):
+        return await continuation(self._details(client_call_details), request)
+
+
+class _BearerUnaryStream(_Bearer, grpc.aio.UnaryStreamClientInterceptor):
+    async def intercept_unary_stream(self, continuation, client_call_details, request):
+        return await continuation(self._details(client_call_details), request)
+
+
+class _BearerStreamUnary(_Bearer, grpc.aio.StreamUnaryClientInterceptor):
+    async def intercept_stream_unary(self, continuation, client_call_details, request_iterator):
+        return await continuation(self._details(client_call_details), request_iterator)
+
+
+class _BearerStreamStream(_Bearer, grpc.aio.StreamStreamClientInterceptor):
+    async def intercept_stream_stream(self, continuation, client_call_details, request_iterator):
+        return await continuation(self._details(client_call_details), request_iterator)
+
+
+def bearer_interceptors(token: str) -> list[grpc.aio.ClientInterceptor]:
+    """Interceptors that send ``authorization: Bearer <token>`` with every call that has none
+    of its own."""
+    return [
+        _BearerUnaryUnary(token),
+        _BearerUnaryStream(token),
+        _BearerStreamUnary(token),
+        _BearerStreamStream(token),
+    ]
+
+
+class _Details(
+    collections.namedtuple(
+        "_Details",
+        ("method", "timeout", "metadata", "credentials", "wait_for_ready", "compression"),
+    ),
+    grpc.ClientCallDetails,
+):
+    pass
+
+
+class SyncBearerInterceptor(
+    grpc.UnaryUnaryClientInterceptor,
+    grpc.UnaryStreamClientInterceptor,
+    grpc.StreamUnaryClientInterceptor,
+    grpc.StreamStreamClientInterceptor,
+):
+    """``BearerInterceptor`` for synchronous channels."""
+
+    def __init__(self, token: str) -> None:
+        self._token = token
+
+    def _details(self, d: Any) -> _Details:
+        return _Details(
+            d.method,
+            d.timeout,
+            _with_token(d.metadata, self._token),
+            d.credentials,
+            d.wait_for_ready,
+            getattr(d, "compression", None),
+        )
+
+    def intercept_unary_unary(self, continuation, client_call_details, request):
+        return continuation(self._details(client_call_details), request)
+
+    def intercept_unary_stream(self, continuation, client_call_details, request):
+        return continuation(self._details(client_call_details), request)
+
+    def intercept_stream_unary(self, continuation, client_call_details, request_iterator):
+        return continuation(self._details(client_call_details), request_iterator)
+
+    def intercept_stream_stream(self, continuation, client_call_details, request_iterator):
+        return continuation(self._details(client_call_details), request_iterator)
+
+
+def authorized_channel(
+    address: str,
+    token: str | None = None,
+    *,
+    credentials: grpc.ChannelCredentials | None = None,
+    **kwargs: Any,
+) -> grpc.aio.Channel:
+    """An asyncio channel to ``address`` that calls as ``token`` (default: the tests' admin)."""
+    interceptors = bearer_interceptors(token or admin_token())
+    if credentials is not None:
+        return grpc.aio.secure_channel(address, credentials, interceptors=interceptors, **kwargs)
+    return grpc.aio.insecure_channel(address, interceptors=interceptors, **kwargs)
+
+
+def authorized_sync_channel(address: str, token: str | None = None, **kwargs: Any) -> grpc.Channel:
+    """A synchronous channel to ``address`` that calls as ``token`` (default: the admin)."""
+    return grpc.intercept_channel(
+        grpc.insecure_channel(address, **kwargs), SyncBearerInterceptor(token or admin_token())
+    )
 
 
 def free_port() -> int:
@@ -105,20 +253,21 @@ async def serving(
     dsn: str, *, backend: Provisioner | None = None, **overrides: Any
 ) -> AsyncIterator[Scheduler]:
     """A scheduler served in-process on ``dsn`` (loopback, a free port, no provisioner unless
-    the overrides say otherwise) and a channel to it; ``backend`` replaces the provisioner the
-    settings name."""
+    the overrides say otherwise) and a channel to it that calls as admin; ``backend`` replaces
+    the provisioner the settings name."""
     settings = Settings(
         **{
             "listen": "127.0.0.1:0",
             "database_url": dsn,
             "shutdown_grace": 1.0,
             "provisioner": "none",
+            "admin_token_file": str(admin_token_file()),
             **overrides,
         }
     )
     async with app.running(settings, provisioner=backend) as running:
         address = f"127.0.0.1:{running.port}"
-        async with grpc.aio.insecure_channel(address) as channel:
+        async with authorized_channel(address) as channel:
             yield Scheduler(
                 address, channel, registry_service_pb2_grpc.RegistryServiceStub(channel), running
             )
@@ -161,6 +310,7 @@ class Served:
 
     process: subprocess.Popen[str]
     address: str
+    token: str = field(default_factory=admin_token)
     lines: list[str] = field(default_factory=list)
     _ready: threading.Event = field(default_factory=threading.Event)
 
@@ -186,8 +336,17 @@ class Served:
             self.process.send_signal(signal.SIGTERM)
         return self.process.wait(timeout)
 
-    def grpcurl(self, *args: str, data: Any = None) -> subprocess.CompletedProcess[str]:
+    def channel(self, token: str | None = None) -> grpc.Channel:
+        """A synchronous channel that calls as ``token`` (default: the admin)."""
+        return authorized_sync_channel(self.address, token or self.token)
+
+    def grpcurl(
+        self, *args: str, data: Any = None, token: str | None = ""
+    ) -> subprocess.CompletedProcess[str]:
+        """grpcurl against it, as ``token`` (default: the admin; None: as nobody)."""
         command = [GRPCURL, "-plaintext"]
+        if token is not None:
+            command += ["-H", f"authorization: Bearer {token or self.token}"]
         if data is not None:
             command += ["-d", json.dumps(data)]
         command += [self.address, *args]
@@ -202,8 +361,11 @@ class Served:
 def serve(
     *args: str, env: dict[str, str] | None = None, cwd: Path | None = None, port: int = 0
 ) -> Served:
-    """``heat-scheduler serve`` on loopback, once it says it is serving."""
+    """``heat-scheduler serve`` on loopback, once it says it is serving; it takes the tests'
+    admin token unless the arguments give an ``--admin-token-file``."""
     port = port or free_port()
+    if not any(a.startswith("--admin-token-file") for a in args):
+        args = ("--admin-token-file", str(admin_token_file()), *args)
     process = subprocess.Popen(
         [sys.executable, "-m", "scheduler.cli", "serve", "--listen", f"127.0.0.1:{port}", *args],
         stderr=subprocess.PIPE,

@@ -82,6 +82,8 @@ class Limits:
     max_description: int = 4096
     max_dag_nodes: int = 100_000
     max_tasks_per_pod: int = 1024
+    # The operator's ceiling of any Runner's min_pods and max_pods (--max-runner-pods).
+    max_runner_pods: int = 100
     max_attempts: int = 100
     max_page_size: int = 1000
     default_page_size: int = 100

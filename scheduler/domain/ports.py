@@ -1,9 +1,10 @@
 """What the services need from the outside world, as protocols the store and provisioners keep.
 
-- ``Store``: units of work (one transaction each) over four repositories, one per aggregate:
+- ``Store``: units of work (one transaction each) over six repositories, one per aggregate:
   ``registry`` (Runners, templates, credentials), ``sessions`` (Sessions and their change
-  logs), ``tasks`` (nodes as the runner protocol sees them: claims, attempts, leases, retries)
-  and ``provisioning`` (what each Runner has and wants). Everything crossing them is a named
+  logs), ``tasks`` (nodes as the runner protocol sees them: claims, attempts, leases, retries),
+  ``provisioning`` (what each Runner has and wants), ``access`` (access tokens) and ``audit``
+  (who changed what). Everything crossing them is a named
   domain value. What a unit of work changed is announced at its commit, to this replica's
   ``ChangeFeed`` and (through the database) to every other replica's.
 - ``Leadership``: one replica at a time holds a duty.
@@ -23,6 +24,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
+from scheduler.domain.access import AccessToken
+from scheduler.domain.audit import AuditEvent, AuditFilter
 from scheduler.domain.dag import Settlement
 from scheduler.domain.provisioning import InstanceSpec, Observed, RunnerStatus, RunnerWork
 from scheduler.domain.registry import NodeTemplate, Runner, RunnerCredential, SessionTemplate
@@ -169,6 +172,29 @@ class ProvisioningRepository(Protocol):
     async def forget_drains(self, instance_ids: Sequence[str]) -> None: ...
 
 
+class AccessRepository(Protocol):
+    """Access tokens, by id and by their secret's digest."""
+
+    async def insert_token(self, token: AccessToken, secret_hash: bytes) -> AccessToken: ...
+    async def list_tokens(self, *, show_revoked: bool) -> list[AccessToken]: ...
+    async def revoke_token(self, token_id: str) -> AccessToken | None: ...
+    async def token_by_digest(self, secret_hash: bytes) -> AccessToken | None: ...
+    async def token_digest(self, token_id: str) -> bytes | None: ...
+    async def replace_token(self, token: AccessToken, secret_hash: bytes) -> AccessToken | None:
+        """Insert the token, or give the one with its id this digest (unrevoked, no expiry);
+        None when it had this digest already (a revoked one stays revoked)."""
+        ...
+
+
+class AuditRepository(Protocol):
+    """The audit trail: events recorded with the change they describe."""
+
+    async def record(self, events: Sequence[AuditEvent]) -> None: ...
+    async def page(self, where: AuditFilter, before: int, limit: int) -> list[AuditEvent]:
+        """Newest first, ids below ``before`` (0: from the newest)."""
+        ...
+
+
 class UnitOfWork(Protocol):
     """One transaction over every repository."""
 
@@ -180,6 +206,10 @@ class UnitOfWork(Protocol):
     def tasks(self) -> TaskRepository: ...
     @property
     def provisioning(self) -> ProvisioningRepository: ...
+    @property
+    def access(self) -> AccessRepository: ...
+    @property
+    def audit(self) -> AuditRepository: ...
 
 
 class Store(Protocol):

@@ -49,6 +49,9 @@ class InstanceSpec:
     runner: Runner
     scheduler_address: str
     scheduler_name: str
+    # Further HEAT_* variables every instance gets (HEAT_TLS_CA, and under mTLS the client
+    # certificate's HEAT_TLS_CERT and HEAT_TLS_KEY).
+    environment: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -175,15 +175,27 @@ def check_runner(runner: Runner, prefix: str, limits: Limits) -> list[FieldViola
     ]
     if runner.id < 0:
         out.append(FieldViolation(f"{p}.id", "must be 0 (assigned) or a positive id"))
-    if runner.min_pods < 0:
-        out.append(FieldViolation(f"{p}.min_pods", "must be 0 or more"))
-    if runner.min_pods > MAX_PODS:
-        out.append(FieldViolation(f"{p}.min_pods", f"must be at most {MAX_PODS}"))
-    if runner.max_pods < max(runner.min_pods, 0) or not 1 <= runner.max_pods <= MAX_PODS:
+    # The operator's ceiling (max_runner_pods), never above the format's bound (MAX_PODS).
+    ceiling = min(limits.max_runner_pods, MAX_PODS)
+    if not 0 <= runner.min_pods <= ceiling:
+        out.append(
+            FieldViolation(
+                f"{p}.min_pods", f"must be 0 to {ceiling} (the scheduler's max_runner_pods)"
+            )
+        )
+    if runner.max_pods > ceiling:
         out.append(
             FieldViolation(
                 f"{p}.max_pods",
-                f"must be between 1 and {MAX_PODS} and at least min_pods ({runner.min_pods}); "
+                f"must be at most {ceiling} (the scheduler's max_runner_pods); "
+                f"got {runner.max_pods}",
+            )
+        )
+    elif runner.max_pods < max(runner.min_pods, 0) or runner.max_pods < 1:
+        out.append(
+            FieldViolation(
+                f"{p}.max_pods",
+                f"must be between 1 and {ceiling} and at least min_pods ({runner.min_pods}); "
                 f"got {runner.max_pods}",
             )
         )

@@ -135,6 +135,7 @@ def pod_manifest(
         {"name": "HEAT_RUNNER_CREDENTIAL",
          "valueFrom": {"secretKeyRef": {"name": secret_name(scheduler_name, runner.name),
                                         "key": CREDENTIAL_KEY}}},
+        *({"name": name, "value": value} for name, value in spec.environment),
     ]  # fmt: skip
     ours: JsonObj = {
         "apiVersion": "v1",

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Final
 
+from scheduler.domain.access import SYSTEM
 from scheduler.domain.backoff import Backoff
 from scheduler.domain.clock import Clock
 from scheduler.domain.ports import Duty, Leadership, Provisioner, Store, Term
@@ -50,6 +51,7 @@ class ProvisionSettings:
     scheduler_address: str
     scheduler_name: str
     failure_backoff: Backoff = CRASH_BACKOFF
+    instance_environment: tuple[tuple[str, str], ...] = ()
 
 
 class Reconciler:
@@ -227,10 +229,14 @@ class Reconciler:
                     runner.name,
                     f"{self._provisioner.name} instances of scheduler "
                     f"{self._settings.scheduler_name}",
+                    by=SYSTEM,
                 )
                 await self._provisioner.store_credential(runner.name, credential.secret)
             spec = InstanceSpec(
-                runner, self._settings.scheduler_address, self._settings.scheduler_name
+                runner,
+                self._settings.scheduler_address,
+                self._settings.scheduler_name,
+                self._settings.instance_environment,
             )
             for _ in range(count):
                 created = await self._provisioner.create(spec)

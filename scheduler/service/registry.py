@@ -6,6 +6,8 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 from scheduler.domain import credentials
+from scheduler.domain.access import Identity
+from scheduler.domain.audit import AuditEvent
 from scheduler.domain.errors import (
     AlreadyExists,
     FieldViolation,
@@ -35,6 +37,10 @@ def _required_name(name: str, what: str = "name") -> None:
     raise_if(check_dns_label(name, what))
 
 
+def _updated(by: Identity, kind: str, name: str, paths: Sequence[str]) -> AuditEvent:
+    return AuditEvent(by, "update", kind, name, {"fields": ",".join(paths) or "all"})
+
+
 class Registry:
     def __init__(self, store: Store, limits: Limits) -> None:
         self._store = store
@@ -42,13 +48,14 @@ class Registry:
 
     # -- Runners ---------------------------------------------------------------------------
 
-    async def create_runner(self, runner: Runner) -> Runner:
+    async def create_runner(self, runner: Runner, *, by: Identity) -> Runner:
         raise_if(check_runner(runner, "runner", self._limits))
         async with self._store.transaction() as work:
             if await work.registry.runners_by_name([runner.name]):
                 raise AlreadyExists("runner", runner.name)
             await self._check_ids_free(work.registry, [(0, runner)], "runner")
             (created,) = await work.registry.insert_runners([runner])
+            await work.audit.record([AuditEvent(by, "create", "runner", created.name)])
             return created
 
     async def get_runner(self, name: str) -> Runner:
@@ -69,7 +76,7 @@ class Registry:
             rows = await work.registry.list_runners(page.after, page.size + 1, where)
         return Page.of(rows, page.size, lambda r: r.name)
 
-    async def update_runner(self, runner: Runner, paths: Sequence[str]) -> Runner:
+    async def update_runner(self, runner: Runner, paths: Sequence[str], *, by: Identity) -> Runner:
         _required_name(runner.name, "runner.name")
         async with self._store.transaction() as work:
             current = (await work.registry.runners_by_name([runner.name], lock=True)).get(
@@ -82,9 +89,10 @@ class Registry:
             if updated == current:
                 return current
             (stored,) = await work.registry.update_runners([updated])
+            await work.audit.record([_updated(by, "runner", stored.name, paths)])
             return stored
 
-    async def delete_runner(self, name: str) -> None:
+    async def delete_runner(self, name: str, *, by: Identity) -> None:
         _required_name(name)
         async with self._store.transaction() as work:
             if not await work.registry.runners_by_name([name], lock=True):
@@ -93,10 +101,11 @@ class Registry:
             if users:
                 raise InUse("runner", name, "node templates", users)
             await work.registry.delete_runner(name)
+            await work.audit.record([AuditEvent(by, "delete", "runner", name)])
 
     # -- Node Templates --------------------------------------------------------------------
 
-    async def create_node_template(self, template: NodeTemplate) -> NodeTemplate:
+    async def create_node_template(self, template: NodeTemplate, *, by: Identity) -> NodeTemplate:
         async with self._store.transaction() as work:
             plan = await manifests.plan(
                 work.registry, Manifest(node_templates=(template,)), "node_template", self._limits
@@ -104,6 +113,7 @@ class Registry:
             if not plan.new_node_templates:
                 raise AlreadyExists("node template", template.name)
             (created,) = await work.registry.insert_node_templates(plan.new_node_templates)
+            await work.audit.record([AuditEvent(by, "create", "node_template", created.name)])
             return created
 
     async def get_node_template(self, name: str) -> NodeTemplate:
@@ -120,7 +130,7 @@ class Registry:
         return Page.of(rows, page.size, lambda t: t.name)
 
     async def update_node_template(
-        self, template: NodeTemplate, paths: Sequence[str]
+        self, template: NodeTemplate, paths: Sequence[str], *, by: Identity
     ) -> NodeTemplate:
         _required_name(template.name, "node_template.name")
         async with self._store.transaction() as work:
@@ -136,9 +146,10 @@ class Registry:
             if not plan.changed_node_templates:
                 return current
             (stored,) = await work.registry.update_node_templates(plan.changed_node_templates)
+            await work.audit.record([_updated(by, "node_template", stored.name, paths)])
             return stored
 
-    async def delete_node_template(self, name: str) -> None:
+    async def delete_node_template(self, name: str, *, by: Identity) -> None:
         _required_name(name)
         async with self._store.transaction() as work:
             if not await work.registry.node_templates_by_name([name], lock=True):
@@ -147,10 +158,13 @@ class Registry:
             if users:
                 raise InUse("node template", name, "session templates", [u.name for u in users])
             await work.registry.delete_node_template(name)
+            await work.audit.record([AuditEvent(by, "delete", "node_template", name)])
 
     # -- Session Templates -----------------------------------------------------------------
 
-    async def create_session_template(self, template: SessionTemplate) -> SessionTemplate:
+    async def create_session_template(
+        self, template: SessionTemplate, *, by: Identity
+    ) -> SessionTemplate:
         async with self._store.transaction() as work:
             plan = await manifests.plan(
                 work.registry,
@@ -161,6 +175,7 @@ class Registry:
             if not plan.new_session_templates:
                 raise AlreadyExists("session template", template.name)
             (created,) = await work.registry.insert_session_templates(plan.new_session_templates)
+            await work.audit.record([AuditEvent(by, "create", "session_template", created.name)])
             return created
 
     async def get_session_template(self, name: str) -> SessionTemplate:
@@ -181,7 +196,7 @@ class Registry:
         return Page.of(rows, page.size, lambda t: t.name)
 
     async def update_session_template(
-        self, template: SessionTemplate, paths: Sequence[str]
+        self, template: SessionTemplate, paths: Sequence[str], *, by: Identity
     ) -> SessionTemplate:
         _required_name(template.name, "session_template.name")
         async with self._store.transaction() as work:
@@ -200,23 +215,39 @@ class Registry:
             if not plan.changed_session_templates:
                 return current
             (stored,) = await work.registry.update_session_templates(plan.changed_session_templates)
+            await work.audit.record([_updated(by, "session_template", stored.name, paths)])
             return stored
 
-    async def delete_session_template(self, name: str) -> None:
+    async def delete_session_template(self, name: str, *, by: Identity) -> None:
         _required_name(name)
         async with self._store.transaction() as work:
             if not await work.registry.delete_session_template(name):
                 raise NotFound("session template", name)
+            await work.audit.record([AuditEvent(by, "delete", "session_template", name)])
 
     # -- Manifest --------------------------------------------------------------------------
 
     async def apply_manifest(
-        self, manifest: Manifest, *, validate_only: bool = False
+        self, manifest: Manifest, *, by: Identity, validate_only: bool = False
     ) -> list[ApplyOutcome]:
         async with self._store.transaction() as work:
             plan = await manifests.plan(work.registry, manifest, "manifest", self._limits)
             if not validate_only:
                 await self._write(work.registry, plan)
+                await work.audit.record(
+                    [
+                        AuditEvent(by, action, kind, item.name, {"via": "ApplyManifest"})
+                        for action, kind, items in (
+                            ("create", "runner", plan.new_runners),
+                            ("update", "runner", plan.changed_runners),
+                            ("create", "node_template", plan.new_node_templates),
+                            ("update", "node_template", plan.changed_node_templates),
+                            ("create", "session_template", plan.new_session_templates),
+                            ("update", "session_template", plan.changed_session_templates),
+                        )
+                        for item in items
+                    ]
+                )
             return plan.outcomes
 
     async def _write(self, registry: RegistryRepository, plan: manifests.Plan) -> None:
@@ -244,7 +275,9 @@ class Registry:
 
     # -- Credentials -----------------------------------------------------------------------
 
-    async def issue_credential(self, runner: str, description: str) -> RunnerCredential:
+    async def issue_credential(
+        self, runner: str, description: str, *, by: Identity
+    ) -> RunnerCredential:
         _required_name(runner, "runner")
         raise_if(check_text(description, "description", max_len=self._limits.max_description))
         secret = credentials.new_secret()
@@ -255,6 +288,9 @@ class Registry:
             if not await work.registry.runners_by_name([runner]):
                 raise NotFound("runner", runner)
             stored = await work.registry.insert_credential(credential, credentials.digest(secret))
+            await work.audit.record(
+                [AuditEvent(by, "issue", "runner_credential", stored.id, {"runner": runner})]
+            )
         return replace(stored, secret=secret)
 
     async def list_credentials(self, runner: str, *, show_revoked: bool) -> list[RunnerCredential]:
@@ -264,11 +300,18 @@ class Registry:
                 raise NotFound("runner", runner)
             return await work.registry.list_credentials(runner, show_revoked=show_revoked)
 
-    async def revoke_credential(self, credential_id: str) -> RunnerCredential:
+    async def revoke_credential(self, credential_id: str, *, by: Identity) -> RunnerCredential:
         if not credential_id:
             raise InvalidArgument([FieldViolation("id", "is required: a credential id (rc-…)")])
         async with self._store.transaction() as work:
             revoked = await work.registry.revoke_credential(credential_id)
-        if revoked is None:
-            raise NotFound("runner credential", credential_id)
+            if revoked is None:
+                raise NotFound("runner credential", credential_id)
+            await work.audit.record(
+                [
+                    AuditEvent(
+                        by, "revoke", "runner_credential", credential_id, {"runner": revoked.runner}
+                    )
+                ]
+            )
         return revoked

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
 
+from scheduler.domain.access import Identity
+from scheduler.domain.audit import AuditEvent
 from scheduler.domain.clock import Clock
 from scheduler.domain.errors import (
     FailedPrecondition,
@@ -97,6 +99,7 @@ class Sessions:
     async def create(
         self,
         *,
+        by: Identity,
         session_template: str = "",
         dag: Sequence[DagNode] | None = None,
         parameters: Mapping[str, Any] | None = None,
@@ -149,6 +152,8 @@ class Sessions:
                 nodes=layout(nodes, templates),
             )
             await work.sessions.insert(new, now)
+            detail = {"session_template": session_template} if session_template else {}
+            await work.audit.record([AuditEvent(by, "create", "session", new.name, detail)])
             found = await work.sessions.get(
                 new.name, with_nodes=True, max_nodes=self._limits.max_created_nodes_shown
             )
@@ -197,7 +202,7 @@ class Sessions:
         keys = {id(r.session): f"{r.session.create_time.isoformat()}|{r.id}" for r in rows}
         return Page.of([r.session for r in rows], page.size, lambda s: keys[id(s)])
 
-    async def cancel(self, name: str, reason: str) -> Session:
+    async def cancel(self, name: str, reason: str, *, by: Identity) -> Session:
         raise_if(check_text(reason, "reason", max_len=REASON_MAX_LENGTH))
         now = self._clock.now()
         async with self._store.transaction() as work:
@@ -209,10 +214,13 @@ class Sessions:
                 )
             if state is not SessionState.CANCELLED:
                 await work.sessions.cancel(found.id, None, now, reason or "cancelled by request")
+                await work.audit.record(
+                    [AuditEvent(by, "cancel", "session", name, {"reason": reason[:200]})]
+                )
             result = await self._find(work, name, with_nodes=True)
         return result.session
 
-    async def cancel_node(self, name: str, key: str, reason: str) -> Session:
+    async def cancel_node(self, name: str, key: str, reason: str, *, by: Identity) -> Session:
         raise_if(
             [
                 *check_dns_label(key, "key", what="node key"),
@@ -233,6 +241,9 @@ class Sessions:
                     f"node {key!r} of session {name!r} already ended ({node.state.value})"
                 )
             await work.sessions.cancel(found.id, [node.idx], now, reason or "cancelled by request")
+            await work.audit.record(
+                [AuditEvent(by, "cancel", "node", f"{name}/{key}", {"reason": reason[:200]})]
+            )
             result = await self._find(work, name, with_nodes=True)
         return result.session
 

@@ -4,8 +4,9 @@ A unit of work collects what its statements changed (``Changes``); before it com
 statement NOTIFYs every replica of all of it, and once it has committed this replica's
 ``ChangeFeed`` hears of it directly, so its own waiters need not wait for the round trip.
 Deadlines are the exception: they reach the timekeeper by NOTIFY only, wherever it runs (this
-replica included), so that one written deadline wakes it once. Everything the driver raises
-leaves as a domain error (``scheduler.store.errors``).
+replica included), so that one written deadline wakes it once. The audit events a unit of work
+recorded are logged (logger ``scheduler.audit``) once it has committed. Everything the driver
+raises leaves as a domain error (``scheduler.store.errors``).
 """
 
 from __future__ import annotations
@@ -19,8 +20,10 @@ from typing import Any
 
 import asyncpg
 
+from scheduler.domain.audit import AuditEvent
 from scheduler.domain.ports import ChangeFeed, Changes
 from scheduler.store import notifications
+from scheduler.store.access import PgAccess, PgAudit
 from scheduler.store.errors import translated
 from scheduler.store.migrations import migrate
 from scheduler.store.provisioning import PgProvisioning
@@ -30,6 +33,25 @@ from scheduler.store.sessions import PgSessions
 from scheduler.store.tasks import PgTasks
 
 log = logging.getLogger(__name__)
+audit_log = logging.getLogger("scheduler.audit")
+
+
+def _log_audit(events: list[AuditEvent]) -> None:
+    for event in events:
+        audit_log.info(
+            "audit: %s %s %s",
+            event.action,
+            event.resource,
+            event.name,
+            extra={
+                "actor": event.actor.subject,
+                "actor_kind": event.actor.kind.value,
+                "role": event.actor.role.value,
+                "action": event.action,
+                "resource": event.resource,
+                "name": event.name,
+            },
+        )
 
 
 class PgUnitOfWork:
@@ -42,6 +64,8 @@ class PgUnitOfWork:
         self.sessions = PgSessions(self.db, self.changes)
         self.tasks = PgTasks(self.db, self.changes)
         self.provisioning = PgProvisioning(self.db)
+        self.access = PgAccess(self.db)
+        self.audit = PgAudit(self.db)
 
     async def announce(self) -> None:
         """Queue the NOTIFYs of what this unit of work changed; they go out at commit."""
@@ -78,6 +102,7 @@ class PgStore:
                 work = PgUnitOfWork(conn)
                 yield work
                 await work.announce()
+        _log_audit(work.audit.recorded)
         local = replace(work.changes, deadlines=[])
         if local:
             self._feed.changed(local)

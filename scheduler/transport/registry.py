@@ -15,6 +15,7 @@ from scheduler.domain.ports import RunnerFilter
 from scheduler.domain.registry import Runner
 from scheduler.service.registry import Registry
 from scheduler.transport import convert
+from scheduler.transport.access import caller
 
 Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 
@@ -32,7 +33,7 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
     async def CreateRunner(
         self, request: pb.CreateRunnerRequest, context: Context
     ) -> pb.CreateRunnerResponse:
-        created = await self._registry.create_runner(convert.runner(request.runner))
+        created = await self._registry.create_runner(convert.runner(request.runner), by=caller())
         return pb.CreateRunnerResponse(runner=convert.runner_message(created))
 
     async def _with_status(self, runners: list[Runner]) -> list[runner_pb2.Runner]:
@@ -63,14 +64,14 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
         self, request: pb.UpdateRunnerRequest, context: Context
     ) -> pb.UpdateRunnerResponse:
         updated = await self._registry.update_runner(
-            convert.runner(request.runner), list(request.update_mask.paths)
+            convert.runner(request.runner), list(request.update_mask.paths), by=caller()
         )
         return pb.UpdateRunnerResponse(runner=convert.runner_message(updated))
 
     async def DeleteRunner(
         self, request: pb.DeleteRunnerRequest, context: Context
     ) -> pb.DeleteRunnerResponse:
-        await self._registry.delete_runner(request.name)
+        await self._registry.delete_runner(request.name, by=caller())
         return pb.DeleteRunnerResponse()
 
     # -- Node Templates --------------------------------------------------------------------
@@ -79,7 +80,7 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
         self, request: pb.CreateNodeTemplateRequest, context: Context
     ) -> pb.CreateNodeTemplateResponse:
         created = await self._registry.create_node_template(
-            convert.node_template(request.node_template)
+            convert.node_template(request.node_template), by=caller()
         )
         return pb.CreateNodeTemplateResponse(node_template=convert.node_template_message(created))
 
@@ -102,14 +103,16 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
         self, request: pb.UpdateNodeTemplateRequest, context: Context
     ) -> pb.UpdateNodeTemplateResponse:
         updated = await self._registry.update_node_template(
-            convert.node_template(request.node_template), list(request.update_mask.paths)
+            convert.node_template(request.node_template),
+            list(request.update_mask.paths),
+            by=caller(),
         )
         return pb.UpdateNodeTemplateResponse(node_template=convert.node_template_message(updated))
 
     async def DeleteNodeTemplate(
         self, request: pb.DeleteNodeTemplateRequest, context: Context
     ) -> pb.DeleteNodeTemplateResponse:
-        await self._registry.delete_node_template(request.name)
+        await self._registry.delete_node_template(request.name, by=caller())
         return pb.DeleteNodeTemplateResponse()
 
     # -- Session Templates -----------------------------------------------------------------
@@ -118,7 +121,7 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
         self, request: pb.CreateSessionTemplateRequest, context: Context
     ) -> pb.CreateSessionTemplateResponse:
         created = await self._registry.create_session_template(
-            convert.session_template(request.session_template)
+            convert.session_template(request.session_template), by=caller()
         )
         return pb.CreateSessionTemplateResponse(
             session_template=convert.session_template_message(created)
@@ -147,7 +150,9 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
         self, request: pb.UpdateSessionTemplateRequest, context: Context
     ) -> pb.UpdateSessionTemplateResponse:
         updated = await self._registry.update_session_template(
-            convert.session_template(request.session_template), list(request.update_mask.paths)
+            convert.session_template(request.session_template),
+            list(request.update_mask.paths),
+            by=caller(),
         )
         return pb.UpdateSessionTemplateResponse(
             session_template=convert.session_template_message(updated)
@@ -156,7 +161,7 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
     async def DeleteSessionTemplate(
         self, request: pb.DeleteSessionTemplateRequest, context: Context
     ) -> pb.DeleteSessionTemplateResponse:
-        await self._registry.delete_session_template(request.name)
+        await self._registry.delete_session_template(request.name, by=caller())
         return pb.DeleteSessionTemplateResponse()
 
     # -- Manifest and credentials ----------------------------------------------------------
@@ -165,14 +170,16 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
         self, request: pb.ApplyManifestRequest, context: Context
     ) -> pb.ApplyManifestResponse:
         outcomes = await self._registry.apply_manifest(
-            convert.manifest(request.manifest), validate_only=request.validate_only
+            convert.manifest(request.manifest), by=caller(), validate_only=request.validate_only
         )
         return pb.ApplyManifestResponse(results=[convert.apply_result_message(o) for o in outcomes])
 
     async def IssueRunnerCredential(
         self, request: pb.IssueRunnerCredentialRequest, context: Context
     ) -> pb.IssueRunnerCredentialResponse:
-        issued = await self._registry.issue_credential(request.runner, request.description)
+        issued = await self._registry.issue_credential(
+            request.runner, request.description, by=caller()
+        )
         return pb.IssueRunnerCredentialResponse(credential=convert.credential_message(issued))
 
     async def ListRunnerCredentials(
@@ -188,5 +195,5 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
     async def RevokeRunnerCredential(
         self, request: pb.RevokeRunnerCredentialRequest, context: Context
     ) -> pb.RevokeRunnerCredentialResponse:
-        revoked = await self._registry.revoke_credential(request.id)
+        revoked = await self._registry.revoke_credential(request.id, by=caller())
         return pb.RevokeRunnerCredentialResponse(credential=convert.credential_message(revoked))

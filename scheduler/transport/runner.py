@@ -25,19 +25,11 @@ from scheduler.domain.runner_protocol import ClaimedTask, HeartbeatReply
 from scheduler.domain.validation import check_dns_label, check_text
 from scheduler.service.runner_protocol import RunnerProtocol
 from scheduler.transport import convert_sessions as convert
+from scheduler.transport.access import runner_caller
 
 Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 T = TypeVar("T")
 _END = object()
-
-
-def _bearer(context: Context) -> str | None:
-    for key, value in context.invocation_metadata() or ():
-        if key.lower() == "authorization" and isinstance(value, str):
-            scheme, _, secret = value.partition(" ")
-            if scheme.lower() == "bearer":
-                return secret.strip()
-    return None
 
 
 def check_attempt_id(value: str, field: str) -> list[FieldViolation]:
@@ -63,7 +55,8 @@ class RunnerServicer(pb_grpc.RunnerServiceServicer):
         self._protocol = protocol
 
     async def _runner(self, context: Context) -> str:
-        return await self._protocol.authenticate(_bearer(context))
+        """The Runner of the call's credential (the access interceptor authenticated it)."""
+        return runner_caller()
 
     async def ClaimTask(
         self, request_iterator: AsyncIterator[pb.ClaimTaskRequest], context: Context

@@ -18,6 +18,7 @@ from scheduler.domain.sessions import Session, SessionFilter
 from scheduler.service.sessions import Sessions, Snapshot
 from scheduler.transport import convert
 from scheduler.transport import convert_sessions as sconvert
+from scheduler.transport.access import caller
 
 Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 # Room left in a response for everything but the Session's nodes' outputs.
@@ -56,6 +57,7 @@ class SessionServicer(pb_grpc.SessionServiceServicer):
     ) -> pb.CreateSessionResponse:
         source = request.WhichOneof("source")
         created = await self._sessions.create(
+            by=caller(),
             session_template=request.session_template if source == "session_template" else "",
             dag=[convert.dag_node(n) for n in request.dag.nodes] if source == "dag" else None,
             parameters=convert.struct_to_dict(request.parameters),
@@ -109,13 +111,15 @@ class SessionServicer(pb_grpc.SessionServiceServicer):
     async def CancelSession(
         self, request: pb.CancelSessionRequest, context: Context
     ) -> pb.CancelSessionResponse:
-        cancelled = await self._sessions.cancel(request.name, request.reason)
+        cancelled = await self._sessions.cancel(request.name, request.reason, by=caller())
         return pb.CancelSessionResponse(session=self._shown(cancelled))
 
     async def CancelNode(
         self, request: pb.CancelNodeRequest, context: Context
     ) -> pb.CancelNodeResponse:
-        session = await self._sessions.cancel_node(request.session, request.key, request.reason)
+        session = await self._sessions.cancel_node(
+            request.session, request.key, request.reason, by=caller()
+        )
         node = next(n for n in session.nodes if n.key == request.key)
         return pb.CancelNodeResponse(node=sconvert.node_message(node))
 

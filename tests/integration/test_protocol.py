@@ -197,9 +197,14 @@ async def test_credentials_are_checked(scheduler: Scheduler) -> None:
     await setup_registry(scheduler)
     stub = pb_grpc.RunnerServiceStub(scheduler.channel)
     start = pb.ClaimTaskRequest(start=pb.ClaimStart(runner="w", instance_id="x", credits=1))
-    with pytest.raises(grpc.aio.AioRpcError) as missing:
-        await stub.ClaimTask(iter([start])).read()
+    async with grpc.aio.insecure_channel(scheduler.address) as anonymous:
+        with pytest.raises(grpc.aio.AioRpcError) as missing:
+            await pb_grpc.RunnerServiceStub(anonymous).ClaimTask(iter([start])).read()
     assert missing.value.code() is grpc.StatusCode.UNAUTHENTICATED
+    with pytest.raises(grpc.aio.AioRpcError) as admin:  # the channel's admin token
+        await stub.ClaimTask(iter([start])).read()
+    assert admin.value.code() is grpc.StatusCode.PERMISSION_DENIED
+    assert "needs a runner credential" in failure(admin.value).message
     with pytest.raises(grpc.aio.AioRpcError) as wrong:
         await stub.ClaimTask(iter([start]), metadata=(("authorization", "Bearer nope"),)).read()
     assert wrong.value.code() is grpc.StatusCode.UNAUTHENTICATED

@@ -15,6 +15,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from scheduler.domain import dag
+from scheduler.domain.access import AccessToken
+from scheduler.domain.audit import AuditEvent, AuditFilter
 from scheduler.domain.errors import Aborted
 from scheduler.domain.ports import Changes, Duty, Term
 from scheduler.domain.provisioning import InstanceSpec, Observed, Phase, RunnerStatus, RunnerWork
@@ -171,10 +173,56 @@ class MemoryProvisioning:
 
 
 @dataclass
+class MemoryAccess:
+    tokens: dict[bytes, AccessToken] = field(default_factory=dict)
+
+    async def insert_token(self, token: AccessToken, secret_hash: bytes) -> AccessToken:
+        self.tokens[secret_hash] = token
+        return token
+
+    async def replace_token(self, token: AccessToken, secret_hash: bytes) -> AccessToken | None:
+        if secret_hash in self.tokens:
+            return None
+        self.tokens = {h: t for h, t in self.tokens.items() if t.id != token.id}
+        self.tokens[secret_hash] = token
+        return token
+
+    async def list_tokens(self, *, show_revoked: bool) -> list[AccessToken]:
+        return [t for t in self.tokens.values() if show_revoked or t.revoke_time is None]
+
+    async def revoke_token(self, token_id: str) -> AccessToken | None:
+        for secret_hash, token in self.tokens.items():
+            if token.id == token_id:
+                self.tokens[secret_hash] = replace(token, revoke_time=T0)
+                return self.tokens[secret_hash]
+        return None
+
+    async def token_by_digest(self, secret_hash: bytes) -> AccessToken | None:
+        return self.tokens.get(secret_hash)
+
+    async def token_digest(self, token_id: str) -> bytes | None:
+        return next((h for h, t in self.tokens.items() if t.id == token_id), None)
+
+
+@dataclass
+class MemoryAudit:
+    events: list[AuditEvent] = field(default_factory=list)
+
+    async def record(self, events: Sequence[AuditEvent]) -> None:
+        self.events += [replace(e, id=len(self.events) + i + 1) for i, e in enumerate(events)]
+
+    async def page(self, where: AuditFilter, before: int, limit: int) -> list[AuditEvent]:
+        found = [e for e in reversed(self.events) if not before or e.id < before]
+        return found[:limit]
+
+
+@dataclass
 class MemoryUnitOfWork:
     registry: MemoryRegistry
     tasks: MemoryTasks
     provisioning: MemoryProvisioning
+    access: MemoryAccess
+    audit: MemoryAudit
     sessions: Any = None  # no unit test here reads Sessions
 
 
@@ -185,16 +233,23 @@ class MemoryStore:
         self.registry = MemoryRegistry()
         self.tasks = MemoryTasks()
         self.provisioning = MemoryProvisioning()
+        self.access = MemoryAccess()
+        self.audit = MemoryAudit()
         self.transactions = 0
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[MemoryUnitOfWork]:
         self.transactions += 1
-        yield MemoryUnitOfWork(self.registry, self.tasks, self.provisioning)
+        yield self._work()
 
     @asynccontextmanager
     async def snapshot(self) -> AsyncIterator[MemoryUnitOfWork]:
-        yield MemoryUnitOfWork(self.registry, self.tasks, self.provisioning)
+        yield self._work()
+
+    def _work(self) -> MemoryUnitOfWork:
+        return MemoryUnitOfWork(
+            self.registry, self.tasks, self.provisioning, self.access, self.audit
+        )
 
 
 class OneReplica:

@@ -16,7 +16,7 @@ def test_defaults_are_embedded() -> None:
 
 
 def test_flag_wins_over_environment_which_wins_over_default() -> None:
-    env = {"HEAT_LISTEN": "0.0.0.0:6000", "HEAT_DATA_DIR": "/srv/heat"}
+    env = {"HEAT_LISTEN": "0.0.0.0:6000", "HEAT_DATA_DIR": "/srv/heat", "HEAT_INSECURE": "1"}
     assert load({}, env=env).listen == "0.0.0.0:6000"
     settings = load({"listen": "[::]:7000"}, env=env)
     assert settings.listen == "[::]:7000" and settings.data_dir == Path("/srv/heat")
@@ -45,3 +45,27 @@ def test_bad_values_name_the_setting_and_what_is_accepted(
 def test_values_are_normalised() -> None:
     settings = load({"log_level": "debug", "shutdown_grace": "2.5s"}, env={})
     assert settings.log_level == "DEBUG" and settings.shutdown_grace == 2.5
+
+
+def test_plaintext_off_loopback_is_refused_unless_insecure() -> None:
+    with pytest.raises(SettingsError, match=r"not loopback.*--insecure"):
+        load({"listen": "0.0.0.0:50051"}, env={})
+    assert load({"listen": "0.0.0.0:50051", "insecure": "true"}, env={}).insecure
+    for loopback in ("127.0.0.1:1", "localhost:1", "[::1]:1"):
+        settings = load({"listen": loopback}, env={})
+        assert settings.loopback and settings.reflection_on
+    assert not load({"listen": "0.0.0.0:1", "insecure": "1"}, env={}).reflection_on
+    assert load({"listen": "0.0.0.0:1", "insecure": "1", "reflection": "on"}, env={}).reflection_on
+
+
+def test_tls_settings_go_together(tmp_path: Path) -> None:
+    pem = tmp_path / "x.pem"
+    pem.write_text("-----BEGIN CERTIFICATE-----\n")
+    with pytest.raises(SettingsError, match=r"tls_cert.*tls_key"):
+        load({"tls_cert": str(pem)}, env={})
+    with pytest.raises(SettingsError, match=r"tls_client_ca.*needs TLS"):
+        load({"tls_client_ca": str(pem)}, env={})
+    with pytest.raises(SettingsError, match=r"HEAT_TLS_CERT.*not a file"):
+        load({}, env={"HEAT_TLS_CERT": str(tmp_path / "missing.pem")})
+    settings = load({"tls_cert": str(pem), "tls_key": str(pem), "listen": "0.0.0.0:1"}, env={})
+    assert settings.tls and not settings.reflection_on
