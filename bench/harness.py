@@ -33,7 +33,13 @@ from heat.scheduler.v1 import (
 )
 
 from scheduler.embedded import EmbeddedPostgres
-from tests.support import free_port, open_tmp_dir, wait_serving
+from tests.support import (
+    admin_token_file,
+    authorized_channel,
+    free_port,
+    open_tmp_dir,
+    wait_serving,
+)
 
 ROOT: Final = Path(__file__).resolve().parent.parent
 PYTHON: Final = sys.executable
@@ -144,8 +150,13 @@ class Scheduler:
 
     @classmethod
     async def start(cls, dsn: str, log_file: Path, *extra: str) -> Scheduler:
-        if await _has_provisioner_flag():
+        if await _has_flag("--provisioner"):
             extra = ("--provisioner", "none", *extra)  # the benchmark starts its own runners
+        if await _has_flag("--admin-token-file"):
+            # Callers need an identity; the bench Runner wants up to 1000 instances.
+            extra = (
+                "--admin-token-file", str(admin_token_file()), "--max-runner-pods", "1000", *extra
+            )  # fmt: skip
         port = free_port()
         address = f"127.0.0.1:{port}"
         out = log_file.open("ab")
@@ -177,13 +188,13 @@ class Scheduler:
                 await self.process.wait()
 
     def channel(self) -> grpc.aio.Channel:
-        return grpc.aio.insecure_channel(self.address, options=CHANNEL_OPTIONS)
+        return authorized_channel(self.address, options=CHANNEL_OPTIONS)
 
 
 _HELP: list[str] = []
 
 
-async def _has_provisioner_flag() -> bool:
+async def _has_flag(flag: str) -> bool:
     if not _HELP:
         proc = await asyncio.create_subprocess_exec(
             PYTHON, "-m", "scheduler.cli", "serve", "--help",
@@ -191,7 +202,7 @@ async def _has_provisioner_flag() -> bool:
         )  # fmt: skip
         out, _ = await proc.communicate()
         _HELP.append(out.decode(errors="replace"))
-    return "--provisioner" in _HELP[0]
+    return flag in _HELP[0]
 
 
 async def git_state() -> dict[str, Any]:
@@ -227,7 +238,7 @@ async def register(address: str, *, attempt_timeout: str = "3600s") -> str:
             node_template_pb2.NodeTemplate(name=TEMPLATE, runner=RUNNER, multiple_inputs=True)
         ],
     )
-    async with grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS) as channel:
+    async with authorized_channel(address, options=CHANNEL_OPTIONS) as channel:
         stub = registry_service_pb2_grpc.RegistryServiceStub(channel)
         await stub.ApplyManifest(registry_service_pb2.ApplyManifestRequest(manifest=manifest))
         issued = await stub.IssueRunnerCredential(

@@ -33,7 +33,7 @@ from heat.scheduler.v1 import session_service_pb2_grpc as spb_grpc
 from scheduler import app
 from scheduler.embedded import EmbeddedPostgres
 from scheduler.settings import Settings
-from tests.support import open_tmp_dir
+from tests.support import admin_token_file, authorized_channel, open_tmp_dir
 
 _BLOCK = re.compile(r"^-- ([a-z_][a-z0-9_]*) --$", re.MULTILINE)
 
@@ -143,11 +143,12 @@ async def main() -> None:
             provisioner="none",
             lease_duration=4.0,
             heartbeat_interval=1.0,
+            admin_token_file=str(admin_token_file()),
         )
         async with app.running(settings) as running:
             await asyncio.sleep(0.5)
             RECORDER.take()
-            async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            async with authorized_channel(f"127.0.0.1:{running.port}") as channel:
                 await drive(channel)
 
 

@@ -273,7 +273,7 @@ async def running(
             "serving",
             extra={
                 "address": f"{host}:{port}",
-                "tls": "mutual" if settings.tls_client_ca else "on" if settings.tls else "off",
+                "tls": "mutual" if settings.client_ca else "on" if settings.tls else "off",
                 "reflection": "on" if settings.reflection_on else "off",
             },
         )
@@ -282,10 +282,10 @@ async def running(
 
 def _client_roles(settings: Settings) -> dict[str, access_rules.Role]:
     try:
-        return access_rules.parse_client_roles(settings.tls_client_roles)
+        return access_rules.parse_client_roles(settings.client_roles)
     except ValueError as exc:
         raise SettingsError(
-            f"setting tls_client_roles (--tls-client-roles / HEAT_TLS_CLIENT_ROLES): {exc}"
+            f"setting client_roles (--client-roles / HEAT_CLIENT_ROLES): {exc}"
         ) from None
 
 
@@ -294,12 +294,12 @@ def _certificates(settings: Settings) -> CertificateFiles | None:
         return None
     try:
         return CertificateFiles(
-            Path(settings.tls_cert),
-            Path(settings.tls_key),
-            Path(settings.tls_client_ca) if settings.tls_client_ca else None,
+            Path(settings.server_cert),
+            Path(settings.server_key),
+            Path(settings.client_ca) if settings.client_ca else None,
         )
     except TlsError as exc:
-        raise SettingsError(f"setting tls_cert / tls_key / tls_client_ca: {exc}") from None
+        raise SettingsError(f"setting server_cert / server_key / client_ca: {exc}") from None
 
 
 def instance_environment(settings: Settings) -> tuple[tuple[str, str], ...]:
@@ -441,6 +441,8 @@ async def make_provisioner(settings: Settings) -> Provisioner:
     return LocalProvisioner(
         parse_commands(settings.local_runners),
         state_dir=settings.data_dir.resolve() / "local-instances" / settings.scheduler_name,
+        inherit=[n.strip() for n in settings.local_runner_env.split(",") if n.strip()],
+        max_processes=settings.local_max_processes,
     )
 
 

@@ -159,10 +159,10 @@ class Settings:
     grpc_keepalive_timeout: float = 10.0
     grpc_max_connection_age: float = 0.0
     grpc_max_connection_age_grace: float = 60.0
-    tls_cert: str = ""
-    tls_key: str = ""
-    tls_client_ca: str = ""
-    tls_client_roles: str = ""
+    server_cert: str = ""
+    server_key: str = ""
+    client_ca: str = ""
+    client_roles: str = ""
     insecure: bool = False
     reflection: str = "auto"
     admin_token_file: str = ""
@@ -175,7 +175,7 @@ class Settings:
 
     @property
     def tls(self) -> bool:
-        return bool(self.tls_cert)
+        return bool(self.server_cert)
 
     @property
     def loopback(self) -> bool:
@@ -259,12 +259,12 @@ _SPECS: Final[Mapping[str, _Spec]] = {
     "grpc_max_connection_age_grace": _Spec(
         _seconds, "seconds calls get, after max connection age, before the connection is cut"
     ),
-    "tls_cert": _Spec(_file, "PEM certificate (chain) the server presents; turns TLS on"),
-    "tls_key": _Spec(_file, "PEM private key of tls_cert"),
-    "tls_client_ca": _Spec(
+    "server_cert": _Spec(_file, "PEM certificate (chain) the server presents; turns TLS on"),
+    "server_key": _Spec(_file, "PEM private key of server_cert"),
+    "client_ca": _Spec(
         _file, "PEM CA bundle of client certificates; when set, every client must present one"
     ),
-    "tls_client_roles": _Spec(
+    "client_roles": _Spec(
         str,
         "client certificates' roles: ROLE:NAME[;ROLE:NAME…], NAME a subject (CN=heat-api) or "
         "an alternative name (spiffe://heat/ns/web/sa/api), ROLE admin, operator or viewer",
@@ -347,15 +347,15 @@ def load(
 
 def check(settings: Settings) -> None:
     """The rules between settings; SettingsError naming them."""
-    if bool(settings.tls_cert) != bool(settings.tls_key):
+    if bool(settings.server_cert) != bool(settings.server_key):
         raise SettingsError(
-            "settings tls_cert (--tls-cert / HEAT_TLS_CERT) and tls_key (--tls-key / "
-            "HEAT_TLS_KEY) go together: give both, or neither for plaintext"
+            "settings server_cert (--server-cert / HEAT_SERVER_CERT) and server_key "
+            "(--server-key / HEAT_SERVER_KEY) go together: give both, or neither for plaintext"
         )
-    if settings.tls_client_ca and not settings.tls_cert:
+    if settings.client_ca and not settings.server_cert:
         raise SettingsError(
-            "setting tls_client_ca (--tls-client-ca / HEAT_TLS_CLIENT_CA) needs TLS: give "
-            "tls_cert and tls_key too"
+            "setting client_ca (--client-ca / HEAT_CLIENT_CA) needs TLS: give "
+            "server_cert and server_key too"
         )
     if bool(settings.runner_tls_cert) != bool(settings.runner_tls_key):
         raise SettingsError(
@@ -364,9 +364,9 @@ def check(settings: Settings) -> None:
     if not settings.tls and not settings.insecure and not settings.loopback:
         raise SettingsError(
             f"setting listen (--listen / HEAT_LISTEN): {settings.listen} is not loopback, and "
-            "plaintext there would show tokens and data to the network; give tls_cert and "
-            "tls_key (--tls-cert / --tls-key), or --insecure (HEAT_INSECURE=true) to accept it "
-            "(e.g. behind a mesh that encrypts)"
+            "plaintext there would show tokens and data to the network; give server_cert and "
+            "server_key (--server-cert / --server-key), or --insecure (HEAT_INSECURE=true) to "
+            "accept it (e.g. behind a mesh that encrypts)"
         )
     if settings.heartbeat_interval * 2 > settings.lease_duration:
         raise SettingsError(

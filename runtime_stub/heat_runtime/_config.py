@@ -38,6 +38,9 @@ ENVIRONMENT: Final = {
     "instance_id": "HEAT_INSTANCE_ID",
     "drain_timeout": "HEAT_DRAIN_TIMEOUT",
     "log_level": "HEAT_LOG_LEVEL",
+    "tls_ca": "HEAT_TLS_CA",
+    "tls_cert": "HEAT_TLS_CERT",
+    "tls_key": "HEAT_TLS_KEY",
 }
 
 _MAX_CAPACITY: Final = 10_000
@@ -71,6 +74,9 @@ class RuntimeSettings(TypedDict, total=False):
     instance_id: str
     drain_timeout: float
     log_level: str
+    tls_ca: str
+    tls_cert: str
+    tls_key: str
     heartbeat_interval: float
     reconnect_initial: float
     reconnect_max: float
@@ -100,6 +106,13 @@ class RuntimeConfig:
     handed back."""
     log_level: str = "INFO"
     """HEAT_LOG_LEVEL: DEBUG, INFO, WARNING or ERROR."""
+    tls_ca: str = ""
+    """HEAT_TLS_CA: CA bundle (a PEM file, or the PEM text itself) the scheduler's certificate
+    is checked against; setting any HEAT_TLS_* turns TLS on (with none of them: plaintext)."""
+    tls_cert: str = ""
+    """HEAT_TLS_CERT: client certificate (PEM file or text) for a scheduler that requires mTLS."""
+    tls_key: str = dataclasses.field(default="", repr=False)
+    """HEAT_TLS_KEY: the client certificate's private key (PEM file or text)."""
     heartbeat_interval: float = 10.0
     """Seconds between heartbeats until the scheduler states its own interval."""
     reconnect_initial: float = 0.1
@@ -113,6 +126,18 @@ class RuntimeConfig:
     """Largest result message posted; larger outputs fail the task permanently instead of
     breaking the stream (the scheduler's default message limit is 4 MiB)."""
 
+    @property
+    def tls(self) -> bool:
+        return bool(self.tls_ca or self.tls_cert)
+
+    def tls_files(self) -> tuple[bytes | None, bytes | None, bytes | None]:
+        """(CA, key, certificate chain) as PEM bytes, each None when not given."""
+        return (
+            _pem(self.tls_ca, "HEAT_TLS_CA"),
+            _pem(self.tls_key, "HEAT_TLS_KEY"),
+            _pem(self.tls_cert, "HEAT_TLS_CERT"),
+        )
+
     def __post_init__(self) -> None:
         if not self.instance_id:
             object.__setattr__(self, "instance_id", default_instance_id(os.environ))
@@ -122,6 +147,12 @@ class RuntimeConfig:
             problem = check(getattr(self, field.name)) if check else None
             if problem:
                 raise ConfigError(f"{_setting_name(field.name)}: {problem}")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ConfigError(
+                "tls_cert (HEAT_TLS_CERT) and tls_key (HEAT_TLS_KEY) go together: give both for"
+                " mTLS, or neither"
+            )
+        self.tls_files()  # unreadable files are a configuration error, at once
         if self.reconnect_max < self.reconnect_initial:
             raise ConfigError(
                 f"reconnect_max: {self.reconnect_max!r} is less than reconnect_initial"
@@ -155,6 +186,19 @@ class RuntimeConfig:
             return cls(**values)
         except TypeError as error:  # an unknown keyword argument
             raise ConfigError(str(error)) from None
+
+
+def _pem(value: str, variable: str) -> bytes | None:
+    """PEM text given inline, or read from the file it names."""
+    if not value:
+        return None
+    if value.lstrip().startswith("-----BEGIN"):
+        return value.encode()
+    try:
+        with open(value, "rb") as f:  # noqa: PTH123 (one small file)
+            return f.read()
+    except OSError as error:
+        raise ConfigError(f"{variable}: cannot read {value[:200]!r}: {error.strerror}") from None
 
 
 def _setting_name(field: str) -> str:

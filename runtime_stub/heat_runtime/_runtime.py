@@ -351,8 +351,16 @@ class HeatRuntime:
             ("grpc.keepalive_time_ms", 30_000),
             ("grpc.keepalive_timeout_ms", 10_000),
         ]
+        tls = None
+        if self._config.tls:
+            root, key, chain = self._config.tls_files()
+            tls = grpc.ssl_channel_credentials(root, key, chain)
         while not state.closing:
-            channel = grpc.aio.insecure_channel(self._config.address, options=options)
+            channel = (
+                grpc.aio.secure_channel(self._config.address, tls, options=options)
+                if tls is not None
+                else grpc.aio.insecure_channel(self._config.address, options=options)
+            )
             claim_start = None
             if not state.draining:
                 claim_start = pb.ClaimStart(

@@ -1,4 +1,5 @@
-"""heat-scheduler: serve the scheduler, migrate its database, apply a manifest."""
+"""heat-scheduler: serve the scheduler, migrate its database, and call it: manifests, Sessions,
+runners, credentials, access tokens, the audit trail."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from scheduler import logs, settings
-from scheduler.cli import registry, sessions
+from scheduler.cli import access, registry, sessions
 from scheduler.embedded import EmbeddedPostgresError
 
 
@@ -56,6 +57,7 @@ def parser() -> argparse.ArgumentParser:
     registry.add_apply(commands)
     sessions.add_commands(commands)
     registry.add_commands(commands)
+    access.add_commands(commands)
     return top
 
 

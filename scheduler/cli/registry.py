@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
-import grpc
 from google.protobuf import json_format
 from heat.scheduler.v1 import registry_service_pb2 as rpb
 from heat.scheduler.v1 import registry_service_pb2_grpc as rpb_grpc
 
 from scheduler.cli import render
-from scheduler.cli.calls import DEFAULT_ADDRESS, add_command, open_channel, width
+from scheduler.cli.calls import add_command, open_channel, width
 
 
 def _issue(args: argparse.Namespace) -> int:
@@ -74,16 +72,12 @@ def _apply(args: argparse.Namespace) -> int:
     except (OSError, ValueError, json_format.ParseError) as exc:
         print(f"error: cannot read manifest {args.manifest}: {exc}", file=sys.stderr)
         return 2
-    with grpc.insecure_channel(args.address) as channel:
+    with open_channel(args) as channel:
         stub = rpb_grpc.RegistryServiceStub(channel)
-        try:
-            response = stub.ApplyManifest(
-                rpb.ApplyManifestRequest(manifest=manifest, validate_only=args.validate_only),
-                timeout=args.timeout,
-            )
-        except grpc.RpcError as exc:
-            print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)
-            return 1
+        response = stub.ApplyManifest(
+            rpb.ApplyManifestRequest(manifest=manifest, validate_only=args.validate_only),
+            timeout=args.timeout,
+        )
     verb = "would be" if args.validate_only else "was"
     for result in response.results:
         action = rpb.ApplyAction.Name(result.action).removeprefix("APPLY_ACTION_").lower()
@@ -92,18 +86,11 @@ def _apply(args: argparse.Namespace) -> int:
 
 
 def add_apply(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    apply = commands.add_parser(
-        "apply", help="create or update the runners and templates of a HEAT manifest"
+    apply = add_command(
+        commands, "apply", _apply, "create or update the runners and templates of a HEAT manifest"
     )
     apply.add_argument("manifest", help="JSON file: {runners, nodeTemplates, sessionTemplates}")
-    apply.add_argument(
-        "--address",
-        default=os.environ.get("HEAT_ADDRESS", DEFAULT_ADDRESS),
-        help=f"scheduler address [env HEAT_ADDRESS, default {DEFAULT_ADDRESS}]",
-    )
     apply.add_argument("--validate-only", action="store_true", help="report, change nothing")
-    apply.add_argument("--timeout", type=float, default=30.0, help="seconds to wait")
-    apply.set_defaults(run=_apply)
 
 
 def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from typing import Any, Final, TypeAlias
 
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
-from heat.scheduler.v1 import runner_pb2
+from heat.scheduler.v1 import access_pb2, runner_pb2
 from heat.scheduler.v1 import session_pb2 as spb
 from heat.scheduler.v1 import session_service_pb2 as sspb
 
@@ -413,3 +413,38 @@ def event_time(response: sspb.WatchSessionResponse) -> datetime | None:
 def log_line(line: str, at: datetime | None) -> str:
     """A watch line as plain log output: UTC time first."""
     return f"{at:%Y-%m-%dT%H:%M:%SZ} {line}" if at is not None else line
+
+
+def role(value: access_pb2.Role.ValueType) -> str:
+    return access_pb2.Role.Name(value).removeprefix("ROLE_").lower()
+
+
+def tokens_table(tokens: Sequence[access_pb2.AccessToken]) -> list[str]:
+    rows = [
+        [
+            t.id,
+            role(t.role),
+            when(t.create_time),
+            when(t.expire_time) if t.HasField("expire_time") else "never",
+            when(t.revoke_time) if t.HasField("revoke_time") else "-",
+            t.created_by,
+            t.description,
+        ]
+        for t in tokens
+    ]
+    return table(["ID", "ROLE", "CREATED", "EXPIRES", "REVOKED", "BY", "DESCRIPTION"], rows)
+
+
+def audit_table(events: Sequence[access_pb2.AuditEvent]) -> list[str]:
+    rows = [
+        [
+            when(e.time),
+            f"{e.caller.subject} ({role(e.caller.role)})",
+            e.action,
+            e.resource,
+            e.name,
+            ", ".join(f"{k}={v}" for k, v in sorted(json_format.MessageToDict(e.detail).items())),
+        ]
+        for e in events
+    ]
+    return table(["TIME", "WHO", "ACTION", "RESOURCE", "NAME", "DETAIL"], rows)

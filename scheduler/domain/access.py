@@ -5,7 +5,7 @@ Every call but health checking needs a caller identity:
 - an **access token** the scheduler issued (``heatat_…``; stored as a digest, with a role and
   an optional expiry), sent as ``authorization: Bearer <token>``;
 - a **client certificate** (mTLS) whose subject or a subject alternative name is mapped to a
-  role by the ``tls_client_roles`` setting;
+  role by the ``client_roles`` setting;
 - a **runner credential** (``heatrc_…``), which may call the runner protocol only, and there
   only for its own Runner (``scheduler.service.runner_protocol.authorisation``).
 

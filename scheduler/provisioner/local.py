@@ -12,6 +12,12 @@ and their exit is observed through a pidfd), and forgets the rest. An adopted pr
 our child, so its exit code is unknown: it is reported as ended (SUCCEEDED), and the
 reconciler ends the leases of every ended instance at once, so a task it held goes back to
 the queue instead of waiting out its lease.
+
+Least privilege: a process inherits only an allow-listed part of the scheduler's environment
+(``PATH``, ``HOME``, the locale, ``TMPDIR``, ``TZ``, ``OTEL_*`` but the exporters' headers, and
+the names ``--local-runner-env`` adds), never the database URL or the scheduler's tokens; the
+``HEAT_*`` variables it needs are set for it. At most ``max_processes`` run at once, all
+Runners together.
 """
 
 from __future__ import annotations
@@ -37,6 +43,23 @@ from scheduler.provisioner.errors import ProvisionerError
 log = logging.getLogger(__name__)
 
 _STOP_GRACE_S: Final = 10.0
+INHERITED: Final = frozenset({"PATH", "HOME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "USER"})
+
+
+def inherited_environment(environ: Mapping[str, str], extra: Sequence[str] = ()) -> dict[str, str]:
+    """The part of ``environ`` a runner process may see."""
+    allowed = INHERITED | set(extra)
+    return {
+        name: value
+        for name, value in environ.items()
+        if name in allowed or name.startswith("LC_") or _telemetry(name)
+    }
+
+
+def _telemetry(name: str) -> bool:
+    # OTEL_* configure the runtime's telemetry, but the exporters' headers may hold a
+    # collector's credentials (OTEL_EXPORTER_OTLP_HEADERS, …_TRACES_HEADERS).
+    return name.startswith("OTEL_") and not name.endswith("_HEADERS")
 
 
 class LocalProvisioner:
@@ -47,13 +70,18 @@ class LocalProvisioner:
         commands: Mapping[str, Sequence[str]],
         *,
         env: Mapping[str, str] | None = None,
+        inherit: Sequence[str] = (),
+        max_processes: int = 32,
         cwd: str | None = None,
         state_dir: Path | None = None,
     ) -> None:
+        """``env``: variables every process gets as given (besides the inherited part of our
+        own environment, see ``inherited_environment``; ``inherit`` names more of it)."""
         self._state_dir = state_dir
         self._adopted: dict[str, int] = {}  # instance name -> pidfd of a process we adopted
         self._commands = {k: list(v) for k, v in commands.items()}
-        self._env = dict(os.environ if env is None else env)
+        self._env = {**inherited_environment(os.environ, inherit), **(env or {})}
+        self._max_processes = max_processes
         self._cwd = cwd
         self._instances: dict[str, Observed] = {}
         self._processes: dict[str, asyncio.subprocess.Process] = {}
@@ -94,9 +122,17 @@ class LocalProvisioner:
                 f"no local command for runner {runner.name!r} (configured: {known}); "
                 f"set --local-runners {runner.name}=COMMAND (env HEAT_LOCAL_RUNNERS)"
             )
+        running = sum(1 for p in self._processes.values() if p.returncode is None)
+        running += len(self._adopted)  # processes of an earlier scheduler, still ours
+        if running >= self._max_processes:
+            raise ProvisionerError(
+                f"the local provisioner runs at most {self._max_processes} processes "
+                "(--local-max-processes / HEAT_LOCAL_MAX_PROCESSES), and that many run"
+            )
         name = f"{runner.name}-{secrets.token_hex(3)}"
         env = {
             **self._env,
+            **dict(spec.environment),
             "HEAT_SCHEDULER_ADDRESS": spec.scheduler_address,
             "HEAT_RUNNER": runner.name,
             "HEAT_CAPACITY": str(runner.tasks_per_pod),

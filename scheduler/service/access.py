@@ -4,7 +4,7 @@ admin token (the bootstrap).
 ``authenticate`` turns what a call presented into an identity: a runner credential through the
 runner protocol's own check, an access token by its digest (cached briefly, so a revocation
 takes effect within ``TOKEN_TTL`` without a query per call), else a client certificate through
-the ``tls_client_roles`` mapping. ``authorise`` (the domain's table) then decides.
+the ``client_roles`` mapping. ``authorise`` (the domain's table) then decides.
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ class Access:
             )
             if found is None:
                 raise Unauthenticated(
-                    "the client certificate maps to no role: the scheduler's tls_client_roles "
+                    "the client certificate maps to no role: the scheduler's client_roles "
                     "setting names neither its subject nor its alternative names"
                 )
             return found

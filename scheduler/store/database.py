@@ -49,7 +49,7 @@ def _log_audit(events: list[AuditEvent]) -> None:
                 "role": event.actor.role.value,
                 "action": event.action,
                 "resource": event.resource,
-                "name": event.name,
+                "resource_name": event.name,
             },
         )
 

@@ -57,7 +57,7 @@ def cli(
         timeout=timeout,
         check=False,
         cwd=ROOT,
-        env={**os.environ, "COLUMNS": "200", **(env or {})},
+        env={**os.environ, "COLUMNS": "200", "HEAT_TOKEN": served.token, **(env or {})},
     )
 
 
@@ -147,6 +147,7 @@ def test_watch_resumes_after_the_scheduler_restarts(applied: Served, db_dsn: str
         stderr=subprocess.PIPE,
         text=True,
         cwd=ROOT,
+        env={**os.environ, "HEAT_TOKEN": applied.token},
     )
     lines: queue.Queue[str] = queue.Queue()
 

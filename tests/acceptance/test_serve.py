@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -95,6 +96,7 @@ def test_cli_applies_a_manifest_twice(served: Served, tmp_path: Path) -> None:
             text=True,
             timeout=60,
             check=True,
+            env={**os.environ, "HEAT_TOKEN": served.token},
         )
         return result.stdout
 

@@ -72,7 +72,7 @@ class Cluster:
         return served
 
     def channel(self, i: int = 0) -> grpc.Channel:
-        return grpc.insecure_channel(self.schedulers[i].address)
+        return self.schedulers[i].channel()
 
     def setup(self, max_attempts: int = 3) -> None:
         with self.channel() as channel:

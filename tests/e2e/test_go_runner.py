@@ -64,7 +64,7 @@ class Mixed:
     processes: list[subprocess.Popen[str]] = field(default_factory=list)
 
     def channel(self) -> grpc.Channel:
-        return grpc.insecure_channel(self.served.address)
+        return self.served.channel()
 
     def register(self) -> None:
         with self.channel() as channel:

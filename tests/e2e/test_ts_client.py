@@ -14,7 +14,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import grpc
 import pytest
 from google.protobuf import json_format
 from heat.scheduler.v1 import registry_service_pb2 as rpb
@@ -24,7 +23,7 @@ from heat.scheduler.v1 import session_service_pb2 as spb
 from heat.scheduler.v1 import session_service_pb2_grpc as spb_grpc
 
 from tests.e2e.conftest import QUICK, Cluster
-from tests.support import serve
+from tests.support import admin_token, authorized_sync_channel, serve
 
 ROOT = Path(__file__).resolve().parents[2]
 EVENT_TIMEOUT = 60.0
@@ -111,7 +110,7 @@ def client_of(ts_client: Path) -> Iterator[Callable[..., Client]]:
     started: list[Client] = []
 
     def start(*args: str) -> Client:
-        client = Client(["node", str(ts_client), "--json", *args])
+        client = Client(["node", str(ts_client), "--json", "--token", admin_token(), *args])
         started.append(client)
         return client
 
@@ -123,7 +122,7 @@ def client_of(ts_client: Path) -> Iterator[Callable[..., Client]]:
 def watched_after(address: str, name: str, cursor: str) -> list[dict[str, Any]]:
     """What a fresh WatchSession from ``cursor`` sends, as the client prints it."""
     events: list[dict[str, Any]] = []
-    with grpc.insecure_channel(address) as channel:
+    with authorized_sync_channel(address) as channel:
         stream = spb_grpc.SessionServiceStub(channel).WatchSession(
             spb.WatchSessionRequest(name=name, cursor=cursor), timeout=EVENT_TIMEOUT
         )

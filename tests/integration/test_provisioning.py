@@ -4,19 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import os
 import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pytest
 from google.protobuf import json_format
 from heat.scheduler.v1 import registry_service_pb2 as rpb
 from heat.scheduler.v1 import session_pb2 as s
 from heat.scheduler.v1 import session_service_pb2 as spb
 from heat.scheduler.v1 import session_service_pb2_grpc as spb_grpc
 
-from scheduler.domain.provisioning import Phase
+from scheduler.domain.provisioning import InstanceSpec, Phase
+from scheduler.domain.registry import Runner
+from scheduler.provisioner.errors import ProvisionerError
+from scheduler.provisioner.local import LocalProvisioner
 from tests.support import Scheduler, eventually, serving
 
 WORKER = Path(__file__).parent.parent / "e2e" / "worker.py"
@@ -69,6 +75,7 @@ def local(log: Path, command: str | None = None) -> dict[str, Any]:
     return {
         "provisioner": "local",
         "local_runners": f"w={command}",
+        "local_runner_env": "HEAT_TEST_LOG",  # where the worker logs (tests only)
         "lease_duration": 2.0,
         "heartbeat_interval": 0.5,
     }
@@ -181,3 +188,46 @@ async def test_one_replica_provisions_and_another_takes_over(
     finally:
         for stack in stacks:
             await stack.aclose()
+
+
+async def test_a_local_runner_gets_an_allow_listed_environment(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    """No database URL, token or collector credential reaches a runner process; what it needs
+    does (its credential, the scheduler's address, TLS files, PATH, locale, telemetry)."""
+    seen = tmp_path / "env.json"
+    for name, value in {
+        "HEAT_DATABASE_URL": "postgresql://heat:secret@db/heat",
+        "HEAT_TOKEN": "heatat_secret",
+        "HEAT_ADMIN_TOKEN_FILE": "/run/secrets/admin-token",
+        "PGPASSWORD": "secret",
+        "AWS_SECRET_ACCESS_KEY": "secret",
+        "OTEL_EXPORTER_OTLP_HEADERS": "authorization=secret",
+        "OTEL_SERVICE_NAME": "heat",
+        "LANG": "C.UTF-8",
+        "EXTRA_ALLOWED": "yes",
+    }.items():
+        monkeypatch.setenv(name, value)
+    dump = f"import json, os; json.dump(dict(os.environ), open({str(seen)!r}, 'w'))"
+    provisioner = LocalProvisioner(
+        {"w": [sys.executable, "-c", dump]}, inherit=["EXTRA_ALLOWED"], max_processes=1
+    )
+    changed = asyncio.Event()
+    await provisioner.start(changed.set)
+    await provisioner.store_credential("w", "heatrc_its_own")
+    runner = Runner(name="w", container_image="busybox", cpu_limit="1", memory_limit="64Mi")
+    spec = InstanceSpec(runner, "127.0.0.1:1", "heat", (("HEAT_TLS_CA", "/etc/heat/ca.pem"),))
+    await provisioner.create(spec)
+    with pytest.raises(ProvisionerError, match="at most 1 processes"):
+        await provisioner.create(spec)  # the global ceiling
+    await asyncio.wait_for(changed.wait(), 30)
+    env = json.loads(seen.read_text())
+    assert not {"HEAT_DATABASE_URL", "HEAT_TOKEN", "HEAT_ADMIN_TOKEN_FILE"} & env.keys()
+    assert not {"PGPASSWORD", "AWS_SECRET_ACCESS_KEY", "OTEL_EXPORTER_OTLP_HEADERS"} & env.keys()
+    assert not any("secret" in value for value in env.values())
+    assert env["HEAT_RUNNER_CREDENTIAL"] == "heatrc_its_own" and env["HEAT_RUNNER"] == "w"
+    assert env["HEAT_SCHEDULER_ADDRESS"] == "127.0.0.1:1"
+    assert env["HEAT_TLS_CA"] == "/etc/heat/ca.pem"
+    assert env["PATH"] == os.environ["PATH"] and env["LANG"] == "C.UTF-8"
+    assert env["OTEL_SERVICE_NAME"] == "heat" and env["EXTRA_ALLOWED"] == "yes"
+    await provisioner.stop()

@@ -61,11 +61,13 @@ def test_plaintext_off_loopback_is_refused_unless_insecure() -> None:
 def test_tls_settings_go_together(tmp_path: Path) -> None:
     pem = tmp_path / "x.pem"
     pem.write_text("-----BEGIN CERTIFICATE-----\n")
-    with pytest.raises(SettingsError, match=r"tls_cert.*tls_key"):
-        load({"tls_cert": str(pem)}, env={})
-    with pytest.raises(SettingsError, match=r"tls_client_ca.*needs TLS"):
-        load({"tls_client_ca": str(pem)}, env={})
-    with pytest.raises(SettingsError, match=r"HEAT_TLS_CERT.*not a file"):
-        load({}, env={"HEAT_TLS_CERT": str(tmp_path / "missing.pem")})
-    settings = load({"tls_cert": str(pem), "tls_key": str(pem), "listen": "0.0.0.0:1"}, env={})
+    with pytest.raises(SettingsError, match=r"server_cert.*server_key"):
+        load({"server_cert": str(pem)}, env={})
+    with pytest.raises(SettingsError, match=r"client_ca.*needs TLS"):
+        load({"client_ca": str(pem)}, env={})
+    with pytest.raises(SettingsError, match=r"HEAT_SERVER_CERT.*not a file"):
+        load({}, env={"HEAT_SERVER_CERT": str(tmp_path / "missing.pem")})
+    settings = load(
+        {"server_cert": str(pem), "server_key": str(pem), "listen": "0.0.0.0:1"}, env={}
+    )
     assert settings.tls and not settings.reflection_on
