@@ -1,6 +1,7 @@
 """Who may call what: caller identities, their roles, and the one table of permissions.
 
-Every call but health checking needs a caller identity:
+Every call but health checking (and server reflection, where it is on) needs a caller
+identity:
 
 - an **access token** the scheduler issued (``heatat_…``; stored as a digest, with a role and
   an optional expiry), sent as ``authorization: Bearer <token>``;
@@ -65,7 +66,9 @@ RULES: Final[Mapping[str, Permission]] = {
     "grpc.health.v1.Health/Check": Permission.PUBLIC,
     "grpc.health.v1.Health/Watch": Permission.PUBLIC,
     "grpc.health.v1.Health/List": Permission.PUBLIC,
-    "grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo": Permission.READ,
+    # Reflection shows only the public contract; whether it is served at all is a setting
+    # (on by default only on loopback).
+    "grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo": Permission.PUBLIC,
     **{
         _REGISTRY + m: Permission.READ
         for m in (

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import secrets
 import shlex
 import shutil
 import socket
@@ -32,15 +33,29 @@ _LINGER_TIMEOUT_S: Final = 10.0
 _LOG_ROTATE_BYTES: Final = 10 * 1024 * 1024
 _LOG_TAIL_LINES: Final = 30
 _PORT_ATTEMPTS: Final = 3
+# With no TCP the port only names the socket file, in a folder of our own: any number works.
+SOCKET_PORT: Final = 5432
+HBA: Final = """\
+# Written by heat-scheduler's embedded PostgreSQL at every start: a password for everyone.
+local all all scram-sha-256
+host  all all 127.0.0.1/32 scram-sha-256
+host  all all ::1/128 scram-sha-256
+"""
+# Only while an older cluster (trust auth, no password yet) gets its password: the socket's
+# folder is private, TCP is off.
+_HBA_UPGRADE: Final = "local all all trust\n"
 
 
 class EmbeddedPostgres:
-    """One PostgreSQL server on ``data_dir``, listening on ``host:port`` with trust auth.
+    """One PostgreSQL server on ``data_dir``, reachable only with its password.
 
-    ``port=None`` picks a free port (a restart of the same object tries the last one first).
-    ``durable=False`` (for tests) trades
-    durability for speed: a killed server loses its last fraction of a second of commits, and an
-    OS crash may corrupt the cluster.
+    It listens on a Unix socket in a private folder (0700, of the server's user) and, only when
+    ``host`` is given, on ``host:port`` too (``port=None`` picks a free port; a restart of the
+    same object tries the last one first). Every connection needs the password of the
+    ``heat`` superuser (scram-sha-256), generated at the first start and kept in
+    ``password_file`` (0600; default ``<data_dir>.password`` beside the data folder); the DSNs
+    carry it. ``durable=False`` (for tests) trades durability for speed: a killed server loses
+    its last fraction of a second of commits, and an OS crash may corrupt the cluster.
     """
 
     def __init__(
@@ -48,9 +63,10 @@ class EmbeddedPostgres:
         data_dir: Path,
         *,
         port: int | None = None,
-        host: str = "127.0.0.1",
+        host: str | None = None,
         durable: bool = True,
         pg_bin: Path | None = None,
+        password_file: Path | None = None,
     ) -> None:
         # The server programs run with cwd "/" (the unprivileged user may not enter ours).
         self.data_dir = Path(data_dir).absolute()
@@ -58,10 +74,17 @@ class EmbeddedPostgres:
         self.durable = durable
         self.pg_bin = pg_bin if pg_bin is not None else find_pg_bin()
         self.log_file = self.data_dir / "log" / "embedded.log"
+        self.password_file = (
+            Path(password_file).absolute()
+            if password_file is not None
+            else self.data_dir.with_name(self.data_dir.name + ".password")
+        )
+        self._password = ""
         self._requested_port = port
-        self._port = port
+        self._port = port if host is not None else (port or SOCKET_PORT)
         self._run_as = run_as()
         self._socket_dir: Path | None = None
+        self._last_socket_dir: Path | None = None
         self._running = False
 
     # -- public API ---------------------------------------------------------------------------
@@ -78,9 +101,23 @@ class EmbeddedPostgres:
         """The superuser's DSN for the ``postgres`` database."""
         return self.dsn_for("postgres")
 
+    @property
+    def socket_dir(self) -> Path:
+        """The private folder of the server's Unix socket."""
+        folder = self._socket_dir or self._last_socket_dir
+        if folder is None:
+            raise EmbeddedPostgresError("the socket is made at start(); start the server first")
+        return folder
+
     def dsn_for(self, database: str) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"postgresql://{SUPERUSER}@{host}:{self.port}/{quote(database, safe='')}"
+        """A DSN with the password: over TCP when the server listens there, else the socket."""
+        user = f"{SUPERUSER}:{quote(self._password, safe='')}"
+        name = quote(database, safe="")
+        if self.host is not None:
+            host = f"[{self.host}]" if ":" in self.host else self.host
+            return f"postgresql://{user}@{host}:{self.port}/{name}"
+        socket_dir = quote(str(self.socket_dir), safe="")
+        return f"postgresql://{user}@/{name}?host={socket_dir}&port={self.port}"
 
     @property
     def running(self) -> bool:
@@ -100,18 +137,33 @@ class EmbeddedPostgres:
         if self._running:
             return
         await asyncio.to_thread(self._prepare_data_dir)
+        upgrade = False
         if not (self.data_dir / "PG_VERSION").exists():
+            self._password = await asyncio.to_thread(self._new_password)
             await self._initdb()
+        elif self.password_file.exists():
+            self._password = await asyncio.to_thread(self._read_password)
+        else:
+            # A cluster of an older release: trust auth, no password. It gets one now.
+            self._password = await asyncio.to_thread(self._new_password)
+            upgrade = True
+        await asyncio.to_thread(self._write_hba, _HBA_UPGRADE if upgrade else HBA)
         await asyncio.to_thread(self._prepare_log)
         await self._clear_leftovers()
         self._socket_dir = await asyncio.to_thread(self._make_socket_dir)
         try:
             await self._pg_ctl_start()
+            if upgrade:
+                await self._set_password()
         except BaseException:
+            if upgrade:
+                with contextlib.suppress(EmbeddedPostgresError):
+                    await self.stop()
             await asyncio.to_thread(self._remove_socket_dir)
             raise
         self._running = True
-        log.info("embedded PostgreSQL on %s:%s, data in %s", self.host, self.port, self.data_dir)
+        where = f"{self.host}:{self.port} and " if self.host is not None else ""
+        log.info("embedded PostgreSQL on %s%s, data in %s", where, self._socket_dir, self.data_dir)
 
     async def stop(self) -> None:
         if not self._running:
@@ -138,6 +190,45 @@ class EmbeddedPostgres:
         tb: TracebackType | None,
     ) -> None:
         await self.stop()
+
+    # -- the password -------------------------------------------------------------------------
+
+    def _new_password(self) -> str:
+        password = secrets.token_urlsafe(24)
+        self.password_file.parent.mkdir(parents=True, exist_ok=True)
+        self.password_file.unlink(missing_ok=True)
+        fd = os.open(self.password_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(password + "\n")
+        return password
+
+    def _read_password(self) -> str:
+        password = self.password_file.read_text(encoding="utf-8").strip()
+        if not password:
+            raise EmbeddedPostgresError(
+                f"{self.password_file} is empty; it holds the embedded PostgreSQL's password"
+            )
+        return password
+
+    def _write_hba(self, content: str) -> None:
+        path = self.data_dir / "pg_hba.conf"
+        path.write_text(content, encoding="utf-8")
+        path.chmod(0o600)
+        if self._run_as is not None:
+            os.chown(path, self._run_as.uid, self._run_as.gid)
+
+    async def _set_password(self) -> None:
+        """Give an older cluster its password, then require it."""
+        conn = await asyncpg.connect(
+            host=str(self._socket_dir), port=self.port, user=SUPERUSER, database="postgres"
+        )
+        try:
+            await conn.execute(f"ALTER ROLE {SUPERUSER} PASSWORD {_literal(self._password)}")
+            await asyncio.to_thread(self._write_hba, HBA)
+            await conn.execute("SELECT pg_reload_conf()")
+        finally:
+            await conn.close()
+        log.info("the embedded PostgreSQL now requires its password (%s)", self.password_file)
 
     # -- folders ------------------------------------------------------------------------------
 
@@ -191,11 +282,20 @@ class EmbeddedPostgres:
                 self.log_file.replace(self.log_file.with_name(self.log_file.name + ".1"))
 
     def _make_socket_dir(self) -> Path:
-        # Unix socket paths are limited to about 100 bytes: keep it short, whatever TMPDIR says.
-        base = "/tmp" if Path("/tmp").is_dir() else None  # noqa: S108
-        folder = Path(tempfile.mkdtemp(prefix="heatpg", dir=base))
+        # A restart makes the same folder again if it can, so DSNs handed out stay valid.
+        folder = self._last_socket_dir
+        try:
+            if folder is None:
+                raise FileExistsError
+            folder.mkdir(mode=0o700)
+        except FileExistsError:
+            # Unix socket paths are limited to about 100 bytes: keep it short, whatever
+            # TMPDIR says. mkdtemp's folder is 0700: the socket is private to its owner.
+            base = "/tmp" if Path("/tmp").is_dir() else None  # noqa: S108
+            folder = Path(tempfile.mkdtemp(prefix="heatpg", dir=base))
         if self._run_as is not None:
             os.chown(folder, self._run_as.uid, self._run_as.gid)
+        self._last_socket_dir = folder
         return folder
 
     def _remove_socket_dir(self) -> None:
@@ -225,14 +325,25 @@ class EmbeddedPostgres:
         return proc.returncode, out.decode(errors="replace")
 
     async def _initdb(self) -> None:
+        # initdb reads the password from a file its user can read: one of its own, at once gone.
+        folder = Path(tempfile.mkdtemp(prefix="heatpw"))
+        pwfile = folder / "pw"
+        pwfile.write_text(self._password + "\n", encoding="utf-8")
+        pwfile.chmod(0o600)
+        if self._run_as is not None:
+            for path in (folder, pwfile):
+                os.chown(path, self._run_as.uid, self._run_as.gid)
         args = [
-            "-D", str(self.data_dir), f"--username={SUPERUSER}", "--auth=trust",
-            "--encoding=UTF8", "--locale=C",
+            "-D", str(self.data_dir), f"--username={SUPERUSER}", "--auth=scram-sha-256",
+            f"--pwfile={pwfile}", "--encoding=UTF8", "--locale=C",
         ]  # fmt: skip
         if not self.durable:
             args.append("--no-sync")
         log.info("creating a PostgreSQL cluster in %s", self.data_dir)
-        code, output = await self._run("initdb", *args)
+        try:
+            code, output = await self._run("initdb", *args)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
         if code != 0:
             raise EmbeddedPostgresError(
                 f"initdb failed (exit {code}) for {self.data_dir}:\n{output.strip()}"
@@ -240,7 +351,7 @@ class EmbeddedPostgres:
 
     def _server_options(self, port: int, socket_dir: Path) -> str:
         settings = {
-            "listen_addresses": self.host,
+            "listen_addresses": self.host or "",
             "port": str(port),
             "unix_socket_directories": str(socket_dir),
             "max_connections": "200",
@@ -253,7 +364,9 @@ class EmbeddedPostgres:
     async def _pg_ctl_start(self) -> None:
         assert self._socket_dir is not None
         for attempt in range(1, _PORT_ATTEMPTS + 1):
-            if self._requested_port is not None:
+            if self.host is None:
+                port = self.port  # a socket only: its folder is ours, no port can be taken
+            elif self._requested_port is not None:
                 port = self._requested_port
             elif attempt == 1 and self._port is not None:
                 # A restart keeps the previous port if it can, so DSNs handed out stay valid.
@@ -273,13 +386,15 @@ class EmbeddedPostgres:
             # Another process may grab the free port between our probe and the server's bind.
             if (
                 self._requested_port is None
+                and self.host is not None
                 and attempt < _PORT_ATTEMPTS
                 and "could not bind" in server_log
             ):
                 log.warning("port %s was taken before PostgreSQL bound it; retrying", port)
                 continue
             raise EmbeddedPostgresError(
-                f"PostgreSQL did not start on {self.host}:{port} from {self.data_dir} "
+                f"PostgreSQL did not start on {self.host or 'its socket'}:{port} from "
+                f"{self.data_dir} "
                 f"(pg_ctl exit {code}).\npg_ctl said:\n{output.strip()}\n"
                 f"last lines of {self.log_file}:\n{server_log}"
             )
@@ -367,6 +482,11 @@ def _processes_in(folder: Path) -> list[int]:
         if state not in ("Z", "X"):
             found.append(int(entry.name))
     return sorted(found)
+
+
+def _literal(text: str) -> str:
+    """A SQL string literal (the password is URL-safe base64; this is for good measure)."""
+    return "'" + text.replace("'", "''") + "'"
 
 
 def _server_env() -> dict[str, str]:

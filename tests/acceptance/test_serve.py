@@ -29,6 +29,7 @@ def test_grpcurl_lists_and_describes_through_reflection(served: Served) -> None:
     assert set(listed.stdout.split()) == {
         "grpc.health.v1.Health",
         "grpc.reflection.v1alpha.ServerReflection",
+        "heat.scheduler.v1.AccessService",
         "heat.scheduler.v1.RegistryService",
         "heat.scheduler.v1.RunnerService",
         "heat.scheduler.v1.SessionService",
@@ -66,6 +67,21 @@ def test_health_and_a_missing_session(served: Served) -> None:
     assert '"status": "SERVING"' in health.stdout
     missing = served.grpcurl("heat.scheduler.v1.SessionService/GetSession", data={"name": "s-x"})
     assert "Code: NotFound" in missing.stderr
+
+
+def test_grpcurl_needs_a_token_but_for_health_and_reflection(served: Served) -> None:
+    health = served.grpcurl("grpc.health.v1.Health/Check", token=None)
+    assert '"status": "SERVING"' in health.stdout
+    anonymous = served.grpcurl("heat.scheduler.v1.RegistryService/ListRunners", token=None)
+    assert "Code: Unauthenticated" in anonymous.stderr
+    assert "authorization: Bearer" in anonymous.stderr
+    assert "heat.scheduler.v1.AccessService" in served.grpcurl("list", token=None).stdout
+    me = served.call("AccessService/GetCaller", {})
+    assert me["caller"] == {
+        "kind": "CALLER_KIND_TOKEN",
+        "subject": "tk-bootstrap",
+        "role": "ROLE_ADMIN",
+    }
 
 
 def test_sigterm_stops_cleanly(served: Served) -> None:

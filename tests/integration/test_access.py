@@ -46,7 +46,7 @@ PEOPLE = frozenset({A, OP, V})
 EXPECTED: dict[str, frozenset[str]] = {
     "grpc.health.v1.Health/Check": EVERYONE,
     "grpc.health.v1.Health/Watch": EVERYONE,
-    "grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo": PEOPLE,
+    "grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo": EVERYONE,
     **{
         f"heat.scheduler.v1.RegistryService/{m}": PEOPLE
         for m in (
@@ -403,3 +403,9 @@ async def test_a_token_file_given_by_a_setting_is_the_admin_and_rotates(
     with pytest.raises(Exception, match="does not exist"):
         async with serving(db_dsn, admin_token_file=str(open_tmp_path / "missing")):
             pass
+
+
+async def test_reflection_can_be_turned_off(db_dsn: str) -> None:
+    async with serving(db_dsn, reflection="off") as sc:
+        method = reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"].methods[0]
+        assert await call(sc.channel, method, ()) is grpc.StatusCode.UNIMPLEMENTED

@@ -7,6 +7,7 @@ import os
 import pwd
 import signal
 import socket
+import stat
 import time
 from pathlib import Path
 
@@ -64,7 +65,7 @@ async def _wait_dead(pid: int) -> None:
 async def test_data_persists_across_restarts(open_tmp_path: Path) -> None:
     data = open_tmp_path / "data"
     async with EmbeddedPostgres(data) as first:
-        assert first.dsn.startswith(f"postgresql://heat@127.0.0.1:{first.port}/")
+        assert first.dsn.startswith("postgresql://heat:") and "?host=%2F" in first.dsn
         await _execute(first, "CREATE TABLE kept (v text); INSERT INTO kept VALUES ('hello')")
     assert not (data / "postmaster.pid").exists()
 
@@ -110,7 +111,7 @@ async def test_a_server_left_running_by_a_killed_scheduler_is_replaced(
     await asyncio.wait_for(orphan.stop(), timeout=5)
 
 
-async def test_stop_is_idempotent_and_the_port_is_known_only_once_started(
+async def test_stop_is_idempotent_and_the_dsn_is_known_only_once_started(
     open_tmp_path: Path,
 ) -> None:
     server = EmbeddedPostgres(open_tmp_path / "data", durable=False)
@@ -119,13 +120,17 @@ async def test_stop_is_idempotent_and_the_port_is_known_only_once_started(
         _ = server.dsn
     await server.start()
     assert await _query(server, "SHOW fsync") == "off"
-    assert server.dsn_for("some db") == f"postgresql://heat@127.0.0.1:{server.port}/some%20db"
+    password = server.password_file.read_text().strip()
+    socket_dir = str(server.socket_dir).replace("/", "%2F")
+    assert server.dsn_for("some db") == (
+        f"postgresql://heat:{password}@/some%20db?host={socket_dir}&port={server.port}"
+    )
     dsn = server.dsn
     await server.stop()
     await server.stop()
     assert not server.running
     await server.start()
-    assert server.dsn == dsn, "a restart keeps the port when it is free"
+    assert server.dsn == dsn, "a restart keeps its socket (and password)"
     await server.stop()
 
 
@@ -215,7 +220,7 @@ def test_the_embedded_default_comes_from_the_wheel() -> None:
 
 async def test_a_taken_port(open_tmp_path: Path) -> None:
     data = open_tmp_path / "data"
-    server = EmbeddedPostgres(data, durable=False)
+    server = EmbeddedPostgres(data, durable=False, host="127.0.0.1")
     await server.start()
     await server.stop()
     taken = server.port
@@ -231,5 +236,52 @@ async def test_a_taken_port(open_tmp_path: Path) -> None:
 
         # Asked for: the failure shows the server's own words.
         with pytest.raises(EmbeddedPostgresError, match="could not bind") as caught:
-            await EmbeddedPostgres(data, port=taken, durable=False).start()
+            await EmbeddedPostgres(data, port=taken, durable=False, host="127.0.0.1").start()
         assert str(data / "log" / "embedded.log") in str(caught.value)
+
+
+async def test_only_the_password_opens_it_and_tcp_is_off_unless_asked(
+    open_tmp_path: Path,
+) -> None:
+    data = open_tmp_path / "data"
+    async with EmbeddedPostgres(data, durable=False) as server:
+        assert await _query(server, "SHOW listen_addresses") == ""
+        assert stat.S_IMODE(server.socket_dir.stat().st_mode) == 0o700
+        assert stat.S_IMODE(server.password_file.stat().st_mode) == 0o600
+        socket_dir = str(server.socket_dir)
+        with pytest.raises(
+            (asyncpg.InvalidPasswordError, asyncpg.InvalidAuthorizationSpecificationError)
+        ):
+            await asyncpg.connect(
+                host=socket_dir,
+                port=server.port,
+                user="heat",
+                password="wrong",
+                database="postgres",
+            )
+        with pytest.raises(Exception, match="password"):
+            await asyncpg.connect(
+                host=socket_dir, port=server.port, user="heat", database="postgres"
+            )
+    async with EmbeddedPostgres(data, durable=False, host="127.0.0.1") as tcp:
+        assert await _query(tcp, "SHOW listen_addresses") == "127.0.0.1"
+        with pytest.raises(Exception, match="password"):
+            await asyncpg.connect(host="127.0.0.1", port=tcp.port, user="heat", database="postgres")
+
+
+async def test_a_cluster_without_a_password_file_gets_a_new_password(open_tmp_path: Path) -> None:
+    """An older cluster (trust auth) or a lost password file: the next start sets a new one."""
+    data = open_tmp_path / "data"
+    async with EmbeddedPostgres(data, durable=False) as first:
+        await _execute(first, "CREATE TABLE kept (v text); INSERT INTO kept VALUES ('hello')")
+        old = first.password_file.read_text().strip()
+    first.password_file.unlink()
+    async with EmbeddedPostgres(data, durable=False) as second:
+        new = second.password_file.read_text().strip()
+        assert new != old
+        assert await _query(second, "SELECT v FROM kept") == "hello"
+        with pytest.raises(asyncpg.InvalidPasswordError):
+            await asyncpg.connect(
+                host=str(second.socket_dir), port=second.port, user="heat", password=old,
+                database="postgres",
+            )  # fmt: skip
