@@ -250,11 +250,15 @@ class Scheduler:
 
 @asynccontextmanager
 async def serving(
-    dsn: str, *, backend: Provisioner | None = None, **overrides: Any
+    dsn: str,
+    *,
+    backend: Provisioner | None = None,
+    credentials: grpc.ChannelCredentials | None = None,
+    **overrides: Any,
 ) -> AsyncIterator[Scheduler]:
     """A scheduler served in-process on ``dsn`` (loopback, a free port, no provisioner unless
-    the overrides say otherwise) and a channel to it that calls as admin; ``backend`` replaces
-    the provisioner the settings name."""
+    the overrides say otherwise) and a channel to it that calls as admin (over TLS with
+    ``credentials``); ``backend`` replaces the provisioner the settings name."""
     settings = Settings(
         **{
             "listen": "127.0.0.1:0",
@@ -267,7 +271,7 @@ async def serving(
     )
     async with app.running(settings, provisioner=backend) as running:
         address = f"127.0.0.1:{running.port}"
-        async with authorized_channel(address) as channel:
+        async with authorized_channel(address, credentials=credentials) as channel:
             yield Scheduler(
                 address, channel, registry_service_pb2_grpc.RegistryServiceStub(channel), running
             )
