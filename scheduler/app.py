@@ -160,6 +160,7 @@ async def running(
             max_dag_nodes=settings.max_dag_nodes,
             max_output_bytes=settings.max_output_bytes,
             max_message_bytes=settings.max_message_bytes,
+            max_runner_pods=settings.max_runner_pods,
         )
         signals = Signals()
         store = await PgStore.open(dsn, signals, max_size=settings.db_pool_size)

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import shutil
 from pathlib import Path
@@ -38,9 +39,10 @@ def _pgbench_path() -> Path | None:
     return Path(found) if found else None
 
 
-async def _run(*args: str) -> str:
+async def _run(*args: str, password: str = "") -> str:
+    env = {**os.environ, "PGPASSWORD": password} if password else None
     proc = await asyncio.create_subprocess_exec(
-        *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+        *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env
     )
     out, _ = await proc.communicate()
     text = out.decode(errors="replace")
@@ -55,8 +57,9 @@ async def pgbench(ctx: Context) -> dict[str, Any]:
         return {"error": "pgbench not found"}
     await ctx.pg.create_database("pgbench")
     server = ctx.pg.server
-    connection = ["-h", server.host, "-p", str(server.port), "-U", "heat", "pgbench"]
-    await _run(str(binary), "-i", "-s", "1", "-q", *connection)
+    # The embedded server's socket (TCP is off), with its password.
+    connection = ["-h", str(server.socket_dir), "-p", str(server.port), "-U", "heat", "pgbench"]
+    await _run(str(binary), "-i", "-s", "1", "-q", *connection, password=server.password)
     script = ctx.work / "update_one_row.sql"
     script.write_text(UPDATE_ONE_ROW)
     runs = []
@@ -65,6 +68,7 @@ async def pgbench(ctx: Context) -> dict[str, Any]:
             str(binary), "-n", "-M", "prepared", "-f", str(script),
             "-c", str(clients), "-j", str(min(clients, 2)),
             "-T", str(max(1, round(ctx.sizes.pgbench_seconds))), *connection,
+            password=server.password,
         )  # fmt: skip
         match = re.search(r"tps = ([0-9.]+) \(without initial connection time\)", text)
         tps = float(match.group(1)) if match else 0.0

@@ -102,6 +102,11 @@ class EmbeddedPostgres:
         return self.dsn_for("postgres")
 
     @property
+    def password(self) -> str:
+        """The ``heat`` superuser's password (known once started)."""
+        return self._password
+
+    @property
     def socket_dir(self) -> Path:
         """The private folder of the server's Unix socket."""
         folder = self._socket_dir or self._last_socket_dir

@@ -409,3 +409,31 @@ async def test_reflection_can_be_turned_off(db_dsn: str) -> None:
     async with serving(db_dsn, reflection="off") as sc:
         method = reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"].methods[0]
         assert await call(sc.channel, method, ()) is grpc.StatusCode.UNIMPLEMENTED
+
+
+async def test_runners_stay_under_the_operators_ceiling_of_instances(db_dsn: str) -> None:
+    async with serving(db_dsn, max_runner_pods=5) as sc:
+        for fields in ({"max_pods": 6}, {"min_pods": 6, "max_pods": 6}):
+            pods: dict[str, Any] = fields
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await sc.registry.CreateRunner(
+                    rpb.CreateRunnerRequest(
+                        runner=runner_pb2.Runner(
+                            name="w",
+                            container_image="busybox",
+                            cpu_limit="1",
+                            memory_limit="64Mi",
+                            **pods,
+                        )
+                    )
+                )
+            violations = failure(refused.value).violations
+            assert any("at most 5" in v or "0 to 5" in v for v in violations.values()), violations
+        await sc.registry.CreateRunner(
+            rpb.CreateRunnerRequest(
+                runner=runner_pb2.Runner(
+                    name="w", container_image="busybox", cpu_limit="1", memory_limit="64Mi",
+                    min_pods=5, max_pods=5,
+                )
+            )
+        )  # fmt: skip
