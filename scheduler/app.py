@@ -324,16 +324,16 @@ async def bootstrap_admin(access: Access, settings: Settings) -> None:
 
     - ``admin_token_file`` given (e.g. a mounted Kubernetes Secret): its content is the
       bootstrap admin token; a changed file replaces it (the old one stops working).
-    - Otherwise ``data_dir/admin-token``: read when it exists; at the first start on a
-      database (no bootstrap token stored yet) a new token is written there, 0600, and the
-      CLI on this machine finds it by default. A replica starting later on the same database
-      writes none (the token lives where the first replica wrote it).
+    - Otherwise ``data_dir/admin-token``: at the first start on a database (no bootstrap token
+      stored yet) a new token is written there, 0600, and the CLI on this machine finds it by
+      default. Such a file only ever fills an empty place: a replica starting later on the same
+      database (or losing a race to be first) keeps the token that is stored.
     """
     path = settings.admin_token_path()
-    source = str(path)
+    given = bool(settings.admin_token_file)
     if path.exists():
         secret = await asyncio.to_thread(_read_token, path)
-    elif settings.admin_token_file:
+    elif given:
         raise SettingsError(
             f"setting admin_token_file (--admin-token-file / HEAT_ADMIN_TOKEN_FILE): {path} "
             "does not exist; point it at the file holding the first admin token, or leave it "
@@ -349,10 +349,16 @@ async def bootstrap_admin(access: Access, settings: Settings) -> None:
     else:
         secret = access_rules.new_token_secret()
         await asyncio.to_thread(_write_token, path, secret)
-        log.info("wrote the first admin token", extra={"file": source})
-    outcome = await access.bootstrap(secret, source=source)
+        log.info("wrote the first admin token", extra={"file": str(path)})
+    outcome = await access.bootstrap(secret, source=str(path), replace=given)
     if outcome.changed:
-        log.info("the first admin token is set", extra={"file": source})
+        log.info("the first admin token is set", extra={"file": str(path)})
+    elif not given and not await access.is_bootstrap(secret):
+        log.warning(
+            "%s holds no token of this database (its first admin token was made elsewhere); "
+            "remove the file, or issue a token with: heat-scheduler tokens issue --role admin",
+            path,
+        )
 
 
 def _read_token(path: Path) -> str:

@@ -180,9 +180,12 @@ class AccessRepository(Protocol):
     async def revoke_token(self, token_id: str) -> AccessToken | None: ...
     async def token_by_digest(self, secret_hash: bytes) -> AccessToken | None: ...
     async def token_digest(self, token_id: str) -> bytes | None: ...
-    async def replace_token(self, token: AccessToken, secret_hash: bytes) -> AccessToken | None:
+    async def replace_token(
+        self, token: AccessToken, secret_hash: bytes, *, replace: bool = True
+    ) -> AccessToken | None:
         """Insert the token, or give the one with its id this digest (unrevoked, no expiry);
-        None when it had this digest already (a revoked one stays revoked)."""
+        None when it had this digest already (a revoked one stays revoked). With ``replace``
+        false, a token with its id is left as it is (None)."""
         ...
 
 

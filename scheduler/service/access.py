@@ -185,10 +185,11 @@ class Access:
 
     # -- the first admin identity ------------------------------------------------------------
 
-    async def bootstrap(self, secret: str, *, source: str) -> Bootstrapped:
+    async def bootstrap(self, secret: str, *, source: str, replace: bool = True) -> Bootstrapped:
         """Make ``secret`` the bootstrap admin token (id ``tk-bootstrap``). The same secret
         again changes nothing (so a revoked bootstrap token stays revoked); another secret
-        replaces the old one, which stops working."""
+        replaces the old one, which stops working, unless ``replace`` is false (then only a
+        database without one takes it: the first of several replicas wins)."""
         problem = access.check_given_secret(secret)
         if problem:
             raise InvalidArgument([FieldViolation("admin token", problem)])
@@ -199,13 +200,18 @@ class Access:
             created_by=SYSTEM.subject,
         )
         async with self._store.transaction() as work:
-            stored = await work.access.replace_token(token, digest(secret))
+            stored = await work.access.replace_token(token, digest(secret), replace=replace)
             if stored is not None:
                 await work.audit.record(
                     [AuditEvent(SYSTEM, "issue", "access_token", stored.id, {"source": source})]
                 )
         self._tokens.clear()
         return Bootstrapped(changed=stored is not None)
+
+    async def is_bootstrap(self, secret: str) -> bool:
+        """Whether ``secret`` is the stored bootstrap token's (revoked or not)."""
+        async with self._store.transaction() as work:
+            return await work.access.token_digest(BOOTSTRAP_TOKEN_ID) == digest(secret)
 
     async def bootstrap_exists(self) -> bool:
         async with self._store.transaction() as work:

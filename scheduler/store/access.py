@@ -52,9 +52,11 @@ class PgAccess:
         )
         return _token_from(row)
 
-    async def replace_token(self, token: AccessToken, secret_hash: bytes) -> AccessToken | None:
+    async def replace_token(
+        self, token: AccessToken, secret_hash: bytes, *, replace: bool = True
+    ) -> AccessToken | None:
         rows = await self._db.fetch(
-            "replace_token",
+            "replace_token" if replace else "insert_token_if_absent",
             token.id,
             token.role.value,
             secret_hash,

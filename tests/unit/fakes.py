@@ -180,8 +180,12 @@ class MemoryAccess:
         self.tokens[secret_hash] = token
         return token
 
-    async def replace_token(self, token: AccessToken, secret_hash: bytes) -> AccessToken | None:
+    async def replace_token(
+        self, token: AccessToken, secret_hash: bytes, *, replace: bool = True
+    ) -> AccessToken | None:
         if secret_hash in self.tokens:
+            return None
+        if not replace and any(t.id == token.id for t in self.tokens.values()):
             return None
         self.tokens = {h: t for h, t in self.tokens.items() if t.id != token.id}
         self.tokens[secret_hash] = token

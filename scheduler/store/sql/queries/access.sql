@@ -15,6 +15,13 @@ SET secret_hash = EXCLUDED.secret_hash, role = EXCLUDED.role, revoke_time = NULL
 WHERE access_tokens.secret_hash <> EXCLUDED.secret_hash
 RETURNING id, role, description, created_by, create_time, expire_time, revoke_time;
 
+-- insert_token_if_absent --
+-- Insert a token unless one with its id exists (whatever its digest).
+INSERT INTO access_tokens (id, role, secret_hash, description, created_by)
+VALUES ($1, $2, $3, $4, $5)
+ON CONFLICT (id) DO NOTHING
+RETURNING id, role, description, created_by, create_time, expire_time, revoke_time;
+
 -- list_tokens --
 -- Access tokens, newest first; revoked ones only when asked.
 SELECT id, role, description, created_by, create_time, expire_time, revoke_time
