@@ -239,11 +239,15 @@ async def running(
         await health_servicer.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
         readiness.start()  # migrations just reached the database; the listener says otherwise
 
+        health_server = await _health_server(settings, health_servicer)
+
         async def shutdown() -> None:
             signals.close()
             await readiness.stop()
             await health_servicer.enter_graceful_shutdown()
             await server.stop(settings.shutdown_grace)
+            if health_server is not None:
+                await health_server.stop(0)
 
         stack.push_async_callback(shutdown)
         host = settings.listen.rsplit(":", 1)[0]
@@ -279,6 +283,26 @@ async def running(
             },
         )
         yield Running(server, port, health_servicer, store, protocol, reconciler, access)
+
+
+async def _health_server(
+    settings: Settings, servicer: health.aio.HealthServicer
+) -> grpc.aio.Server | None:
+    """A plaintext listener with the health service alone (no caller identity is needed for
+    it anywhere), for probes that speak no TLS; None unless ``health_listen`` is set."""
+    if not settings.health_listen:
+        return None
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    try:
+        server.add_insecure_port(settings.health_listen)
+    except RuntimeError:
+        raise SettingsError(
+            f"setting health_listen (--health-listen / HEAT_HEALTH_LISTEN): cannot listen on "
+            f"{settings.health_listen}; the port is taken or the address is not this machine's"
+        ) from None
+    await server.start()
+    return server
 
 
 def _client_roles(settings: Settings) -> dict[str, access_rules.Role]:

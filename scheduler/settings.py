@@ -164,6 +164,7 @@ class Settings:
     client_ca: str = ""
     client_roles: str = ""
     insecure: bool = False
+    health_listen: str = ""
     reflection: str = "auto"
     admin_token_file: str = ""
     runner_tls_ca: str = ""
@@ -271,6 +272,11 @@ _SPECS: Final[Mapping[str, _Spec]] = {
     ),
     "insecure": _Spec(
         _boolean, "allow plaintext gRPC on an address other than loopback (not recommended)"
+    ),
+    "health_listen": _Spec(
+        _advertised,
+        "host:port of a plaintext listener serving only the health service (Kubernetes' gRPC "
+        "probes speak no TLS); empty: none",
     ),
     "reflection": _Spec(
         _choice(REFLECTION), "server reflection: auto (on when listening on loopback), on, off"

@@ -16,6 +16,7 @@ from typing import Any
 import grpc
 import pytest
 from google.protobuf import json_format
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from heat.scheduler.v1 import access_pb2, session_pb2
 from heat.scheduler.v1 import access_service_pb2 as apb
 from heat.scheduler.v1 import access_service_pb2_grpc as apb_grpc
@@ -26,7 +27,7 @@ from heat.scheduler.v1 import session_service_pb2_grpc as spb_grpc
 from heat_runtime import Runtime
 
 from tests.certs import CertificateAuthority, Issued
-from tests.support import Scheduler, admin_token, authorized_channel, serving
+from tests.support import Scheduler, admin_token, authorized_channel, free_port, serving
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKER = ROOT / "tests" / "e2e" / "worker.py"
@@ -300,3 +301,20 @@ def test_the_cli_speaks_mtls_and_tls_with_a_token(db_dsn: str, pki: Pki) -> None
     assert certificate.stdout.strip() == "CN=svc-a (certificate), role operator", certificate
     assert token.stdout.strip() == "tk-bootstrap (token), role admin", token
     assert missing.returncode == 1 and "UNAVAILABLE" in missing.stderr
+
+
+async def test_probes_get_a_plaintext_health_listener_and_nothing_else(
+    db_dsn: str, pki: Pki
+) -> None:
+    health_address = f"127.0.0.1:{free_port()}"
+    async with (
+        serving(db_dsn, health_listen=health_address, **tls(pki)),
+        grpc.aio.insecure_channel(health_address) as channel,
+    ):
+        answer = await health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(), timeout=10
+        )
+        assert answer.status == health_pb2.HealthCheckResponse.SERVING
+        with pytest.raises(grpc.aio.AioRpcError) as other:
+            await apb_grpc.AccessServiceStub(channel).GetCaller(apb.GetCallerRequest(), timeout=10)
+        assert other.value.code() is grpc.StatusCode.UNIMPLEMENTED
