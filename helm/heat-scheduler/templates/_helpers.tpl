@@ -69,3 +69,19 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- define "heat-scheduler.advertiseAddress" -}}
 {{- printf "%s.%s.svc:%d" (include "heat-scheduler.fullname" .) .Release.Namespace (int .Values.service.port) }}
 {{- end }}
+
+{{/* The Secret and key holding the first admin token. */}}
+{{- define "heat-scheduler.adminTokenSecret" -}}
+{{- default (printf "%s-admin-token" (include "heat-scheduler.fullname" .)) .Values.adminToken.existingSecret }}
+{{- end }}
+
+{{- define "heat-scheduler.adminTokenKey" -}}
+{{- if .Values.adminToken.existingSecret }}{{ .Values.adminToken.existingSecretKey }}{{ else }}token{{ end }}
+{{- end }}
+
+{{/* Plaintext beyond loopback needs a decision: TLS, or insecure on purpose. */}}
+{{- define "heat-scheduler.checkTransport" -}}
+{{- if and (not .Values.tls.secretName) (not .Values.insecure) }}
+{{- fail "give tls.secretName (a Secret with tls.crt and tls.key) to serve TLS, or insecure=true to serve plaintext on the pod network (e.g. behind a mesh that encrypts)" }}
+{{- end }}
+{{- end }}
