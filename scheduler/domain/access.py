@@ -156,6 +156,11 @@ def _needs(permission: Permission) -> str:
     return "the role " + " or ".join(roles) if len(roles) > 1 else f"the role {roles[0]}"
 
 
+def is_public(method: str) -> bool:
+    """Whether ``method`` needs no identity (nothing a call presents is looked at then)."""
+    return RULES.get(method) is Permission.PUBLIC
+
+
 def authorise(identity: Identity | None, method: str) -> None:
     """Whether ``identity`` may call ``method`` (``package.Service/Method``); raises
     Unauthenticated or PermissionDenied saying what the call needs."""

@@ -109,9 +109,14 @@ class Access:
         token = cached[0]
         return token if token is not None and token.usable(now) else None
 
-    @staticmethod
-    def authorise(identity: Identity | None, method: str) -> None:
+    async def admit(self, method: str, presented: Presented) -> Identity | None:
+        """The identity of a call of ``method``, if it may make it (else Unauthenticated or
+        PermissionDenied saying what it needs). Public methods look at nothing presented."""
+        if access.is_public(method):
+            return None
+        identity = await self.authenticate(presented)
         access.authorise(identity, method)
+        return identity
 
     # -- tokens ------------------------------------------------------------------------------
 

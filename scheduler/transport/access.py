@@ -91,9 +91,7 @@ class AccessInterceptor(grpc.aio.ServerInterceptor):
         self._access = access
 
     async def _admit(self, method: str, context: Context) -> None:
-        identity = await self._access.authenticate(presented(context))
-        self._access.authorise(identity, method)
-        _CALLER.set(identity)
+        _CALLER.set(await self._access.admit(method, presented(context)))
 
     def _unary(self, method: str, behavior: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
         async def admitted(request: Any, context: Context) -> Any:

@@ -137,3 +137,13 @@ async def test_the_bootstrap_token_is_replaced_only_by_another_secret() -> None:
     assert (await service.bootstrap("b" * 40, source="file")).changed
     admin = await service.authenticate(Presented(bearer="b" * 40))
     assert admin is not None and admin.role is Role.ADMIN
+
+
+async def test_public_methods_look_at_nothing_presented() -> None:
+    service, _, _ = rig()
+    health = "grpc.health.v1.Health/Check"
+    assert await service.admit(health, Presented(bearer="heatat_unknown")) is None
+    with pytest.raises(Unauthenticated):
+        await service.admit("heat.scheduler.v1.SessionService/GetSession", Presented(bearer="x"))
+    runner = await service.admit("heat.scheduler.v1.RunnerService/ClaimTask", Presented("heatrc_w"))
+    assert runner == RUNNER

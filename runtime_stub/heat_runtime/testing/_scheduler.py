@@ -116,6 +116,7 @@ class HeatScheduler:
         self._ready = threading.Event()
         self._error: BaseException | None = None
         self._port = 0
+        self._auth: tuple[tuple[str, str], ...] = ()  # the scheduler's first admin token
         self._credentials: dict[str, str] = {}
         self._instances = itertools.count(1)
 
@@ -186,6 +187,8 @@ class HeatScheduler:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         async with running(settings) as served:
+            token = settings.admin_token_path().read_text(encoding="utf-8").strip()
+            self._auth = (("authorization", f"Bearer {token}"),)
             self._port = served.port
             self._ready.set()
             await self._stop.wait()
@@ -212,14 +215,14 @@ class HeatScheduler:
             document = json.loads(Path(manifest).read_text(encoding="utf-8"))
         request = json_format.ParseDict({"manifest": document}, rpb.ApplyManifestRequest())
         with self._channel() as channel:
-            rpb_grpc.RegistryServiceStub(channel).ApplyManifest(request)
+            rpb_grpc.RegistryServiceStub(channel).ApplyManifest(request, metadata=self._auth)
 
     def credential(self, runner: str) -> str:
         """A credential of the Runner ``runner`` (issued once, then reused)."""
         if runner not in self._credentials:
             with self._channel() as channel:
                 issued = rpb_grpc.RegistryServiceStub(channel).IssueRunnerCredential(
-                    rpb.IssueRunnerCredentialRequest(runner=runner)
+                    rpb.IssueRunnerCredentialRequest(runner=runner), metadata=self._auth
                 )
             self._credentials[runner] = issued.credential.secret
         return self._credentials[runner]
@@ -339,7 +342,9 @@ class HeatScheduler:
             document["dag"] = {"nodes": [dict(node) for node in nodes or ()]}
         request = json_format.ParseDict(document, spb.CreateSessionRequest())
         with self._channel() as channel:
-            created = spb_grpc.SessionServiceStub(channel).CreateSession(request)
+            created = spb_grpc.SessionServiceStub(channel).CreateSession(
+                request, metadata=self._auth
+            )
         name: str = created.session.name
         return name
 
@@ -349,7 +354,7 @@ class HeatScheduler:
             stub = spb_grpc.SessionServiceStub(channel)
             try:
                 for event in stub.WatchSession(
-                    spb.WatchSessionRequest(name=session), timeout=timeout
+                    spb.WatchSessionRequest(name=session), timeout=timeout, metadata=self._auth
                 ):
                     kind = event.WhichOneof("event")
                     if kind == "snapshot" and event.snapshot.state in _FINAL:
@@ -359,7 +364,7 @@ class HeatScheduler:
             except grpc.RpcError as error:
                 if error.code() != grpc.StatusCode.DEADLINE_EXCEEDED:
                     raise
-            got = stub.GetSession(spb.GetSessionRequest(name=session)).session
+            got = stub.GetSession(spb.GetSessionRequest(name=session), metadata=self._auth).session
         if got.state not in _FINAL:
             state = session_pb2.SessionState.Name(got.state)
             raise AssertionError(
