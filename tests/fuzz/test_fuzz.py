@@ -30,6 +30,7 @@ from google.protobuf.descriptor import MethodDescriptor
 from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from heat.scheduler.v1 import (
+    access_service_pb2,
     registry_service_pb2,
     registry_service_pb2_grpc,
     runner_service_pb2,
@@ -62,6 +63,7 @@ BAD_LOG_LINES: Final = re.compile(
     r"Traceback|Task was destroyed|never retrieved|Exception in callback| ERROR "
 )
 SERVICES: Final = [
+    access_service_pb2.DESCRIPTOR.services_by_name["AccessService"],
     registry_service_pb2.DESCRIPTOR.services_by_name["RegistryService"],
     session_service_pb2.DESCRIPTOR.services_by_name["SessionService"],
     runner_service_pb2.DESCRIPTOR.services_by_name["RunnerService"],
@@ -99,7 +101,8 @@ MANIFEST: Final = {
 @dataclass
 class Fuzzed:
     served: Served
-    channel: grpc.Channel
+    channel: grpc.Channel  # calls as admin unless a call names its own authorization
+    anonymous: grpc.Channel  # calls as nobody
     known: list[str]
     secret: str
     canary_secret: str
@@ -145,7 +148,7 @@ def fuzzed(fuzz_dsn: str) -> Iterator[Fuzzed]:
         "0.25",
     )
     try:
-        with grpc.insecure_channel(served.address) as channel:
+        with served.channel() as channel, grpc.insecure_channel(served.address) as anonymous:
             registry = registry_service_pb2_grpc.RegistryServiceStub(channel)
             registry.ApplyManifest(
                 json_format.ParseDict({"manifest": MANIFEST}, rpb.ApplyManifestRequest())
@@ -161,7 +164,7 @@ def fuzzed(fuzz_dsn: str) -> Iterator[Fuzzed]:
             )
             known = ["w", "step", "tmpl", created.session.name, "a", "heat.scheduler.v1"]
             rss = _rss_mb(served.process.pid)
-            yield Fuzzed(served, channel, known, secret, canary_secret, rss)
+            yield Fuzzed(served, channel, anonymous, known, secret, canary_secret, rss)
     finally:
         served.stop()
 
@@ -171,8 +174,10 @@ def _path(method: MethodDescriptor) -> str:
 
 
 def call(fuzzed: Fuzzed, method: MethodDescriptor, requests: list[Message], auth: str) -> None:
-    """Send the requests; fail on a status that blames the scheduler."""
-    channel = fuzzed.channel
+    """Send the requests (``auth`` "nobody": with no identity; "": as the admin); fail on a
+    status that blames the scheduler."""
+    channel = fuzzed.anonymous if auth == "nobody" else fuzzed.channel
+    auth = "" if auth == "nobody" else auth
     path = _path(method)
     metadata = (("authorization", auth),) if auth else None
     serialize = lambda m: m.SerializeToString()  # noqa: E731
@@ -217,7 +222,16 @@ def test_no_request_is_the_schedulers_fault(fuzzed: Fuzzed, method: MethodDescri
     @given(
         requests=st.lists(messages(request_type, fuzzed.known), min_size=1, max_size=count),
         auth=st.sampled_from(
-            ["", "w", "canary", "Bearer nope", "Bearer ", "Basic x", "Bearer " + "z" * 4000]
+            [
+                "",
+                "nobody",
+                "w",
+                "canary",
+                "Bearer nope",
+                "Bearer ",
+                "Basic x",
+                "Bearer " + "z" * 4000,
+            ]
         ),
     )
     def fuzz(requests: list[Message], auth: str) -> None:
