@@ -12,7 +12,6 @@ import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-import grpc
 import pytest
 from google.protobuf import json_format
 from heat.scheduler.v1 import registry_service_pb2 as rpb
@@ -21,7 +20,7 @@ from heat.scheduler.v1 import session_pb2 as s
 from heat.scheduler.v1 import session_service_pb2 as spb
 from heat.scheduler.v1 import session_service_pb2_grpc as spb_grpc
 
-from tests.support import Served, eventually, free_port, open_tmp_dir, serve
+from tests.support import Served, authorized_channel, eventually, free_port, open_tmp_dir, serve
 
 WORKER = Path(__file__).parent.parent / "e2e" / "worker.py"
 LEASE = 60.0  # an orphan's task must come back long before its lease would run out
@@ -82,7 +81,7 @@ async def test_a_restarted_scheduler_adopts_its_runner_processes(db_dsn: str) ->
     address = first.address
     second: Served | None = None
     try:
-        async with grpc.aio.insecure_channel(address) as channel:
+        async with authorized_channel(address) as channel:
             registry = rpb_grpc.RegistryServiceStub(channel)
             manifest = {
                 "runners": [
@@ -122,7 +121,7 @@ async def test_a_restarted_scheduler_adopts_its_runner_processes(db_dsn: str) ->
         assert len(orphans) == 2, "the runner processes outlive a SIGKILLed scheduler"
 
         second = _serve(db_dsn, data_dir, port)
-        async with grpc.aio.insecure_channel(address) as channel:
+        async with authorized_channel(address) as channel:
             registry = rpb_grpc.RegistryServiceStub(channel)
 
             async def observed() -> int:

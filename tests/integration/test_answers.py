@@ -104,7 +104,9 @@ async def test_stream_getters_end_with_their_call(
     scheduler: Scheduler, caplog: pytest.LogCaptureFixture
 ) -> None:
     secret = await setup_registry(scheduler)
-    stub = pb_grpc.RunnerServiceStub(scheduler.channel)
+    # A channel of its own: the shared one's client interceptors keep tasks of their own.
+    channel = grpc.aio.insecure_channel(scheduler.address)
+    stub = pb_grpc.RunnerServiceStub(channel)
     metadata = (("authorization", f"Bearer {secret}"),)
     before = len(asyncio.all_tasks())
     caplog.set_level(logging.ERROR, logger="asyncio")
@@ -123,6 +125,7 @@ async def test_stream_getters_end_with_their_call(
     gc.collect()
     await asyncio.sleep(0)
     assert len(asyncio.all_tasks()) <= before + 2, [t.get_coro() for t in asyncio.all_tasks()]
+    await channel.close()
     assert "Task was destroyed but it is pending" not in caplog.text
     assert "never retrieved" not in caplog.text
 
