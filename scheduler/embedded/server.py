@@ -312,22 +312,40 @@ class EmbeddedPostgres:
 
     async def _run(self, program: str, *args: str) -> tuple[int, str]:
         """Run a server program as the right user; its exit code and combined output."""
-        run_as = self._run_as
         proc = await asyncio.create_subprocess_exec(
-            str(self.pg_bin / program),
+            *self._as_server_user(str(self.pg_bin / program)),
             *args,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
             cwd="/",
             env=_server_env(),
-            user=run_as.uid if run_as else None,
-            group=run_as.gid if run_as else None,
-            extra_groups=run_as.groups if run_as else None,
         )
         out, _ = await proc.communicate()
         assert proc.returncode is not None
         return proc.returncode, out.decode(errors="replace")
+
+    def _as_server_user(self, program: str) -> list[str]:
+        """The command that runs ``program`` as the server's user.
+
+        The user is switched by setpriv rather than by Popen's ``user=``: switching it in the
+        child makes Python fork() instead of vfork(), and a fork() runs gRPC's fork handlers in
+        a child of a process that serves gRPC, where they can crash it (SIGSEGV).
+        """
+        run_as = self._run_as
+        if run_as is None:
+            return [program]
+        setpriv = shutil.which("setpriv")
+        if setpriv is None:
+            raise EmbeddedPostgresError(
+                "running as root, PostgreSQL must run as another user, which needs setpriv"
+                " (util-linux) on PATH; install it, or run the scheduler as a normal user"
+            )
+        groups = ",".join(map(str, run_as.groups))
+        return [
+            setpriv, f"--reuid={run_as.uid}", f"--regid={run_as.gid}",
+            f"--groups={groups}" if groups else "--clear-groups", "--", program,
+        ]  # fmt: skip
 
     async def _initdb(self) -> None:
         # initdb reads the password from a file its user can read: one of its own, at once gone.
