@@ -48,6 +48,7 @@ from scheduler.store.database import PgStore, migrate_database
 from scheduler.store.leadership import AdvisoryLockLeadership
 from scheduler.store.notifications import Listener
 from scheduler.transport.access import AccessInterceptor, AccessServicer
+from scheduler.telemetry import SchedulerTelemetry, TelemetryConfig
 from scheduler.transport.errors import ErrorInterceptor
 from scheduler.transport.registry import RegistryServicer
 from scheduler.transport.runner import RunnerServicer
@@ -128,6 +129,7 @@ class Running:
     protocol: RunnerProtocol
     reconciler: Reconciler | None
     access: Access
+    telemetry: SchedulerTelemetry
 
 
 @asynccontextmanager
@@ -144,16 +146,26 @@ async def database(settings: Settings) -> AsyncIterator[str]:
 
 @asynccontextmanager
 async def running(
-    settings: Settings, *, provisioner: Provisioner | None = None
+    settings: Settings,
+    *,
+    provisioner: Provisioner | None = None,
+    telemetry: SchedulerTelemetry | None = None,
 ) -> AsyncIterator[Running]:
     """The scheduler, serving, for as long as the block runs; stopped gracefully after.
 
-    ``provisioner`` replaces the one the settings name (tests hand in one of their own).
+    ``provisioner`` replaces the one the settings name, ``telemetry`` the one the OTEL_*
+    environment and the settings configure (tests hand in their own).
     """
     check(settings)
     client_roles = _client_roles(settings)
     certificates = _certificates(settings)
+    if telemetry is None:
+        telemetry = SchedulerTelemetry(
+            TelemetryConfig.from_env(metrics_listen=settings.metrics_listen)
+        )
     async with AsyncExitStack() as stack:
+        stack.push_async_callback(telemetry.shutdown)  # last: it flushes what others reported
+        report = telemetry.reporter
         dsn = await stack.enter_async_context(database(settings))
         await migrate_database(dsn)
         limits = Limits(
@@ -163,7 +175,7 @@ async def running(
             max_runner_pods=settings.max_runner_pods,
         )
         signals = Signals()
-        store = await PgStore.open(dsn, signals, max_size=settings.db_pool_size)
+        store = await PgStore.open(dsn, signals, max_size=settings.db_pool_size, telemetry=report)
         stack.push_async_callback(store.close)
         leadership = AdvisoryLockLeadership(dsn)
         clock = SystemClock()
@@ -178,6 +190,7 @@ async def running(
                 drain_idle=settings.provisioner != "none",
             ),
             limits,
+            telemetry=report,
         )
         health_servicer = health.aio.HealthServicer()
         readiness = Readiness(health_servicer)
@@ -203,16 +216,19 @@ async def running(
             store, clock, limits, runner_of=protocol.authenticate, client_roles=client_roles
         )
         await bootstrap_admin(access, settings)
-        # The error interceptor is outermost, so refusals of the access check become statuses.
+        # Telemetry outermost: its span and status are what the caller sees after the others.
+        # Then the error interceptor, so refusals of the access check become statuses.
         server = grpc.aio.server(
-            interceptors=[ErrorInterceptor(), AccessInterceptor(access)], options=options
+            interceptors=[telemetry.interceptor, ErrorInterceptor(), AccessInterceptor(access)],
+            options=options,
         )
         registry = Registry(store, limits)
         registry_service_pb2_grpc.add_RegistryServiceServicer_to_server(
             RegistryServicer(registry, limits), server
         )
         session_service_pb2_grpc.add_SessionServiceServicer_to_server(
-            SessionServicer(Sessions(store, signals, clock, limits), limits), server
+            SessionServicer(Sessions(store, signals, clock, limits, telemetry=report), limits),
+            server,
         )
         runner_service_pb2_grpc.add_RunnerServiceServicer_to_server(
             RunnerServicer(protocol), server
@@ -271,9 +287,14 @@ async def running(
                     scheduler_name=settings.scheduler_name,
                     instance_environment=instance_environment(settings),
                 ),
+                telemetry=report,
             )
             reconciler.start()
             stack.push_async_callback(reconciler.stop)
+        telemetry.start(store, store.pool_usage)
+        stack.push_async_callback(telemetry.stop)  # before the store closes
+        if telemetry.metrics_port is not None:
+            log.info("serving metrics", extra={"metrics_port": telemetry.metrics_port})
         log.info(
             "serving",
             extra={
@@ -282,7 +303,7 @@ async def running(
                 "reflection": "on" if settings.reflection_on else "off",
             },
         )
-        yield Running(server, port, health_servicer, store, protocol, reconciler, access)
+        yield Running(server, port, health_servicer, store, protocol, reconciler, access, telemetry)
 
 
 async def _health_server(

@@ -1,4 +1,8 @@
-"""Structured logging: key=value text for people, one JSON object per line for machines."""
+"""Structured logging: key=value text for people, one JSON object per line for machines.
+
+A line logged inside a span (an RPC's, a settlement's) carries its ``trace_id`` and
+``span_id``, so logs and traces join.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +12,18 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
+from opentelemetry import trace
+
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 
 
 def _extra(record: logging.LogRecord) -> dict[str, Any]:
-    return {k: v for k, v in vars(record).items() if k not in _STANDARD}
+    extra = {k: v for k, v in vars(record).items() if k not in _STANDARD}
+    span = trace.get_current_span().get_span_context()
+    if span.is_valid:
+        extra["trace_id"] = format(span.trace_id, "032x")
+        extra["span_id"] = format(span.span_id, "016x")
+    return extra
 
 
 class JsonFormatter(logging.Formatter):

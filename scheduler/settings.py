@@ -173,6 +173,7 @@ class Settings:
     max_runner_pods: int = 100
     local_max_processes: int = 32
     local_runner_env: str = ""
+    metrics_listen: str = ""
 
     @property
     def tls(self) -> bool:
@@ -301,6 +302,10 @@ _SPECS: Final[Mapping[str, _Spec]] = {
         _names,
         "local provisioner: NAME[,NAME…] of further variables runner processes inherit "
         "(besides PATH, HOME, locale, OTEL_* and the HEAT_* they are given)",
+    ),
+    "metrics_listen": _Spec(
+        _advertised,
+        "host:port of the Prometheus metrics endpoint (HTTP, its own port); empty: none",
     ),
 }
 

@@ -35,6 +35,7 @@ from scheduler.domain.sessions import (
     NodeRef,
     SessionCursor,
     SessionFilter,
+    SessionState,
     StoredEvent,
     StoredSession,
 )
@@ -118,6 +119,7 @@ class SessionRepository(Protocol):
     ) -> list[StoredSession]: ...
     async def events_after(self, session_id: int, seq: int, limit: int) -> list[StoredEvent]: ...
     async def node(self, session_id: int, key: str) -> NodeRef | None: ...
+    async def count_by_state(self) -> dict[SessionState, int]: ...
     async def cancel(
         self, session_id: int, idxs: Sequence[int] | None, now: datetime, reason: str
     ) -> None:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-from scheduler.domain.sessions import NodeState
+from scheduler.domain.sessions import NO_TRACE, NodeState, TraceContext
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,7 +28,11 @@ class ClaimedTask:
     config: dict[str, Any]
     inputs: dict[str, Any] | None  # None: too heavy to send (see inputs_bytes)
     parameters: dict[str, Any]
-    trace_id: str
+    runner: str = ""
+    # The context the Task carries: the Session's as claimed, its dispatch span's once
+    # telemetry saw the claim (``Telemetry.dispatched``).
+    trace: TraceContext = NO_TRACE
+    ready_time: datetime | None = None  # when the node was queued (for the dispatch latency)
     # How often the holder must heartbeat; set by the dispatcher that hands the task out.
     heartbeat_interval: timedelta = timedelta(0)
     # What the upstream outputs weigh (encoded); ``inputs`` is None when that is more than a

@@ -6,6 +6,7 @@ Everything here is pure.
 from __future__ import annotations
 
 import enum
+import re
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -45,6 +46,37 @@ class SessionState(enum.StrEnum):
     @property
     def final(self) -> bool:
         return self in (SessionState.SUCCEEDED, SessionState.FAILED, SessionState.CANCELLED)
+
+
+_TRACEPARENT: Final = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
+
+
+@dataclass(frozen=True, slots=True)
+class TraceContext:
+    """A W3C trace context (``traceparent``, ``tracestate``); empty: none."""
+
+    traceparent: str = ""
+    tracestate: str = ""
+
+    def __bool__(self) -> bool:
+        return bool(self.traceparent)
+
+    @property
+    def trace_id(self) -> str:
+        """The trace id in hex ("" without a valid traceparent)."""
+        match = _TRACEPARENT.fullmatch(self.traceparent)
+        return match.group(1) if match else ""
+
+    def carrier(self) -> dict[str, str]:
+        """As the Task's ``trace_context`` map carries it."""
+        if not self.traceparent:
+            return {}
+        if self.tracestate:
+            return {"traceparent": self.traceparent, "tracestate": self.tracestate}
+        return {"traceparent": self.traceparent}
+
+
+NO_TRACE: Final = TraceContext()
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,7 +176,7 @@ class NewSession:
     parameters: dict[str, Any]
     labels: dict[str, str]
     request_id: str
-    trace_id: str
+    trace: TraceContext
     nodes: tuple[NewNode, ...]
 
 
@@ -180,10 +212,6 @@ def layout(nodes: Sequence[DagNode], templates: Mapping[str, NodeTemplate]) -> t
 def new_session_name(now: datetime) -> str:
     """Sortable by creation, unique without coordination, a valid DNS label."""
     return f"s-{now:%Y%m%d-%H%M%S}-{secrets.token_hex(4)}"
-
-
-def new_trace_id() -> str:
-    return secrets.token_hex(16)
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,7 +20,7 @@ from scheduler.domain.limits import (
     RELEASE_REASON_MAX_LENGTH,
 )
 from scheduler.domain.registry import RetryPolicy
-from scheduler.domain.sessions import NodeError, NodeState
+from scheduler.domain.sessions import NO_TRACE, NodeError, NodeState, TraceContext
 
 
 class ResultStatus(enum.StrEnum):
@@ -102,6 +102,8 @@ class HeldNode:
     attempt_id: str
     policy: RetryPolicy
     downstream: tuple[int, ...] = ()
+    started: datetime | None = None  # when the attempt was claimed
+    trace: TraceContext = NO_TRACE  # the Session's
 
 
 @dataclass(frozen=True, slots=True)

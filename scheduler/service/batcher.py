@@ -7,6 +7,7 @@ themselves to whatever arrived during the previous flush, up to ``max_batch``.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
@@ -27,7 +28,9 @@ class Batcher(Generic[In, Out]):
         future: asyncio.Future[Out] = asyncio.get_running_loop().create_future()
         self._pending.append((item, future))
         if self._worker is None or self._worker.done():
-            self._worker = asyncio.create_task(self._drain())
+            # A flush serves every caller in it: it runs in a context of its own, not in that
+            # of the call that happened to start it.
+            self._worker = asyncio.create_task(self._drain(), context=contextvars.Context())
         return await future
 
     async def submit_many(self, items: Sequence[In]) -> list[Out]:

@@ -35,6 +35,7 @@ from scheduler.domain.provisioning import (
     plan,
 )
 from scheduler.domain.registry import Runner
+from scheduler.domain.telemetry import NO_TELEMETRY, Telemetry
 from scheduler.service.leadership import lead_forever
 from scheduler.service.registry import Registry
 from scheduler.service.signals import Signals
@@ -64,8 +65,11 @@ class Reconciler:
         signals: Signals,
         clock: Clock,
         settings: ProvisionSettings,
+        *,
+        telemetry: Telemetry = NO_TELEMETRY,
     ) -> None:
         self._store = store
+        self._telemetry = telemetry
         self._leadership = leadership
         self._provisioner = provisioner
         self._registry = registry
@@ -203,6 +207,7 @@ class Reconciler:
             exited.append(instance.name)
             if instance.phase is Phase.FAILED:
                 error = f"instance {instance.name} failed: {instance.reason or 'unknown reason'}"
+                self._telemetry.instance_failed(runner.name)
                 self._backoff[runner.name] = self._backoff[runner.name].after_failure(
                     now, self._settings.failure_backoff, self._rng
                 )
@@ -242,6 +247,7 @@ class Reconciler:
                 created = await self._provisioner.create(spec)
                 log.info("runner %s: created instance %s", runner.name, created.name)
         except Exception as exc:  # the backend's errors are shown on the Runner, then retried
+            self._telemetry.provisioning_error(runner.name, "create")
             message = f"cannot create an instance: {exc}"
             log.warning("runner %s: %s", runner.name, message)
             self._backoff[runner.name] = self._backoff[runner.name].after_failure(
@@ -254,5 +260,6 @@ class Reconciler:
         try:
             await self._provisioner.delete(instance)
         except Exception as exc:  # retried on the next pass, shown meanwhile
+            self._telemetry.provisioning_error(instance.runner, "delete")
             return f"cannot delete instance {instance.name}: {exc}"
         return ""

@@ -40,8 +40,8 @@ from scheduler.domain.sessions import (
     StoredSession,
     layout,
     new_session_name,
-    new_trace_id,
 )
+from scheduler.domain.telemetry import NO_TELEMETRY, Telemetry
 from scheduler.domain.validation import check_dns_label, check_text
 from scheduler.service.offload import within_budget
 from scheduler.service.signals import Signals
@@ -90,8 +90,17 @@ def _check_labels(labels: Mapping[str, str]) -> list[FieldViolation]:
 
 
 class Sessions:
-    def __init__(self, store: Store, signals: Signals, clock: Clock, limits: Limits) -> None:
+    def __init__(
+        self,
+        store: Store,
+        signals: Signals,
+        clock: Clock,
+        limits: Limits,
+        *,
+        telemetry: Telemetry = NO_TELEMETRY,
+    ) -> None:
         self._store = store
+        self._telemetry = telemetry
         self._signals = signals
         self._clock = clock
         self._limits = limits
@@ -148,7 +157,8 @@ class Sessions:
                 parameters={**defaults, **(parameters or {})},
                 labels=labels,
                 request_id=request_id,
-                trace_id=new_trace_id(),
+                # The span this call runs in (CreateSession's) is the root of its trace.
+                trace=self._telemetry.current(),
                 nodes=layout(nodes, templates),
             )
             await work.sessions.insert(new, now)

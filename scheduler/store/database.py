@@ -22,6 +22,7 @@ import asyncpg
 
 from scheduler.domain.audit import AuditEvent
 from scheduler.domain.ports import ChangeFeed, Changes
+from scheduler.domain.telemetry import NO_TELEMETRY, PoolUsage, Telemetry
 from scheduler.store import notifications
 from scheduler.store.access import PgAccess, PgAudit
 from scheduler.store.errors import translated
@@ -57,8 +58,8 @@ def _log_audit(events: list[AuditEvent]) -> None:
 class PgUnitOfWork:
     """Every repository, on one transaction's connection."""
 
-    def __init__(self, conn: asyncpg.Connection) -> None:
-        self.db = Statements(conn)
+    def __init__(self, conn: asyncpg.Connection, telemetry: Telemetry = NO_TELEMETRY) -> None:
+        self.db = Statements(conn, telemetry)
         self.changes = Changes()
         self.registry = PgRegistry(self.db, self.changes)
         self.sessions = PgSessions(self.db, self.changes)
@@ -82,24 +83,34 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
 class PgStore:
     """Every service call runs in one of its units of work."""
 
-    def __init__(self, pool: asyncpg.Pool, feed: ChangeFeed) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, feed: ChangeFeed, telemetry: Telemetry = NO_TELEMETRY
+    ) -> None:
         self._pool = pool
         self._feed = feed
+        self._telemetry = telemetry
 
     @classmethod
-    async def open(cls, dsn: str, feed: ChangeFeed, *, max_size: int = 20) -> PgStore:
+    async def open(
+        cls,
+        dsn: str,
+        feed: ChangeFeed,
+        *,
+        max_size: int = 20,
+        telemetry: Telemetry = NO_TELEMETRY,
+    ) -> PgStore:
         with translated():
             pool: asyncpg.Pool = await asyncpg.create_pool(
                 dsn, min_size=2, max_size=max_size, init=_init_connection
             )
-        return cls(pool, feed)
+        return cls(pool, feed, telemetry)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[PgUnitOfWork]:
         conn: Any
         with translated():
             async with self._pool.acquire() as conn, conn.transaction():
-                work = PgUnitOfWork(conn)
+                work = PgUnitOfWork(conn, self._telemetry)
                 yield work
                 await work.announce()
         _log_audit(work.audit.recorded)
@@ -115,7 +126,11 @@ class PgStore:
                 self._pool.acquire() as conn,
                 conn.transaction(isolation="repeatable_read", readonly=True),
             ):
-                yield PgUnitOfWork(conn)
+                yield PgUnitOfWork(conn, self._telemetry)
+
+    def pool_usage(self) -> PoolUsage:
+        pool = self._pool
+        return PoolUsage(pool.get_size(), pool.get_idle_size(), pool.get_max_size())
 
     async def close(self) -> None:
         await self._pool.close()

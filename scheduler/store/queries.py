@@ -11,6 +11,8 @@ from typing import Any, Final, LiteralString, cast
 
 import asyncpg
 
+from scheduler.domain.telemetry import NO_TELEMETRY, Telemetry
+
 _BLOCK = re.compile(r"^-- ([a-z_][a-z0-9_]*) --$", re.MULTILINE)
 
 
@@ -33,11 +35,18 @@ QUERIES: Final = _load()
 
 
 class Statements:
-    """The named queries, run on one open transaction's connection."""
+    """The named queries, run on one open transaction's connection; each a database span
+    named after its block when telemetry traces the caller."""
 
-    def __init__(self, conn: asyncpg.Connection) -> None:
+    def __init__(self, conn: asyncpg.Connection, telemetry: Telemetry = NO_TELEMETRY) -> None:
         self._conn = conn
+        self._telemetry = telemetry if telemetry.tracing else None
 
     async def fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
-        rows: list[asyncpg.Record] = await self._conn.fetch(QUERIES[query], *args)
+        rows: list[asyncpg.Record]
+        if self._telemetry is None:
+            rows = await self._conn.fetch(QUERIES[query], *args)
+            return rows
+        with self._telemetry.statement(query):
+            rows = await self._conn.fetch(QUERIES[query], *args)
         return rows

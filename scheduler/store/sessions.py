@@ -49,8 +49,10 @@ class PgSessions:
             new.labels,
             new.request_id,
             len(new.nodes),
-            new.trace_id,
+            new.trace.trace_id,
             now,
+            new.trace.traceparent,
+            new.trace.tracestate,
         )
         session_id: int = row["id"]
         nodes = new.nodes
@@ -130,6 +132,10 @@ class PgSessions:
     async def node(self, session_id: int, key: str) -> NodeRef | None:
         rows = await self._db.fetch("node_index", session_id, key)
         return NodeRef(rows[0]["idx"], NodeState(rows[0]["state"])) if rows else None
+
+    async def count_by_state(self) -> dict[SessionState, int]:
+        rows = await self._db.fetch("count_sessions_by_state")
+        return {SessionState(r["state"]): r["n"] for r in rows}
 
     async def cancel(
         self, session_id: int, idxs: Sequence[int] | None, now: datetime, reason: str

@@ -15,7 +15,7 @@ from scheduler.domain import dag
 from scheduler.domain.ports import Changes
 from scheduler.domain.registry import RetryPolicy
 from scheduler.domain.runner_protocol import AttemptState, ClaimedTask, ClaimRequest
-from scheduler.domain.sessions import NodeState
+from scheduler.domain.sessions import NodeState, TraceContext
 from scheduler.domain.verdicts import (
     EarlierVerdict,
     ExpiredAttempt,
@@ -68,7 +68,9 @@ class PgTasks:
                 config=r["config"],
                 inputs=r["inputs"],
                 parameters=r["parameters"],
-                trace_id=r["trace_id"],
+                runner=request.runner,
+                trace=TraceContext(r["traceparent"], r["tracestate"]),
+                ready_time=r["ready_time"],
                 inputs_bytes=r["inputs_bytes"],
             )
             for r in rows
@@ -91,6 +93,8 @@ class PgTasks:
                     backoff_multiplier=r["backoff_multiplier"],
                 ),
                 downstream=tuple(r["downstream"]),
+                started=r["start_time"],
+                trace=TraceContext(r["traceparent"] or ""),
             )
             for r in rows
         }

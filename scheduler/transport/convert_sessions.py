@@ -138,7 +138,7 @@ def change_message(cursor: str, event: StoredEvent) -> sspb.WatchSessionResponse
     return sspb.WatchSessionResponse(cursor=cursor, node_change=sspb.NodeChange(node=node))
 
 
-def task_message(task: ClaimedTask, trace_parent: str) -> rpb.Task:
+def task_message(task: ClaimedTask) -> rpb.Task:
     message = rpb.Task(
         attempt_id=task.attempt_id,
         session=task.session,
@@ -150,7 +150,7 @@ def task_message(task: ClaimedTask, trace_parent: str) -> rpb.Task:
         parameters=dict_to_struct(task.parameters),
         lease_deadline=to_timestamp(task.lease_deadline),
         attempt_deadline=to_timestamp(task.attempt_deadline),
-        trace_context={"traceparent": trace_parent} if trace_parent else {},
+        trace_context=task.trace.carrier(),
     )
     heartbeat_seconds = task.heartbeat_interval.total_seconds()
     message.heartbeat_interval.FromSeconds(int(heartbeat_seconds))

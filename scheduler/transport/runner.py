@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import secrets
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeAlias, TypeVar
@@ -38,10 +37,6 @@ def check_attempt_id(value: str, field: str) -> list[FieldViolation]:
     except ValueError:
         return [FieldViolation(field, f"{value[:64]!r} is not an attempt id from a Task")]
     return []
-
-
-def _traceparent(trace_id: str) -> str:
-    return f"00-{trace_id}-{secrets.token_hex(8)}-01" if len(trace_id) == 32 else ""
 
 
 async def _next(iterator: AsyncIterator[T]) -> T | None:
@@ -111,7 +106,7 @@ class RunnerServicer(pb_grpc.RunnerServiceServicer):
             async for item in protocol.stream(instance):
                 if isinstance(item, ClaimedTask):
                     sending = item
-                    task = convert.task_message(item, _traceparent(item.trace_id))
+                    task = convert.task_message(item)
                     yield pb.ClaimTaskResponse(task=task)
                     sending = None
                 else:

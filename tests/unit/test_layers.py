@@ -1,10 +1,13 @@
 """The rooms of scheduler/ and their one-way doors, checked on every import statement (lazy
 ones inside functions too):
 
-    transport -> service -> domain <- store, provisioner
+    transport -> service -> domain <- store, provisioner, telemetry
 
-The domain and the services know no database driver, no gRPC, no Kubernetes client; only the
-wiring module (scheduler/app.py) imports every room. Tools beside the rooms: embedded (the
+The domain and the services know no database driver, no gRPC, no Kubernetes client, no
+OpenTelemetry SDK; only the wiring module (scheduler/app.py) imports every room. Telemetry is
+cross-cutting: the services report through a port of the domain
+(``scheduler.domain.telemetry``), which the telemetry room keeps with the SDK; it may use
+gRPC (its RPC interceptor) and the settings (its errors), never a service or the store. Tools beside the rooms: embedded (the
 PostgreSQL launcher), settings and logs; the CLI is a client that may start the app.
 """
 
@@ -26,6 +29,7 @@ MAY_IMPORT: Final[dict[str, frozenset[str]]] = {
     "transport": frozenset({"domain", "service"}),
     "store": frozenset({"domain"}),
     "provisioner": frozenset({"domain"}),
+    "telemetry": frozenset({"domain", "settings"}),
     "embedded": frozenset(),
     "settings": frozenset(),
     "logs": frozenset(),
@@ -37,6 +41,7 @@ MAY_IMPORT: Final[dict[str, frozenset[str]]] = {
             "transport",
             "store",
             "provisioner",
+            "telemetry",
             "embedded",
             "settings",
             "logs",
@@ -55,6 +60,8 @@ _INFRASTRUCTURE: Final = frozenset(
         "heat",
         "kubernetes_asyncio",
         "aiohttp",
+        "opentelemetry",
+        "prometheus_client",
     }
 )
 # Libraries a room must not import. heat_runtime is the runners' library: the server has its
@@ -62,10 +69,11 @@ _INFRASTRUCTURE: Final = frozenset(
 MAY_NOT_USE: Final[dict[str, frozenset[str]]] = {
     "domain": _INFRASTRUCTURE,
     "service": _INFRASTRUCTURE,
-    "transport": frozenset({"asyncpg", "kubernetes_asyncio", "aiohttp"}),
-    "store": frozenset({"grpc", "heat", "kubernetes_asyncio", "aiohttp"}),
-    "provisioner": frozenset({"asyncpg", "grpc", "heat"}),
+    "transport": frozenset({"asyncpg", "kubernetes_asyncio", "aiohttp", "opentelemetry"}),
+    "store": frozenset({"grpc", "heat", "kubernetes_asyncio", "aiohttp", "opentelemetry"}),
+    "provisioner": frozenset({"asyncpg", "grpc", "heat", "opentelemetry"}),
     "settings": frozenset({"asyncpg", "grpc", "kubernetes_asyncio"}),
+    "telemetry": frozenset({"asyncpg", "heat", "kubernetes_asyncio", "aiohttp"}),
 }
 EVERYWHERE: Final = frozenset({"heat_runtime"})
 
@@ -144,6 +152,8 @@ def test_every_import_goes_the_right_way(module: str, path: Path) -> None:
             "may not use kubernetes_asyncio",
         ),
         ("scheduler.settings", "from scheduler.provisioner import local", "may not import"),
+        ("scheduler.service.x", "from opentelemetry import trace", "may not use opentelemetry"),
+        ("scheduler.telemetry.x", "from scheduler.service import signals", "may not import"),
     ],
 )
 def test_the_check_sees_upward_and_forbidden_imports(

@@ -68,7 +68,6 @@ class Rig:
             config={},
             inputs={},
             parameters={},
-            trace_id="",
         )
 
     def running(self, attempt_id: str, runner: str = "w") -> None:

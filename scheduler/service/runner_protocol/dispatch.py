@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
@@ -29,6 +30,7 @@ from scheduler.domain.clock import Clock
 from scheduler.domain.limits import MAX_ATTEMPT_TIMEOUT, Limits
 from scheduler.domain.ports import Store
 from scheduler.domain.runner_protocol import ClaimedTask, ClaimRequest, Drain, allocate
+from scheduler.domain.telemetry import NO_TELEMETRY, Telemetry
 from scheduler.service.leadership import DATABASE_ERRORS
 from scheduler.service.runner_protocol.leases import Leases
 from scheduler.service.runner_protocol.settings import ProtocolSettings
@@ -126,12 +128,14 @@ class Dispatch:
         *,
         release: Callable[[ClaimedTask], Coroutine[Any, Any, object]],
         fail: Callable[[ClaimedTask, str], Coroutine[Any, Any, object]],
+        telemetry: Telemetry = NO_TELEMETRY,
     ) -> None:
         """``release(task)``: give back a task claimed for an instance that went away;
         ``fail(task, message)``: fail a claimed task that cannot be sent."""
         self.settings = settings
         self._limits = limits
         self._fail = fail
+        self._telemetry = telemetry
         self._store = store
         self._signals = signals
         self._clock = clock
@@ -178,8 +182,10 @@ class Dispatch:
         if dispatcher is None:
             dispatcher = Dispatcher(self, runner, key[1])
             self._unsubscribe[dispatcher] = self._signals.on_ready(runner, dispatcher.wake.set)
+            # The loop serves every instance of the Runner: it runs in a context of its own, not
+            # in that of the call that happened to start it.
             self._loops[dispatcher] = asyncio.create_task(
-                dispatcher.run(), name=f"dispatch-{runner}"
+                dispatcher.run(), name=f"dispatch-{runner}", context=contextvars.Context()
             )
             self._dispatchers[key] = dispatcher
         dispatcher.instances[instance_id] = instance
@@ -295,6 +301,7 @@ class Dispatch:
                 self._spawn(self._fail(task, message))
             else:
                 tasks.append(task)
+        tasks = self._telemetry.dispatched(tasks, now)
         if tasks:
             # Claims write leases past now + lease_duration, which the timekeeper sleeps no
             # longer than; a short attempt timeout must wake it.

@@ -14,6 +14,7 @@ from scheduler.domain.clock import Clock
 from scheduler.domain.limits import Limits
 from scheduler.domain.ports import Leadership, Store
 from scheduler.domain.runner_protocol import ClaimedTask, Drain, HeartbeatReply
+from scheduler.domain.telemetry import NO_TELEMETRY, Telemetry
 from scheduler.domain.verdicts import Outcome, Reply
 from scheduler.service.runner_protocol.authorisation import Authorisation
 from scheduler.service.runner_protocol.dispatch import Dispatch, Instance
@@ -35,6 +36,7 @@ class RunnerProtocol:
         limits: Limits,
         *,
         rng: random.Random | None = None,
+        telemetry: Telemetry = NO_TELEMETRY,
     ) -> None:
         rng = rng or random.Random()  # noqa: S311 (backoff jitter, not secrets)
         # Leases and the authorisation ask the dispatch about instances, which is built last:
@@ -49,7 +51,14 @@ class RunnerProtocol:
             released=lambda i, a: self.dispatch.released(i, a),
         )
         self.results = Results(
-            store, clock, settings, limits, self.authorisation, self.leases, rng=rng
+            store,
+            clock,
+            settings,
+            limits,
+            self.authorisation,
+            self.leases,
+            rng=rng,
+            telemetry=telemetry,
         )
         self.dispatch = Dispatch(
             store,
@@ -60,6 +69,7 @@ class RunnerProtocol:
             limits,
             release=self.results.release,
             fail=self.results.fail,
+            telemetry=telemetry,
         )
         self.timekeeper = Timekeeper(store, leadership, clock, settings, expire=self.results.expire)
         self._unsubscribe = [

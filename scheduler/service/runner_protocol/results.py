@@ -29,6 +29,7 @@ from scheduler.domain.errors import Aborted, Internal, PermissionDenied
 from scheduler.domain.limits import Limits
 from scheduler.domain.ports import Store
 from scheduler.domain.runner_protocol import ClaimedTask
+from scheduler.domain.telemetry import NO_TELEMETRY, Answered, Settled, Telemetry
 from scheduler.domain.verdicts import (
     STALE_UNKNOWN,
     EarlierVerdict,
@@ -71,8 +72,10 @@ class Results:
         leases: Leases,
         *,
         rng: random.Random,
+        telemetry: Telemetry = NO_TELEMETRY,
     ) -> None:
         self._store = store
+        self._telemetry = telemetry
         self._clock = clock
         self._limits = limits
         self._authorisation = authorisation
@@ -157,6 +160,8 @@ class Results:
         ids = list(dict.fromkeys(i.outcome.attempt_id for i in items))
         answers: dict[str, Reply] = {}
         first: dict[str, Outcome] = {}  # the outcome that decided each attempt's answer
+        answered: list[Answered] = []
+        settled: list[Settled] = []
         async with self._store.transaction() as work:
             # Lock first: a verdict is read, and decided, only while its node is held.
             held = await work.tasks.held(ids)
@@ -169,14 +174,21 @@ class Results:
                 first[attempt_id] = item.outcome
                 if attempt_id in earlier:
                     answers[attempt_id] = repeated(earlier[attempt_id], item.outcome)
+                    answered.append(
+                        Answered(item.runner, item.outcome.kind, answers[attempt_id].status)
+                    )
                     continue
                 node = held.get(attempt_id)
                 if node is None:
                     answers[attempt_id] = STALE_UNKNOWN
+                    answered.append(Answered(item.runner, item.outcome.kind, STALE_UNKNOWN.status))
                     continue
                 forbidden = self._authorisation.may_settle(item.runner, node)
                 if forbidden is not None:
                     answers[attempt_id] = Reply(ResultStatus.FORBIDDEN, forbidden)
+                    answered.append(
+                        Answered(item.runner, item.outcome.kind, ResultStatus.FORBIDDEN)
+                    )
                     continue
                 verdict = judge(
                     node,
@@ -195,7 +207,9 @@ class Results:
                         remembered(item.outcome, posted_by_runner=posted),
                     )
                 )
+                settled.append(_settled(judged[-1], posted_by_runner=posted))
             await work.tasks.settle(dag.settle(judged), now)
+        self._telemetry.settled(settled, answered, now)
         for attempt_id, reply in answers.items():
             if reply.status is not ResultStatus.FORBIDDEN:
                 self._leases.forget(attempt_id)
@@ -210,3 +224,20 @@ class Results:
         if decided is None or decided is outcome or reply.status is ResultStatus.FORBIDDEN:
             return reply
         return repeated(EarlierVerdict(reply, decided.kind), outcome)
+
+
+def _settled(judged: dag.Judged, *, posted_by_runner: bool) -> Settled:
+    outcome, verdict = judged.outcome, judged.verdict
+    expiry = ""
+    if outcome.kind is OutcomeKind.FAILURE and not posted_by_runner:
+        expiry = str(outcome.details.get("reason", ""))
+    return Settled(
+        node=judged.node,
+        kind=outcome.kind,
+        status=verdict.status,
+        new_state=verdict.new_state,
+        posted_by_runner=posted_by_runner,
+        message=verdict.message or outcome.message,
+        not_before=verdict.not_before,
+        expiry=expiry,
+    )

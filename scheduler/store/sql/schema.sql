@@ -105,7 +105,11 @@ CREATE TABLE sessions (
     trace_id         text        NOT NULL DEFAULT '',
     create_time      timestamptz NOT NULL,
     start_time       timestamptz,
-    end_time         timestamptz
+    end_time         timestamptz,
+    -- W3C trace context of the span that created the Session (CreateSession's server span, or
+    -- the caller's): the parent of its nodes' dispatch spans. Empty when nothing traced it.
+    traceparent      text        NOT NULL DEFAULT '',
+    tracestate       text        NOT NULL DEFAULT ''
 );
 
 CREATE INDEX sessions_create_time_idx ON sessions (create_time DESC, id DESC);

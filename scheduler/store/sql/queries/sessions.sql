@@ -5,8 +5,8 @@ SELECT name FROM sessions WHERE request_id = $1;
 -- insert_session --
 -- A new Session row; its nodes follow in one statement.
 INSERT INTO sessions (name, session_template, parameters, labels, request_id, state,
-                      node_count, open_nodes, trace_id, create_time)
-VALUES ($1, $2, $3, $4, NULLIF($5, ''), 'pending', $6, $6, $7, $8)
+                      node_count, open_nodes, trace_id, create_time, traceparent, tracestate)
+VALUES ($1, $2, $3, $4, NULLIF($5, ''), 'pending', $6, $6, $7, $8, $9, $10)
 RETURNING id;
 
 -- insert_nodes --
@@ -126,3 +126,7 @@ ORDER BY n.idx;
 -- node_index --
 -- A node's index by key.
 SELECT idx, state FROM nodes WHERE session_id = $1 AND key = $2;
+
+-- count_sessions_by_state --
+-- How many Sessions are in each state (for the metrics).
+SELECT state, count(*)::integer AS n FROM sessions GROUP BY state;

@@ -35,7 +35,7 @@ FROM numbered JOIN sessions AS s ON s.id = numbered.session_id
 WHERE n.session_id = numbered.session_id AND n.idx = numbered.idx
 RETURNING n.session_id, n.idx, n.key, n.node_template, n.attempt, n.attempt_id::text,
           n.lease_owner, n.lease_deadline, n.attempt_deadline, n.config,
-          s.name AS session_name, s.parameters, s.trace_id,
+          n.ready_time, s.name AS session_name, s.parameters, s.traceparent, s.tracestate,
           sizes.inputs_bytes,
           CASE WHEN cardinality(n.upstream) = 0 THEN '{}'::jsonb
                WHEN sizes.inputs_bytes > $8::bigint THEN NULL
@@ -47,7 +47,8 @@ RETURNING n.session_id, n.idx, n.key, n.node_template, n.attempt, n.attempt_id::
 -- held_nodes --
 -- Lock the nodes that the posted attempts name, in lock order.
 SELECT session_id, idx, runner, state, attempt, attempt_id::text, max_attempts,
-       initial_backoff_ms, max_backoff_ms, backoff_multiplier, downstream
+       initial_backoff_ms, max_backoff_ms, backoff_multiplier, downstream, start_time,
+       (SELECT s.traceparent FROM sessions AS s WHERE s.id = nodes.session_id) AS traceparent
 FROM nodes WHERE attempt_id = ANY($1::uuid[])
 ORDER BY session_id, idx
 FOR UPDATE;
