@@ -41,6 +41,7 @@ from heat.scheduler.v1 import registry_service_pb2_grpc
 from scheduler import app
 from scheduler.domain.ports import Provisioner
 from scheduler.settings import Settings
+from scheduler.telemetry import SchedulerTelemetry
 
 if TYPE_CHECKING:
     from heat.scheduler.v1.registry_service_pb2_grpc import RegistryServiceAsyncStub
@@ -254,11 +255,13 @@ async def serving(
     *,
     backend: Provisioner | None = None,
     credentials: grpc.ChannelCredentials | None = None,
+    telemetry: SchedulerTelemetry | None = None,
     **overrides: Any,
 ) -> AsyncIterator[Scheduler]:
     """A scheduler served in-process on ``dsn`` (loopback, a free port, no provisioner unless
     the overrides say otherwise) and a channel to it that calls as admin (over TLS with
-    ``credentials``); ``backend`` replaces the provisioner the settings name."""
+    ``credentials``); ``backend`` replaces the provisioner the settings name, ``telemetry``
+    the telemetry the environment configures."""
     settings = Settings(
         **{
             "listen": "127.0.0.1:0",
@@ -269,7 +272,7 @@ async def serving(
             **overrides,
         }
     )
-    async with app.running(settings, provisioner=backend) as running:
+    async with app.running(settings, provisioner=backend, telemetry=telemetry) as running:
         address = f"127.0.0.1:{running.port}"
         async with authorized_channel(address, credentials=credentials) as channel:
             yield Scheduler(

@@ -14,6 +14,7 @@ from heat.scheduler.v1 import runner_service_pb2 as pb
 
 from heat_runtime._errors import PermanentError
 from heat_runtime._hooks import Hook, Plan
+from heat_runtime._telemetry import NO_TRACING, Tracing
 from heat_runtime._threads import HookThreads
 from heat_runtime._typed import Converter, FieldError
 from heat_runtime._values import NotJsonable, to_struct, to_value
@@ -90,6 +91,7 @@ async def run_attempt(
     deadline: float | None,
     max_result_bytes: int,
     threads: HookThreads,
+    tracing: Tracing = NO_TRACING,
 ) -> Outcome:
     """Resolve the inputs, convert them to the types the hooks declare, run validate() then
     process(), and say what to post.
@@ -141,9 +143,10 @@ async def run_attempt(
                     error=error,
                 )
             try:
-                verdict = await _call(
-                    processor.validate, plan.validate, arguments, threads, attempt.stop
-                )
+                with tracing.hook("validate"):
+                    verdict = await _call(
+                        processor.validate, plan.validate, arguments, threads, attempt.stop
+                    )
             except Exception as error:
                 return _failure(
                     attempt_id,
@@ -161,9 +164,10 @@ async def run_attempt(
             stage = "process"
             arguments.rewind()
             try:
-                outputs = await _call(
-                    processor.process, plan.process, arguments, threads, attempt.stop
-                )
+                with tracing.hook("process"):
+                    outputs = await _call(
+                        processor.process, plan.process, arguments, threads, attempt.stop
+                    )
             except PermanentError as error:
                 return _failure(
                     attempt_id,

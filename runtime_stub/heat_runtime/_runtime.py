@@ -26,12 +26,14 @@ from typing import Any, Final, Protocol, TypeVar, Unpack, overload
 import grpc.aio
 from heat.scheduler.v1 import runner_service_pb2 as pb
 
+from heat_runtime import _telemetry
 from heat_runtime._config import RuntimeConfig, RuntimeSettings
 from heat_runtime._context import TaskInfo, set_current
 from heat_runtime._hooks import Registration, registration
 from heat_runtime._inputs import resolve_inputs
 from heat_runtime._processing import Attempt, Outcome, Served, release, run_attempt
 from heat_runtime._streams import Backoff, Connection, SchedulerRefused, StreamBroken
+from heat_runtime._telemetry import NO_TRACING, Tracing
 from heat_runtime._threads import HookThreads
 from heat_runtime._values import struct_to_dict
 from heat_runtime._version import VERSION
@@ -82,6 +84,7 @@ class _State:
     backoff: Backoff
     served: dict[str, Served]
     threads: HookThreads
+    tracing: Tracing = NO_TRACING
     held: dict[str, _Held] = field(default_factory=dict)
     workers: set[asyncio.Task[None]] = field(default_factory=set)
     pending: dict[str, _Pending] = field(default_factory=dict)
@@ -288,6 +291,7 @@ class HeatRuntime:
             backoff=Backoff(self._config.reconnect_initial, self._config.reconnect_max),
             served=served,
             threads=HookThreads(self._config.capacity),
+            tracing=_telemetry.setup(self._config.runner, self._config.instance_id),
         )
         self._state = state
         logging.getLogger("heat_runtime").setLevel(self._config.log_level)
@@ -323,6 +327,7 @@ class HeatRuntime:
             await asyncio.wait({supervisor, drainer})
             await self._stop_workers()
             state.threads.close()
+            await asyncio.to_thread(state.tracing.shutdown)
             for signum in signals:
                 loop.remove_signal_handler(signum)
             self._state = None
@@ -490,18 +495,33 @@ class HeatRuntime:
             inputs=functools.partial(resolve_inputs, task),
             stop=held.info.stop_event,
         )
-        try:
-            outcome = await run_attempt(
-                state.served.get(task.node_template),
-                attempt,
-                known_templates=list(state.served),
-                deadline=deadline,
-                max_result_bytes=self._config.max_result_bytes,
-                threads=state.threads,
-            )
-        except asyncio.CancelledError:
-            if held.stop_reason is None:
-                raise
+        attributes = {
+            "heat.session": task.session,
+            "heat.node.key": task.node_key,
+            "heat.node_template": task.node_template,
+            "heat.attempt": task.attempt,
+            "heat.attempt_id": task.attempt_id,
+            "heat.runner": self._config.runner,
+            "heat.instance_id": self._config.instance_id,
+        }
+        with state.tracing.attempt(task.node_template, task.trace_context, attributes) as span:
+            try:
+                outcome = await run_attempt(
+                    state.served.get(task.node_template),
+                    attempt,
+                    known_templates=list(state.served),
+                    deadline=deadline,
+                    max_result_bytes=self._config.max_result_bytes,
+                    threads=state.threads,
+                    tracing=state.tracing,
+                )
+            except asyncio.CancelledError:
+                if held.stop_reason is None:
+                    raise
+            if outcome is None:
+                state.tracing.finished(span, f"stopped-{held.stop_reason}", "")
+            else:
+                state.tracing.finished(span, outcome.label, outcome.message)
         duration = state.loop.time() - held.started
         if held.stop_reason is not None or outcome is None:
             log.info(

@@ -7,8 +7,9 @@ The domain and the services know no database driver, no gRPC, no Kubernetes clie
 OpenTelemetry SDK; only the wiring module (scheduler/app.py) imports every room. Telemetry is
 cross-cutting: the services report through a port of the domain
 (``scheduler.domain.telemetry``), which the telemetry room keeps with the SDK; it may use
-gRPC (its RPC interceptor) and the settings (its errors), never a service or the store. Tools beside the rooms: embedded (the
-PostgreSQL launcher), settings and logs; the CLI is a client that may start the app.
+gRPC (its RPC interceptor) and the settings (its errors), never a service or the store.
+Tools beside the rooms: embedded (the PostgreSQL launcher), settings and logs; the CLI is a
+client that may start the app.
 """
 
 from __future__ import annotations
