@@ -93,6 +93,15 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             "met": None if growth is None else growth <= 1.2,
         }
     )
+    cost = _get(results, "telemetry", "default", "throughput_cost_pct")
+    out.append(
+        {
+            "target": "telemetry on at the default sampling costs <= 5 % of throughput",
+            "measured": cost,
+            "unit": "%",
+            "met": None if cost is None else cost <= 5.0,
+        }
+    )
     rss = _get(results, "streams", "scheduler_rss_mb")
     out.append(
         {
@@ -266,6 +275,26 @@ def table(results: dict[str, Any]) -> str:
         )
     if "error" in (results.get("peer") or {}):
         row("6 peer", "error", str(results["peer"]["error"]), "", "")
+    tel = results.get("telemetry") or {}
+    for mode, label in (("off", "off"), ("default", "on, default sampling"), ("full", "on, 100 %")):
+        fig = tel.get(mode)
+        if not fig:
+            continue
+        lat = fig["ready_to_claim_ms"]
+        cost = fig.get("throughput_cost_pct")
+        row(
+            "7 telemetry",
+            f"{label}: {_num(_get(tel, 'sizes', 'sessions'))} x"
+            f" {_num(_get(tel, 'sizes', 'nodes_per_session'))} nodes; ready -> claim",
+            f"{_num(fig['tasks_per_s'])} tasks/s"
+            + (f" ({_num(cost, 1)} % cost)" if cost is not None else "")
+            + f"; p50 {_num(lat.get('p50'), 2)} / p99 {_num(lat.get('p99'), 2)} ms;"
+            f" {_num(fig['spans'])} spans",
+            _num(_ratio(fig["tasks_per_s"], pgq), 2) + "x",
+            "",
+        )
+    if "error" in tel:
+        row("7 telemetry", "error", str(tel["error"]), "", "")
     lines.append("")
     lines.append("| target | measured | met |")
     lines.append("| --- | --- | --- |")

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-SECTIONS = ("throughput", "latency", "dag", "fanout", "streams", "peer")
+SECTIONS = ("throughput", "latency", "dag", "fanout", "streams", "peer", "telemetry")
 
 
 @pytest.mark.slow
@@ -23,7 +23,7 @@ def test_harness_runs_every_scenario_at_tiny_sizes(tmp_path: Path) -> None:
         [sys.executable, str(ROOT / "bench" / "run.py"), "--tiny", "--out", str(out)],
         capture_output=True,
         text=True,
-        timeout=170,
+        timeout=240,
         check=False,
     )
     assert done.returncode == 0, done.stderr[-4000:]
@@ -38,5 +38,6 @@ def test_harness_runs_every_scenario_at_tiny_sizes(tmp_path: Path) -> None:
     assert len(results["dag"]["runs"]) == 2
     assert results["streams"]["stream_errors"] == 0
     assert results["peer"]["pgqueuer"]["runs"][0]["done"] == results["sizes"]["pgqueuer_jobs"]
+    assert results["telemetry"]["full"]["spans"] > 0, "the receiver got the spans"
     assert {t["target"] for t in results["targets"]}
     assert "| scenario |" in done.stdout
