@@ -18,6 +18,7 @@ from typing import Any
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from heat.scheduler.v1 import session_pb2
 from heat.scheduler.v1 import session_service_pb2 as spb
 from heat.scheduler.v1 import session_service_pb2_grpc as spb_grpc
@@ -346,3 +347,25 @@ async def test_metrics_move_as_tasks_run_fail_retry_and_expire(db_dsn: str) -> N
         )
         >= 3
     )
+
+
+async def test_the_health_watch_stream_works_under_the_interceptor(db_dsn: str) -> None:
+    async with traced(db_dsn) as t:
+        stub = health_pb2_grpc.HealthStub(t.scheduler.channel)
+        call = stub.Watch(health_pb2.HealthCheckRequest())
+        first = await asyncio.wait_for(call.read(), 5)
+        assert first.status == health_pb2.HealthCheckResponse.SERVING
+        call.cancel()
+        checked = await stub.Check(health_pb2.HealthCheckRequest())
+        assert checked.status == health_pb2.HealthCheckResponse.SERVING
+
+        def watch_ended() -> list[ReadableSpan]:
+            return [s for s in t.spans() if s.name == "grpc.health.v1.Health/Watch"]
+
+        for _ in range(100):
+            if watch_ended():
+                break
+            await asyncio.sleep(0.02)
+        (watch,) = watch_ended()
+        assert watch.attributes is not None
+        assert watch.attributes["rpc.response.status_code"] == "CANCELLED"
