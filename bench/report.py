@@ -289,6 +289,7 @@ def table(results: dict[str, Any]) -> str:
             f"{_num(fig['tasks_per_s'])} tasks/s"
             + (f" ({_num(cost, 1)} % cost)" if cost is not None else "")
             + f"; p50 {_num(lat.get('p50'), 2)} / p99 {_num(lat.get('p99'), 2)} ms;"
+            f" sched CPU {_num(fig['scheduler_cpu_ms_per_task'], 3)} ms/task;"
             f" {_num(fig['spans'])} spans",
             _num(_ratio(fig["tasks_per_s"], pgq), 2) + "x",
             "",

@@ -64,10 +64,11 @@ NO_TRACING: Final = Tracing()
 
 class _OtelTracing(Tracing):
     def __init__(self, provider: Any | None) -> None:
-        from opentelemetry import trace
+        from opentelemetry import context, trace
         from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
         self._trace = trace
+        self._context = context
         self._propagator = TraceContextTextMapPropagator()
         self._provider = provider  # set up here: flushed at shutdown
         self._tracer = trace.get_tracer("heat_runtime", VERSION)
@@ -77,6 +78,15 @@ class _OtelTracing(Tracing):
         self, template: str, trace_context: Mapping[str, str], attributes: Mapping[str, Any]
     ) -> Iterator[Any]:
         parent = self._propagator.extract(dict(trace_context))
+        if not _sampled(trace_context.get("traceparent", "")):
+            # The scheduler does not record this trace: nothing below it is either. Only its
+            # context is made current, so the processor's own spans follow that decision.
+            token = self._context.attach(parent)
+            try:
+                yield None
+            finally:
+                self._context.detach(token)
+            return
         with self._tracer.start_as_current_span(
             f"attempt {template}",
             context=parent,
@@ -88,6 +98,8 @@ class _OtelTracing(Tracing):
             yield span
 
     def hook(self, name: str) -> AbstractContextManager[Any]:
+        if not self._trace.get_current_span().is_recording():
+            return _NOTHING
         return self._tracer.start_as_current_span(name)
 
     def finished(self, span: Any, outcome: str, message: str) -> None:
@@ -100,6 +112,17 @@ class _OtelTracing(Tracing):
     def shutdown(self) -> None:
         if self._provider is not None:
             self._provider.shutdown()
+
+
+def _sampled(traceparent: str) -> bool:
+    """Whether a W3C traceparent says its trace is recorded; True without one (a root)."""
+    if not traceparent:
+        return True
+    flags = traceparent.rsplit("-", 1)[-1]
+    try:
+        return bool(int(flags, 16) & 1)
+    except ValueError:
+        return True
 
 
 def _wanted(env: Mapping[str, str]) -> bool:

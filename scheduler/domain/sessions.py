@@ -62,6 +62,12 @@ class TraceContext:
         return bool(self.traceparent)
 
     @property
+    def sampled(self) -> bool:
+        """Whether the trace is recorded (the traceparent's sampled flag)."""
+        match = _TRACEPARENT.fullmatch(self.traceparent)
+        return bool(match and int(match.group(3), 16) & 1)
+
+    @property
     def trace_id(self) -> str:
         """The trace id in hex ("" without a valid traceparent)."""
         match = _TRACEPARENT.fullmatch(self.traceparent)

@@ -12,6 +12,7 @@ given) are recorded at the same points.
 from __future__ import annotations
 
 import contextvars
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import replace
@@ -78,7 +79,9 @@ class Reporter:
                     instruments.dispatch_duration.record(waited, {RUNNER: task.runner})
         if self._tracer is None:
             return list(tasks)
-        return [self._dispatch_span(task, now) if task.trace else task for task in tasks]
+        # A Session whose trace is not sampled records nothing below it: its tasks carry its
+        # own context (not sampled either), and no span is made for them at all.
+        return [self._dispatch_span(task, now) if task.trace.sampled else task for task in tasks]
 
     def _dispatch_span(self, task: ClaimedTask, now: datetime) -> ClaimedTask:
         assert self._tracer is not None
@@ -112,7 +115,7 @@ class Reporter:
             self._count(settled, answered, now)
         if self._tracer is not None:
             for item in settled:
-                if item.node.trace:
+                if item.node.trace.sampled:
                     self._settle_span(item, now)
 
     def _settle_span(self, item: Settled, now: datetime) -> None:
@@ -184,27 +187,35 @@ class Reporter:
     def _count(
         self, settled: Sequence[Settled], answered: Sequence[Answered], now: datetime
     ) -> None:
+        """Counted per batch (a settlement holds up to hundreds of results), one add per
+        distinct set of attributes; durations recorded one by one."""
         instruments = self._instruments
         assert instruments is not None
+        results: Counter[tuple[str, str, str]] = Counter()
+        expirations: Counter[tuple[str, str]] = Counter()
+        retries: Counter[str] = Counter()
         for item in settled:
             runner = item.node.runner
             outcome = _outcome(item)
-            instruments.results.add(
-                1, {RUNNER: runner, "heat.verdict": item.status.value, "heat.outcome": outcome}
-            )
+            results[runner, item.status.value, outcome] += 1
             if item.node.started is not None and item.status is not ResultStatus.FORBIDDEN:
                 took = max((now - item.node.started).total_seconds(), 0.0)
                 instruments.attempt_duration.record(took, {RUNNER: runner, "heat.outcome": outcome})
             if item.expiry and item.new_state is not None:
-                instruments.lease_expirations.add(
-                    1, {RUNNER: runner, "heat.expiry.reason": item.expiry}
-                )
+                expirations[runner, item.expiry] += 1
             if item.new_state is NodeState.RETRY_WAIT:
-                instruments.retries.add(1, {RUNNER: runner})
+                retries[runner] += 1
         for answer in answered:
             if answer.runner is not None:
-                labels = {RUNNER: answer.runner, "heat.verdict": answer.status.value}
-                instruments.results.add(1, {**labels, "heat.outcome": answer.kind.value})
+                results[answer.runner, answer.status.value, answer.kind.value] += 1
+        for (runner, verdict, outcome), count in results.items():
+            instruments.results.add(
+                count, {RUNNER: runner, "heat.verdict": verdict, "heat.outcome": outcome}
+            )
+        for (runner, reason), count in expirations.items():
+            instruments.lease_expirations.add(count, {RUNNER: runner, "heat.expiry.reason": reason})
+        for runner, count in retries.items():
+            instruments.retries.add(count, {RUNNER: runner})
 
     def instance_failed(self, runner: str) -> None:
         if self._instruments is not None:
