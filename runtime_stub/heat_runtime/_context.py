@@ -30,7 +30,8 @@ class TaskInfo:
     parameters: Mapping[str, Any]
     """The Session's parameters, as plain values."""
     trace_context: Mapping[str, str]
-    """W3C trace context (``traceparent``, ``tracestate``) of the Session's trace."""
+    """W3C trace context (``traceparent``, ``tracestate``) of the scheduler's dispatch span of
+    this attempt, in the Session's trace (empty when nothing traces it)."""
     attempt_deadline: datetime | None
     """When the attempt times out (UTC), if the scheduler set a deadline."""
     stop_event: threading.Event = field(default_factory=threading.Event, repr=False, compare=False)
