@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -197,7 +198,11 @@ async def test_the_charts_pod_template_is_used_at_start(
     cluster: Cluster, scheduler_kubeconfig: Path, tmp_path: Path
 ) -> None:
     full = next(f for f in VALUES_FILES if f.name.startswith("full"))
-    [config] = [o for o in await render(cluster, "-f", str(full)) if o["kind"] == "ConfigMap"]
+    [config] = [
+        o
+        for o in await render(cluster, "-f", str(full))
+        if o["kind"] == "ConfigMap" and o["metadata"]["name"] == RELEASE  # (not the dashboard)
+    ]
     assert config["data"]["HEAT_K8S_POD_TEMPLATE"] == "/etc/heat-scheduler/pod-template.yaml"
     template = tmp_path / "pod-template.yaml"
     template.write_text(config["data"]["pod-template.yaml"])
@@ -254,3 +259,26 @@ async def test_a_template_with_an_unknown_field_is_refused_at_start(tmp_path: Pa
     )
     with pytest.raises(SettingsError, match="is not a file"):
         settings.load({}, {"HEAT_K8S_POD_TEMPLATE": str(tmp_path / "missing.yaml")})
+
+
+async def test_metrics_a_service_monitor_and_the_dashboard(cluster: Cluster) -> None:
+    # Where the cluster knows ServiceMonitors (the Prometheus Operator's), the chart makes one.
+    objects = await render(
+        cluster, *TEST_VALUES, "--set", "metrics.dashboard.enabled=true",
+        "--api-versions", "monitoring.coreos.com/v1/ServiceMonitor",
+    )  # fmt: skip
+    by_kind = {(o["kind"], o["metadata"]["name"]): o for o in objects}
+    [endpoint] = by_kind["ServiceMonitor", RELEASE]["spec"]["endpoints"]
+    assert endpoint["port"] == "metrics" and endpoint["path"] == "/metrics"
+    config = by_kind["ConfigMap", RELEASE]["data"]
+    assert config["HEAT_METRICS_LISTEN"] == "0.0.0.0:9464"
+    ports = by_kind["Service", RELEASE]["spec"]["ports"]
+    assert {"name": "metrics", "port": 9464, "targetPort": "metrics"}.items() <= ports[1].items()
+    dashboard = by_kind["ConfigMap", f"{RELEASE}-dashboard"]
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert json.loads(dashboard["data"]["heat-scheduler.json"])["uid"] == "heat-scheduler"
+    # Where it does not, none; and with metrics off, no port either.
+    plain = await render(cluster, *TEST_VALUES, "--set", "metrics.enabled=false")
+    assert not [o for o in plain if o["kind"] == "ServiceMonitor"]
+    [service] = [o for o in plain if o["kind"] == "Service"]
+    assert [p["name"] for p in service["spec"]["ports"]] == ["grpc"]
