@@ -61,6 +61,18 @@ class Reporter:
         self._tracer = tracer
         self._instruments = instruments
         self.tracing = tracer is not None
+        self._attributes: dict[tuple[str, str], dict[str, str]] = {}
+
+    def _labels(self, runner: str, outcome: str = "") -> dict[str, str]:
+        """The attributes of a per-task measurement, made once (a record per task is the hot
+        path of metrics)."""
+        found = self._attributes.get((runner, outcome))
+        if found is None:
+            found = {RUNNER: runner, "heat.outcome": outcome} if outcome else {RUNNER: runner}
+            if len(self._attributes) > 10_000:
+                self._attributes.clear()
+            self._attributes[runner, outcome] = found
+        return found
 
     # -- traces ------------------------------------------------------------------------------
 
@@ -76,7 +88,7 @@ class Reporter:
             for task in tasks:
                 if task.ready_time is not None:
                     waited = max((now - task.ready_time).total_seconds(), 0.0)
-                    instruments.dispatch_duration.record(waited, {RUNNER: task.runner})
+                    instruments.dispatch_duration.record(waited, self._labels(task.runner))
         if self._tracer is None:
             return list(tasks)
         # A Session whose trace is not sampled records nothing below it: its tasks carry its
@@ -200,7 +212,7 @@ class Reporter:
             results[runner, item.status.value, outcome] += 1
             if item.node.started is not None and item.status is not ResultStatus.FORBIDDEN:
                 took = max((now - item.node.started).total_seconds(), 0.0)
-                instruments.attempt_duration.record(took, {RUNNER: runner, "heat.outcome": outcome})
+                instruments.attempt_duration.record(took, self._labels(runner, outcome))
             if item.expiry and item.new_state is not None:
                 expirations[runner, item.expiry] += 1
             if item.new_state is NodeState.RETRY_WAIT:

@@ -14,7 +14,7 @@ import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter, MeterProvider
 from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
@@ -90,8 +90,14 @@ class SchedulerTelemetry:
             readers.append(
                 PrometheusMetricReader(scope_info_enabled=False, registry=self._registry)
             )
+        # No exemplars: measurements are taken outside spans (a claim, a settlement batch), so
+        # the trace-based filter would find none, at a cost per measurement.
         self._meter_provider = (
-            MeterProvider(metric_readers=readers, resource=resource) if readers else None
+            MeterProvider(
+                metric_readers=readers, resource=resource, exemplar_filter=AlwaysOffExemplarFilter()
+            )
+            if readers
+            else None
         )
         tracer = self._tracer_provider.get_tracer(SCOPE) if self._tracer_provider else None
         self.instruments = (
