@@ -47,8 +47,8 @@ from scheduler.settings import Settings, SettingsError, check, parse_commands
 from scheduler.store.database import PgStore, migrate_database
 from scheduler.store.leadership import AdvisoryLockLeadership
 from scheduler.store.notifications import Listener
-from scheduler.transport.access import AccessInterceptor, AccessServicer
 from scheduler.telemetry import SchedulerTelemetry, TelemetryConfig
+from scheduler.transport.access import AccessInterceptor, AccessServicer
 from scheduler.transport.errors import ErrorInterceptor
 from scheduler.transport.registry import RegistryServicer
 from scheduler.transport.runner import RunnerServicer
