@@ -241,6 +241,14 @@ async def test_without_a_caller_create_session_is_the_root_of_the_sessions_trace
         assert get.attributes is not None
         assert get.attributes["rpc.response.status_code"] == "NOT_FOUND"
         assert get.status.status_code is trace.StatusCode.ERROR
+        # A caller the access check refuses is seen too: the interceptor is outermost.
+        async with grpc.aio.insecure_channel(t.scheduler.address) as anonymous:
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await spb_grpc.SessionServiceStub(anonymous).ListSessions(spb.ListSessionsRequest())
+        assert refused.value.code() is grpc.StatusCode.UNAUTHENTICATED
+        (listed,) = [s for s in t.spans() if s.name.endswith("/ListSessions")]
+        assert listed.attributes is not None
+        assert listed.attributes["rpc.response.status_code"] == "UNAUTHENTICATED"
 
 
 async def test_with_tracing_off_the_callers_context_still_reaches_the_runner(

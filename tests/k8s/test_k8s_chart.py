@@ -272,8 +272,8 @@ async def test_metrics_a_service_monitor_and_the_dashboard(cluster: Cluster) -> 
     assert endpoint["port"] == "metrics" and endpoint["path"] == "/metrics"
     config = by_kind["ConfigMap", RELEASE]["data"]
     assert config["HEAT_METRICS_LISTEN"] == "0.0.0.0:9464"
-    ports = by_kind["Service", RELEASE]["spec"]["ports"]
-    assert {"name": "metrics", "port": 9464, "targetPort": "metrics"}.items() <= ports[1].items()
+    ports = {p["name"]: p for p in by_kind["Service", RELEASE]["spec"]["ports"]}
+    assert ports["metrics"]["port"] == 9464 and ports["metrics"]["targetPort"] == "metrics"
     dashboard = by_kind["ConfigMap", f"{RELEASE}-dashboard"]
     assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
     assert json.loads(dashboard["data"]["heat-scheduler.json"])["uid"] == "heat-scheduler"
@@ -281,4 +281,4 @@ async def test_metrics_a_service_monitor_and_the_dashboard(cluster: Cluster) -> 
     plain = await render(cluster, *TEST_VALUES, "--set", "metrics.enabled=false")
     assert not [o for o in plain if o["kind"] == "ServiceMonitor"]
     [service] = [o for o in plain if o["kind"] == "Service"]
-    assert [p["name"] for p in service["spec"]["ports"]] == ["grpc"]
+    assert "metrics" not in [p["name"] for p in service["spec"]["ports"]]
