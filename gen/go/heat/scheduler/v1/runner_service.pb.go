@@ -458,7 +458,9 @@ type Task struct {
 	// Effective configuration: template defaults merged with the node's
 	// overrides.
 	Config *structpb.Struct `protobuf:"bytes,6,opt,name=config,proto3" json:"config,omitempty"`
-	// Outputs of the upstream nodes, keyed by upstream node key.
+	// Outputs of the upstream nodes, keyed by upstream node key, and the
+	// files given to the node, keyed by input name. A file, in either, is
+	// the reference {"$artifact": name}: read it with ReadArtifact.
 	Inputs map[string]*structpb.Value `protobuf:"bytes,7,rep,name=inputs,proto3" json:"inputs,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// Session parameters.
 	Parameters *structpb.Struct `protobuf:"bytes,8,opt,name=parameters,proto3" json:"parameters,omitempty"`
@@ -1009,7 +1011,10 @@ func (*PostResultRequest_Release) isPostResultRequest_Outcome() {}
 // A successful attempt.
 type TaskSuccess struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Outputs as JSON, bounded in size by the scheduler's settings.
+	// Outputs as JSON, bounded in size by the scheduler's settings. A file
+	// is the reference {"$artifact": name} to an artefact of the Session
+	// (one WriteArtifact stored); any other object with the key "$artifact"
+	// is refused.
 	Outputs       *structpb.Value `protobuf:"bytes,1,opt,name=outputs,proto3" json:"outputs,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1226,11 +1231,359 @@ func (x *PostResultResponse) GetMessage() string {
 	return ""
 }
 
+// Request of ReadArtifact.
+type ReadArtifactRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// A running attempt the instance holds, from Task.attempt_id.
+	AttemptId string `protobuf:"bytes,1,opt,name=attempt_id,json=attemptId,proto3" json:"attempt_id,omitempty"`
+	// Name of an artefact of the attempt's Session, "artifacts/{id}".
+	Name          string `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReadArtifactRequest) Reset() {
+	*x = ReadArtifactRequest{}
+	mi := &file_heat_scheduler_v1_runner_service_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReadArtifactRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReadArtifactRequest) ProtoMessage() {}
+
+func (x *ReadArtifactRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_heat_scheduler_v1_runner_service_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReadArtifactRequest.ProtoReflect.Descriptor instead.
+func (*ReadArtifactRequest) Descriptor() ([]byte, []int) {
+	return file_heat_scheduler_v1_runner_service_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *ReadArtifactRequest) GetAttemptId() string {
+	if x != nil {
+		return x.AttemptId
+	}
+	return ""
+}
+
+func (x *ReadArtifactRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+// One message of ReadArtifact.
+type ReadArtifactResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// What the message carries.
+	//
+	// Types that are valid to be assigned to Part:
+	//
+	//	*ReadArtifactResponse_Artifact
+	//	*ReadArtifactResponse_Data
+	Part          isReadArtifactResponse_Part `protobuf_oneof:"part"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReadArtifactResponse) Reset() {
+	*x = ReadArtifactResponse{}
+	mi := &file_heat_scheduler_v1_runner_service_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReadArtifactResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReadArtifactResponse) ProtoMessage() {}
+
+func (x *ReadArtifactResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_heat_scheduler_v1_runner_service_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReadArtifactResponse.ProtoReflect.Descriptor instead.
+func (*ReadArtifactResponse) Descriptor() ([]byte, []int) {
+	return file_heat_scheduler_v1_runner_service_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *ReadArtifactResponse) GetPart() isReadArtifactResponse_Part {
+	if x != nil {
+		return x.Part
+	}
+	return nil
+}
+
+func (x *ReadArtifactResponse) GetArtifact() *Artifact {
+	if x != nil {
+		if x, ok := x.Part.(*ReadArtifactResponse_Artifact); ok {
+			return x.Artifact
+		}
+	}
+	return nil
+}
+
+func (x *ReadArtifactResponse) GetData() []byte {
+	if x != nil {
+		if x, ok := x.Part.(*ReadArtifactResponse_Data); ok {
+			return x.Data
+		}
+	}
+	return nil
+}
+
+type isReadArtifactResponse_Part interface {
+	isReadArtifactResponse_Part()
+}
+
+type ReadArtifactResponse_Artifact struct {
+	// First message: the artefact (its size and digest).
+	Artifact *Artifact `protobuf:"bytes,1,opt,name=artifact,proto3,oneof"`
+}
+
+type ReadArtifactResponse_Data struct {
+	// Later messages: the next chunk of the content, in order.
+	Data []byte `protobuf:"bytes,2,opt,name=data,proto3,oneof"`
+}
+
+func (*ReadArtifactResponse_Artifact) isReadArtifactResponse_Part() {}
+
+func (*ReadArtifactResponse_Data) isReadArtifactResponse_Part() {}
+
+// What an attempt stores, sent before the content.
+type ArtifactWrite struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The running attempt whose lease authorises the write.
+	AttemptId string `protobuf:"bytes,1,opt,name=attempt_id,json=attemptId,proto3" json:"attempt_id,omitempty"`
+	// File name, for display; at most 255 characters.
+	Filename string `protobuf:"bytes,2,opt,name=filename,proto3" json:"filename,omitempty"`
+	// Size in bytes the content will have; zero when unknown.
+	SizeBytes int64 `protobuf:"varint,3,opt,name=size_bytes,json=sizeBytes,proto3" json:"size_bytes,omitempty"`
+	// SHA-256 of the content, in hex, when the runner knows it.
+	Sha256        string `protobuf:"bytes,4,opt,name=sha256,proto3" json:"sha256,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ArtifactWrite) Reset() {
+	*x = ArtifactWrite{}
+	mi := &file_heat_scheduler_v1_runner_service_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ArtifactWrite) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ArtifactWrite) ProtoMessage() {}
+
+func (x *ArtifactWrite) ProtoReflect() protoreflect.Message {
+	mi := &file_heat_scheduler_v1_runner_service_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ArtifactWrite.ProtoReflect.Descriptor instead.
+func (*ArtifactWrite) Descriptor() ([]byte, []int) {
+	return file_heat_scheduler_v1_runner_service_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *ArtifactWrite) GetAttemptId() string {
+	if x != nil {
+		return x.AttemptId
+	}
+	return ""
+}
+
+func (x *ArtifactWrite) GetFilename() string {
+	if x != nil {
+		return x.Filename
+	}
+	return ""
+}
+
+func (x *ArtifactWrite) GetSizeBytes() int64 {
+	if x != nil {
+		return x.SizeBytes
+	}
+	return 0
+}
+
+func (x *ArtifactWrite) GetSha256() string {
+	if x != nil {
+		return x.Sha256
+	}
+	return ""
+}
+
+// One message of WriteArtifact.
+type WriteArtifactRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// What the message carries.
+	//
+	// Types that are valid to be assigned to Part:
+	//
+	//	*WriteArtifactRequest_Write
+	//	*WriteArtifactRequest_Data
+	Part          isWriteArtifactRequest_Part `protobuf_oneof:"part"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WriteArtifactRequest) Reset() {
+	*x = WriteArtifactRequest{}
+	mi := &file_heat_scheduler_v1_runner_service_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WriteArtifactRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WriteArtifactRequest) ProtoMessage() {}
+
+func (x *WriteArtifactRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_heat_scheduler_v1_runner_service_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WriteArtifactRequest.ProtoReflect.Descriptor instead.
+func (*WriteArtifactRequest) Descriptor() ([]byte, []int) {
+	return file_heat_scheduler_v1_runner_service_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *WriteArtifactRequest) GetPart() isWriteArtifactRequest_Part {
+	if x != nil {
+		return x.Part
+	}
+	return nil
+}
+
+func (x *WriteArtifactRequest) GetWrite() *ArtifactWrite {
+	if x != nil {
+		if x, ok := x.Part.(*WriteArtifactRequest_Write); ok {
+			return x.Write
+		}
+	}
+	return nil
+}
+
+func (x *WriteArtifactRequest) GetData() []byte {
+	if x != nil {
+		if x, ok := x.Part.(*WriteArtifactRequest_Data); ok {
+			return x.Data
+		}
+	}
+	return nil
+}
+
+type isWriteArtifactRequest_Part interface {
+	isWriteArtifactRequest_Part()
+}
+
+type WriteArtifactRequest_Write struct {
+	// First message: the attempt and what it stores.
+	Write *ArtifactWrite `protobuf:"bytes,1,opt,name=write,proto3,oneof"`
+}
+
+type WriteArtifactRequest_Data struct {
+	// Later messages: the next chunk of the content (at most 4 MiB each).
+	Data []byte `protobuf:"bytes,2,opt,name=data,proto3,oneof"`
+}
+
+func (*WriteArtifactRequest_Write) isWriteArtifactRequest_Part() {}
+
+func (*WriteArtifactRequest_Data) isWriteArtifactRequest_Part() {}
+
+// Response of WriteArtifact.
+type WriteArtifactResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The stored artefact.
+	Artifact      *Artifact `protobuf:"bytes,1,opt,name=artifact,proto3" json:"artifact,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WriteArtifactResponse) Reset() {
+	*x = WriteArtifactResponse{}
+	mi := &file_heat_scheduler_v1_runner_service_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WriteArtifactResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WriteArtifactResponse) ProtoMessage() {}
+
+func (x *WriteArtifactResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_heat_scheduler_v1_runner_service_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WriteArtifactResponse.ProtoReflect.Descriptor instead.
+func (*WriteArtifactResponse) Descriptor() ([]byte, []int) {
+	return file_heat_scheduler_v1_runner_service_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *WriteArtifactResponse) GetArtifact() *Artifact {
+	if x != nil {
+		return x.Artifact
+	}
+	return nil
+}
+
 var File_heat_scheduler_v1_runner_service_proto protoreflect.FileDescriptor
 
 const file_heat_scheduler_v1_runner_service_proto_rawDesc = "" +
 	"\n" +
-	"&heat/scheduler/v1/runner_service.proto\x12\x11heat.scheduler.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8e\x01\n" +
+	"&heat/scheduler/v1/runner_service.proto\x12\x11heat.scheduler.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a heat/scheduler/v1/artifact.proto\"\x8e\x01\n" +
 	"\x10ClaimTaskRequest\x125\n" +
 	"\x05start\x18\x01 \x01(\v2\x1d.heat.scheduler.v1.ClaimStartH\x00R\x05start\x128\n" +
 	"\x06credit\x18\x02 \x01(\v2\x1e.heat.scheduler.v1.ClaimCreditH\x00R\x06creditB\t\n" +
@@ -1314,7 +1667,28 @@ const file_heat_scheduler_v1_runner_service_proto_rawDesc = "" +
 	"\n" +
 	"attempt_id\x18\x01 \x01(\tR\tattemptId\x127\n" +
 	"\x06status\x18\x02 \x01(\x0e2\x1f.heat.scheduler.v1.ResultStatusR\x06status\x12\x18\n" +
-	"\amessage\x18\x03 \x01(\tR\amessage*c\n" +
+	"\amessage\x18\x03 \x01(\tR\amessage\"H\n" +
+	"\x13ReadArtifactRequest\x12\x1d\n" +
+	"\n" +
+	"attempt_id\x18\x01 \x01(\tR\tattemptId\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\"o\n" +
+	"\x14ReadArtifactResponse\x129\n" +
+	"\bartifact\x18\x01 \x01(\v2\x1b.heat.scheduler.v1.ArtifactH\x00R\bartifact\x12\x14\n" +
+	"\x04data\x18\x02 \x01(\fH\x00R\x04dataB\x06\n" +
+	"\x04part\"\x81\x01\n" +
+	"\rArtifactWrite\x12\x1d\n" +
+	"\n" +
+	"attempt_id\x18\x01 \x01(\tR\tattemptId\x12\x1a\n" +
+	"\bfilename\x18\x02 \x01(\tR\bfilename\x12\x1d\n" +
+	"\n" +
+	"size_bytes\x18\x03 \x01(\x03R\tsizeBytes\x12\x16\n" +
+	"\x06sha256\x18\x04 \x01(\tR\x06sha256\"n\n" +
+	"\x14WriteArtifactRequest\x128\n" +
+	"\x05write\x18\x01 \x01(\v2 .heat.scheduler.v1.ArtifactWriteH\x00R\x05write\x12\x14\n" +
+	"\x04data\x18\x02 \x01(\fH\x00R\x04dataB\x06\n" +
+	"\x04part\"P\n" +
+	"\x15WriteArtifactResponse\x127\n" +
+	"\bartifact\x18\x01 \x01(\v2\x1b.heat.scheduler.v1.ArtifactR\bartifact*c\n" +
 	"\vFailureKind\x12\x1c\n" +
 	"\x18FAILURE_KIND_UNSPECIFIED\x10\x00\x12\x1a\n" +
 	"\x16FAILURE_KIND_RETRYABLE\x10\x01\x12\x1a\n" +
@@ -1324,12 +1698,14 @@ const file_heat_scheduler_v1_runner_service_proto_rawDesc = "" +
 	"\x16RESULT_STATUS_ACCEPTED\x10\x01\x12 \n" +
 	"\x1cRESULT_STATUS_REJECTED_STALE\x10\x02\x12$\n" +
 	" RESULT_STATUS_REJECTED_CANCELLED\x10\x03\x12\"\n" +
-	"\x1eRESULT_STATUS_REJECTED_INVALID\x10\x042\xa6\x02\n" +
+	"\x1eRESULT_STATUS_REJECTED_INVALID\x10\x042\xef\x03\n" +
 	"\rRunnerService\x12Z\n" +
 	"\tClaimTask\x12#.heat.scheduler.v1.ClaimTaskRequest\x1a$.heat.scheduler.v1.ClaimTaskResponse(\x010\x01\x12Z\n" +
 	"\tHeartbeat\x12#.heat.scheduler.v1.HeartbeatRequest\x1a$.heat.scheduler.v1.HeartbeatResponse(\x010\x01\x12]\n" +
 	"\n" +
-	"PostResult\x12$.heat.scheduler.v1.PostResultRequest\x1a%.heat.scheduler.v1.PostResultResponse(\x010\x01B\xdc\x01\n" +
+	"PostResult\x12$.heat.scheduler.v1.PostResultRequest\x1a%.heat.scheduler.v1.PostResultResponse(\x010\x01\x12a\n" +
+	"\fReadArtifact\x12&.heat.scheduler.v1.ReadArtifactRequest\x1a'.heat.scheduler.v1.ReadArtifactResponse0\x01\x12d\n" +
+	"\rWriteArtifact\x12'.heat.scheduler.v1.WriteArtifactRequest\x1a(.heat.scheduler.v1.WriteArtifactResponse(\x01B\xdc\x01\n" +
 	"\x15com.heat.scheduler.v1B\x12RunnerServiceProtoP\x01ZIgithub.com/heatglobal/heat-scheduler/gen/go/heat/scheduler/v1;schedulerv1\xa2\x02\x03HSX\xaa\x02\x11Heat.Scheduler.V1\xca\x02\x11Heat\\Scheduler\\V1\xe2\x02\x1dHeat\\Scheduler\\V1\\GPBMetadata\xea\x02\x13Heat::Scheduler::V1b\x06proto3"
 
 var (
@@ -1345,7 +1721,7 @@ func file_heat_scheduler_v1_runner_service_proto_rawDescGZIP() []byte {
 }
 
 var file_heat_scheduler_v1_runner_service_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_heat_scheduler_v1_runner_service_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
+var file_heat_scheduler_v1_runner_service_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
 var file_heat_scheduler_v1_runner_service_proto_goTypes = []any{
 	(FailureKind)(0),              // 0: heat.scheduler.v1.FailureKind
 	(ResultStatus)(0),             // 1: heat.scheduler.v1.ResultStatus
@@ -1364,50 +1740,63 @@ var file_heat_scheduler_v1_runner_service_proto_goTypes = []any{
 	(*TaskFailure)(nil),           // 14: heat.scheduler.v1.TaskFailure
 	(*TaskRelease)(nil),           // 15: heat.scheduler.v1.TaskRelease
 	(*PostResultResponse)(nil),    // 16: heat.scheduler.v1.PostResultResponse
-	nil,                           // 17: heat.scheduler.v1.Task.InputsEntry
-	nil,                           // 18: heat.scheduler.v1.Task.TraceContextEntry
-	(*structpb.Struct)(nil),       // 19: google.protobuf.Struct
-	(*timestamppb.Timestamp)(nil), // 20: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),   // 21: google.protobuf.Duration
-	(*structpb.Value)(nil),        // 22: google.protobuf.Value
+	(*ReadArtifactRequest)(nil),   // 17: heat.scheduler.v1.ReadArtifactRequest
+	(*ReadArtifactResponse)(nil),  // 18: heat.scheduler.v1.ReadArtifactResponse
+	(*ArtifactWrite)(nil),         // 19: heat.scheduler.v1.ArtifactWrite
+	(*WriteArtifactRequest)(nil),  // 20: heat.scheduler.v1.WriteArtifactRequest
+	(*WriteArtifactResponse)(nil), // 21: heat.scheduler.v1.WriteArtifactResponse
+	nil,                           // 22: heat.scheduler.v1.Task.InputsEntry
+	nil,                           // 23: heat.scheduler.v1.Task.TraceContextEntry
+	(*structpb.Struct)(nil),       // 24: google.protobuf.Struct
+	(*timestamppb.Timestamp)(nil), // 25: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),   // 26: google.protobuf.Duration
+	(*structpb.Value)(nil),        // 27: google.protobuf.Value
+	(*Artifact)(nil),              // 28: heat.scheduler.v1.Artifact
 }
 var file_heat_scheduler_v1_runner_service_proto_depIdxs = []int32{
 	3,  // 0: heat.scheduler.v1.ClaimTaskRequest.start:type_name -> heat.scheduler.v1.ClaimStart
 	4,  // 1: heat.scheduler.v1.ClaimTaskRequest.credit:type_name -> heat.scheduler.v1.ClaimCredit
 	6,  // 2: heat.scheduler.v1.ClaimTaskResponse.task:type_name -> heat.scheduler.v1.Task
 	7,  // 3: heat.scheduler.v1.ClaimTaskResponse.drain:type_name -> heat.scheduler.v1.DrainRequest
-	19, // 4: heat.scheduler.v1.Task.config:type_name -> google.protobuf.Struct
-	17, // 5: heat.scheduler.v1.Task.inputs:type_name -> heat.scheduler.v1.Task.InputsEntry
-	19, // 6: heat.scheduler.v1.Task.parameters:type_name -> google.protobuf.Struct
-	20, // 7: heat.scheduler.v1.Task.lease_deadline:type_name -> google.protobuf.Timestamp
-	20, // 8: heat.scheduler.v1.Task.attempt_deadline:type_name -> google.protobuf.Timestamp
-	18, // 9: heat.scheduler.v1.Task.trace_context:type_name -> heat.scheduler.v1.Task.TraceContextEntry
-	21, // 10: heat.scheduler.v1.Task.heartbeat_interval:type_name -> google.protobuf.Duration
-	20, // 11: heat.scheduler.v1.DrainRequest.deadline:type_name -> google.protobuf.Timestamp
+	24, // 4: heat.scheduler.v1.Task.config:type_name -> google.protobuf.Struct
+	22, // 5: heat.scheduler.v1.Task.inputs:type_name -> heat.scheduler.v1.Task.InputsEntry
+	24, // 6: heat.scheduler.v1.Task.parameters:type_name -> google.protobuf.Struct
+	25, // 7: heat.scheduler.v1.Task.lease_deadline:type_name -> google.protobuf.Timestamp
+	25, // 8: heat.scheduler.v1.Task.attempt_deadline:type_name -> google.protobuf.Timestamp
+	23, // 9: heat.scheduler.v1.Task.trace_context:type_name -> heat.scheduler.v1.Task.TraceContextEntry
+	26, // 10: heat.scheduler.v1.Task.heartbeat_interval:type_name -> google.protobuf.Duration
+	25, // 11: heat.scheduler.v1.DrainRequest.deadline:type_name -> google.protobuf.Timestamp
 	10, // 12: heat.scheduler.v1.HeartbeatResponse.leases:type_name -> heat.scheduler.v1.Lease
 	11, // 13: heat.scheduler.v1.HeartbeatResponse.cancellations:type_name -> heat.scheduler.v1.TaskCancellation
 	7,  // 14: heat.scheduler.v1.HeartbeatResponse.drain:type_name -> heat.scheduler.v1.DrainRequest
-	21, // 15: heat.scheduler.v1.HeartbeatResponse.heartbeat_interval:type_name -> google.protobuf.Duration
-	20, // 16: heat.scheduler.v1.Lease.deadline:type_name -> google.protobuf.Timestamp
+	26, // 15: heat.scheduler.v1.HeartbeatResponse.heartbeat_interval:type_name -> google.protobuf.Duration
+	25, // 16: heat.scheduler.v1.Lease.deadline:type_name -> google.protobuf.Timestamp
 	13, // 17: heat.scheduler.v1.PostResultRequest.success:type_name -> heat.scheduler.v1.TaskSuccess
 	14, // 18: heat.scheduler.v1.PostResultRequest.failure:type_name -> heat.scheduler.v1.TaskFailure
 	15, // 19: heat.scheduler.v1.PostResultRequest.release:type_name -> heat.scheduler.v1.TaskRelease
-	22, // 20: heat.scheduler.v1.TaskSuccess.outputs:type_name -> google.protobuf.Value
+	27, // 20: heat.scheduler.v1.TaskSuccess.outputs:type_name -> google.protobuf.Value
 	0,  // 21: heat.scheduler.v1.TaskFailure.kind:type_name -> heat.scheduler.v1.FailureKind
-	19, // 22: heat.scheduler.v1.TaskFailure.details:type_name -> google.protobuf.Struct
+	24, // 22: heat.scheduler.v1.TaskFailure.details:type_name -> google.protobuf.Struct
 	1,  // 23: heat.scheduler.v1.PostResultResponse.status:type_name -> heat.scheduler.v1.ResultStatus
-	22, // 24: heat.scheduler.v1.Task.InputsEntry.value:type_name -> google.protobuf.Value
-	2,  // 25: heat.scheduler.v1.RunnerService.ClaimTask:input_type -> heat.scheduler.v1.ClaimTaskRequest
-	8,  // 26: heat.scheduler.v1.RunnerService.Heartbeat:input_type -> heat.scheduler.v1.HeartbeatRequest
-	12, // 27: heat.scheduler.v1.RunnerService.PostResult:input_type -> heat.scheduler.v1.PostResultRequest
-	5,  // 28: heat.scheduler.v1.RunnerService.ClaimTask:output_type -> heat.scheduler.v1.ClaimTaskResponse
-	9,  // 29: heat.scheduler.v1.RunnerService.Heartbeat:output_type -> heat.scheduler.v1.HeartbeatResponse
-	16, // 30: heat.scheduler.v1.RunnerService.PostResult:output_type -> heat.scheduler.v1.PostResultResponse
-	28, // [28:31] is the sub-list for method output_type
-	25, // [25:28] is the sub-list for method input_type
-	25, // [25:25] is the sub-list for extension type_name
-	25, // [25:25] is the sub-list for extension extendee
-	0,  // [0:25] is the sub-list for field type_name
+	28, // 24: heat.scheduler.v1.ReadArtifactResponse.artifact:type_name -> heat.scheduler.v1.Artifact
+	19, // 25: heat.scheduler.v1.WriteArtifactRequest.write:type_name -> heat.scheduler.v1.ArtifactWrite
+	28, // 26: heat.scheduler.v1.WriteArtifactResponse.artifact:type_name -> heat.scheduler.v1.Artifact
+	27, // 27: heat.scheduler.v1.Task.InputsEntry.value:type_name -> google.protobuf.Value
+	2,  // 28: heat.scheduler.v1.RunnerService.ClaimTask:input_type -> heat.scheduler.v1.ClaimTaskRequest
+	8,  // 29: heat.scheduler.v1.RunnerService.Heartbeat:input_type -> heat.scheduler.v1.HeartbeatRequest
+	12, // 30: heat.scheduler.v1.RunnerService.PostResult:input_type -> heat.scheduler.v1.PostResultRequest
+	17, // 31: heat.scheduler.v1.RunnerService.ReadArtifact:input_type -> heat.scheduler.v1.ReadArtifactRequest
+	20, // 32: heat.scheduler.v1.RunnerService.WriteArtifact:input_type -> heat.scheduler.v1.WriteArtifactRequest
+	5,  // 33: heat.scheduler.v1.RunnerService.ClaimTask:output_type -> heat.scheduler.v1.ClaimTaskResponse
+	9,  // 34: heat.scheduler.v1.RunnerService.Heartbeat:output_type -> heat.scheduler.v1.HeartbeatResponse
+	16, // 35: heat.scheduler.v1.RunnerService.PostResult:output_type -> heat.scheduler.v1.PostResultResponse
+	18, // 36: heat.scheduler.v1.RunnerService.ReadArtifact:output_type -> heat.scheduler.v1.ReadArtifactResponse
+	21, // 37: heat.scheduler.v1.RunnerService.WriteArtifact:output_type -> heat.scheduler.v1.WriteArtifactResponse
+	33, // [33:38] is the sub-list for method output_type
+	28, // [28:33] is the sub-list for method input_type
+	28, // [28:28] is the sub-list for extension type_name
+	28, // [28:28] is the sub-list for extension extendee
+	0,  // [0:28] is the sub-list for field type_name
 }
 
 func init() { file_heat_scheduler_v1_runner_service_proto_init() }
@@ -1415,6 +1804,7 @@ func file_heat_scheduler_v1_runner_service_proto_init() {
 	if File_heat_scheduler_v1_runner_service_proto != nil {
 		return
 	}
+	file_heat_scheduler_v1_artifact_proto_init()
 	file_heat_scheduler_v1_runner_service_proto_msgTypes[0].OneofWrappers = []any{
 		(*ClaimTaskRequest_Start)(nil),
 		(*ClaimTaskRequest_Credit)(nil),
@@ -1428,13 +1818,21 @@ func file_heat_scheduler_v1_runner_service_proto_init() {
 		(*PostResultRequest_Failure)(nil),
 		(*PostResultRequest_Release)(nil),
 	}
+	file_heat_scheduler_v1_runner_service_proto_msgTypes[16].OneofWrappers = []any{
+		(*ReadArtifactResponse_Artifact)(nil),
+		(*ReadArtifactResponse_Data)(nil),
+	}
+	file_heat_scheduler_v1_runner_service_proto_msgTypes[18].OneofWrappers = []any{
+		(*WriteArtifactRequest_Write)(nil),
+		(*WriteArtifactRequest_Data)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_heat_scheduler_v1_runner_service_proto_rawDesc), len(file_heat_scheduler_v1_runner_service_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   17,
+			NumMessages:   22,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

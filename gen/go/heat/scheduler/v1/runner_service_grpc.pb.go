@@ -19,9 +19,11 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	RunnerService_ClaimTask_FullMethodName  = "/heat.scheduler.v1.RunnerService/ClaimTask"
-	RunnerService_Heartbeat_FullMethodName  = "/heat.scheduler.v1.RunnerService/Heartbeat"
-	RunnerService_PostResult_FullMethodName = "/heat.scheduler.v1.RunnerService/PostResult"
+	RunnerService_ClaimTask_FullMethodName     = "/heat.scheduler.v1.RunnerService/ClaimTask"
+	RunnerService_Heartbeat_FullMethodName     = "/heat.scheduler.v1.RunnerService/Heartbeat"
+	RunnerService_PostResult_FullMethodName    = "/heat.scheduler.v1.RunnerService/PostResult"
+	RunnerService_ReadArtifact_FullMethodName  = "/heat.scheduler.v1.RunnerService/ReadArtifact"
+	RunnerService_WriteArtifact_FullMethodName = "/heat.scheduler.v1.RunnerService/WriteArtifact"
 )
 
 // RunnerServiceClient is the client API for RunnerService service.
@@ -43,6 +45,15 @@ type RunnerServiceClient interface {
 	// The instance posts outcomes; each is acknowledged. Posting the same
 	// outcome again gives the same answer and changes nothing.
 	PostResult(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[PostResultRequest, PostResultResponse], error)
+	// Streams an artefact of the Session of a task the instance holds: its
+	// metadata first, then its content in chunks. The task's lease
+	// authorises the read: it must be running and held by this Runner.
+	ReadArtifact(ctx context.Context, in *ReadArtifactRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ReadArtifactResponse], error)
+	// Stores a file an attempt returns: the first message carries an
+	// ArtifactWrite naming the attempt (whose lease authorises the write),
+	// the next ones the content in chunks. The attempt's outputs then refer
+	// to it as {"$artifact": name}.
+	WriteArtifact(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[WriteArtifactRequest, WriteArtifactResponse], error)
 }
 
 type runnerServiceClient struct {
@@ -92,6 +103,38 @@ func (c *runnerServiceClient) PostResult(ctx context.Context, opts ...grpc.CallO
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type RunnerService_PostResultClient = grpc.BidiStreamingClient[PostResultRequest, PostResultResponse]
 
+func (c *runnerServiceClient) ReadArtifact(ctx context.Context, in *ReadArtifactRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ReadArtifactResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &RunnerService_ServiceDesc.Streams[3], RunnerService_ReadArtifact_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[ReadArtifactRequest, ReadArtifactResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type RunnerService_ReadArtifactClient = grpc.ServerStreamingClient[ReadArtifactResponse]
+
+func (c *runnerServiceClient) WriteArtifact(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[WriteArtifactRequest, WriteArtifactResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &RunnerService_ServiceDesc.Streams[4], RunnerService_WriteArtifact_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[WriteArtifactRequest, WriteArtifactResponse]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type RunnerService_WriteArtifactClient = grpc.ClientStreamingClient[WriteArtifactRequest, WriteArtifactResponse]
+
 // RunnerServiceServer is the server API for RunnerService service.
 // All implementations must embed UnimplementedRunnerServiceServer
 // for forward compatibility.
@@ -111,6 +154,15 @@ type RunnerServiceServer interface {
 	// The instance posts outcomes; each is acknowledged. Posting the same
 	// outcome again gives the same answer and changes nothing.
 	PostResult(grpc.BidiStreamingServer[PostResultRequest, PostResultResponse]) error
+	// Streams an artefact of the Session of a task the instance holds: its
+	// metadata first, then its content in chunks. The task's lease
+	// authorises the read: it must be running and held by this Runner.
+	ReadArtifact(*ReadArtifactRequest, grpc.ServerStreamingServer[ReadArtifactResponse]) error
+	// Stores a file an attempt returns: the first message carries an
+	// ArtifactWrite naming the attempt (whose lease authorises the write),
+	// the next ones the content in chunks. The attempt's outputs then refer
+	// to it as {"$artifact": name}.
+	WriteArtifact(grpc.ClientStreamingServer[WriteArtifactRequest, WriteArtifactResponse]) error
 	mustEmbedUnimplementedRunnerServiceServer()
 }
 
@@ -129,6 +181,12 @@ func (UnimplementedRunnerServiceServer) Heartbeat(grpc.BidiStreamingServer[Heart
 }
 func (UnimplementedRunnerServiceServer) PostResult(grpc.BidiStreamingServer[PostResultRequest, PostResultResponse]) error {
 	return status.Error(codes.Unimplemented, "method PostResult not implemented")
+}
+func (UnimplementedRunnerServiceServer) ReadArtifact(*ReadArtifactRequest, grpc.ServerStreamingServer[ReadArtifactResponse]) error {
+	return status.Error(codes.Unimplemented, "method ReadArtifact not implemented")
+}
+func (UnimplementedRunnerServiceServer) WriteArtifact(grpc.ClientStreamingServer[WriteArtifactRequest, WriteArtifactResponse]) error {
+	return status.Error(codes.Unimplemented, "method WriteArtifact not implemented")
 }
 func (UnimplementedRunnerServiceServer) mustEmbedUnimplementedRunnerServiceServer() {}
 func (UnimplementedRunnerServiceServer) testEmbeddedByValue()                       {}
@@ -172,6 +230,24 @@ func _RunnerService_PostResult_Handler(srv interface{}, stream grpc.ServerStream
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type RunnerService_PostResultServer = grpc.BidiStreamingServer[PostResultRequest, PostResultResponse]
 
+func _RunnerService_ReadArtifact_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(ReadArtifactRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(RunnerServiceServer).ReadArtifact(m, &grpc.GenericServerStream[ReadArtifactRequest, ReadArtifactResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type RunnerService_ReadArtifactServer = grpc.ServerStreamingServer[ReadArtifactResponse]
+
+func _RunnerService_WriteArtifact_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(RunnerServiceServer).WriteArtifact(&grpc.GenericServerStream[WriteArtifactRequest, WriteArtifactResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type RunnerService_WriteArtifactServer = grpc.ClientStreamingServer[WriteArtifactRequest, WriteArtifactResponse]
+
 // RunnerService_ServiceDesc is the grpc.ServiceDesc for RunnerService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -196,6 +272,16 @@ var RunnerService_ServiceDesc = grpc.ServiceDesc{
 			StreamName:    "PostResult",
 			Handler:       _RunnerService_PostResult_Handler,
 			ServerStreams: true,
+			ClientStreams: true,
+		},
+		{
+			StreamName:    "ReadArtifact",
+			Handler:       _RunnerService_ReadArtifact_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "WriteArtifact",
+			Handler:       _RunnerService_WriteArtifact_Handler,
 			ClientStreams: true,
 		},
 	},

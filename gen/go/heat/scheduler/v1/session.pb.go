@@ -340,8 +340,10 @@ type Node struct {
 	EndTime *timestamppb.Timestamp `protobuf:"bytes,12,opt,name=end_time,json=endTime,proto3" json:"end_time,omitempty"`
 	// When the next attempt becomes claimable, in NODE_STATE_RETRY_WAIT.
 	NextAttemptTime *timestamppb.Timestamp `protobuf:"bytes,13,opt,name=next_attempt_time,json=nextAttemptTime,proto3" json:"next_attempt_time,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// Files given to the node, by input name: artefact names.
+	Files         map[string]string `protobuf:"bytes,14,rep,name=files,proto3" json:"files,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Node) Reset() {
@@ -465,6 +467,13 @@ func (x *Node) GetNextAttemptTime() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *Node) GetFiles() map[string]string {
+	if x != nil {
+		return x.Files
+	}
+	return nil
+}
+
 // A failure of a node's attempt.
 type NodeError struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -567,7 +576,7 @@ const file_heat_scheduler_v1_session_proto_rawDesc = "" +
 	"\x05value\x18\x02 \x01(\x05R\x05value:\x028\x01\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xce\x04\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xc2\x05\n" +
 	"\x04Node\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12#\n" +
 	"\rnode_template\x18\x02 \x01(\tR\fnodeTemplate\x12\x16\n" +
@@ -585,7 +594,12 @@ const file_heat_scheduler_v1_session_proto_rawDesc = "" +
 	"\n" +
 	"start_time\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\tstartTime\x125\n" +
 	"\bend_time\x18\f \x01(\v2\x1a.google.protobuf.TimestampR\aendTime\x12F\n" +
-	"\x11next_attempt_time\x18\r \x01(\v2\x1a.google.protobuf.TimestampR\x0fnextAttemptTime\"\x90\x01\n" +
+	"\x11next_attempt_time\x18\r \x01(\v2\x1a.google.protobuf.TimestampR\x0fnextAttemptTime\x128\n" +
+	"\x05files\x18\x0e \x03(\v2\".heat.scheduler.v1.Node.FilesEntryR\x05files\x1a8\n" +
+	"\n" +
+	"FilesEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x90\x01\n" +
 	"\tNodeError\x12\x18\n" +
 	"\aattempt\x18\x01 \x01(\x05R\aattempt\x12\x1c\n" +
 	"\tretryable\x18\x02 \x01(\bR\tretryable\x12\x18\n" +
@@ -623,7 +637,7 @@ func file_heat_scheduler_v1_session_proto_rawDescGZIP() []byte {
 }
 
 var file_heat_scheduler_v1_session_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_heat_scheduler_v1_session_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
+var file_heat_scheduler_v1_session_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
 var file_heat_scheduler_v1_session_proto_goTypes = []any{
 	(SessionState)(0),             // 0: heat.scheduler.v1.SessionState
 	(NodeState)(0),                // 1: heat.scheduler.v1.NodeState
@@ -632,33 +646,35 @@ var file_heat_scheduler_v1_session_proto_goTypes = []any{
 	(*NodeError)(nil),             // 4: heat.scheduler.v1.NodeError
 	nil,                           // 5: heat.scheduler.v1.Session.NodeCountsEntry
 	nil,                           // 6: heat.scheduler.v1.Session.LabelsEntry
-	(*structpb.Struct)(nil),       // 7: google.protobuf.Struct
-	(*timestamppb.Timestamp)(nil), // 8: google.protobuf.Timestamp
-	(*structpb.Value)(nil),        // 9: google.protobuf.Value
+	nil,                           // 7: heat.scheduler.v1.Node.FilesEntry
+	(*structpb.Struct)(nil),       // 8: google.protobuf.Struct
+	(*timestamppb.Timestamp)(nil), // 9: google.protobuf.Timestamp
+	(*structpb.Value)(nil),        // 10: google.protobuf.Value
 }
 var file_heat_scheduler_v1_session_proto_depIdxs = []int32{
-	7,  // 0: heat.scheduler.v1.Session.parameters:type_name -> google.protobuf.Struct
+	8,  // 0: heat.scheduler.v1.Session.parameters:type_name -> google.protobuf.Struct
 	0,  // 1: heat.scheduler.v1.Session.state:type_name -> heat.scheduler.v1.SessionState
 	3,  // 2: heat.scheduler.v1.Session.nodes:type_name -> heat.scheduler.v1.Node
 	5,  // 3: heat.scheduler.v1.Session.node_counts:type_name -> heat.scheduler.v1.Session.NodeCountsEntry
 	6,  // 4: heat.scheduler.v1.Session.labels:type_name -> heat.scheduler.v1.Session.LabelsEntry
-	8,  // 5: heat.scheduler.v1.Session.create_time:type_name -> google.protobuf.Timestamp
-	8,  // 6: heat.scheduler.v1.Session.start_time:type_name -> google.protobuf.Timestamp
-	8,  // 7: heat.scheduler.v1.Session.end_time:type_name -> google.protobuf.Timestamp
-	7,  // 8: heat.scheduler.v1.Node.config:type_name -> google.protobuf.Struct
+	9,  // 5: heat.scheduler.v1.Session.create_time:type_name -> google.protobuf.Timestamp
+	9,  // 6: heat.scheduler.v1.Session.start_time:type_name -> google.protobuf.Timestamp
+	9,  // 7: heat.scheduler.v1.Session.end_time:type_name -> google.protobuf.Timestamp
+	8,  // 8: heat.scheduler.v1.Node.config:type_name -> google.protobuf.Struct
 	1,  // 9: heat.scheduler.v1.Node.state:type_name -> heat.scheduler.v1.NodeState
-	9,  // 10: heat.scheduler.v1.Node.outputs:type_name -> google.protobuf.Value
+	10, // 10: heat.scheduler.v1.Node.outputs:type_name -> google.protobuf.Value
 	4,  // 11: heat.scheduler.v1.Node.error:type_name -> heat.scheduler.v1.NodeError
-	8,  // 12: heat.scheduler.v1.Node.ready_time:type_name -> google.protobuf.Timestamp
-	8,  // 13: heat.scheduler.v1.Node.start_time:type_name -> google.protobuf.Timestamp
-	8,  // 14: heat.scheduler.v1.Node.end_time:type_name -> google.protobuf.Timestamp
-	8,  // 15: heat.scheduler.v1.Node.next_attempt_time:type_name -> google.protobuf.Timestamp
-	7,  // 16: heat.scheduler.v1.NodeError.details:type_name -> google.protobuf.Struct
-	17, // [17:17] is the sub-list for method output_type
-	17, // [17:17] is the sub-list for method input_type
-	17, // [17:17] is the sub-list for extension type_name
-	17, // [17:17] is the sub-list for extension extendee
-	0,  // [0:17] is the sub-list for field type_name
+	9,  // 12: heat.scheduler.v1.Node.ready_time:type_name -> google.protobuf.Timestamp
+	9,  // 13: heat.scheduler.v1.Node.start_time:type_name -> google.protobuf.Timestamp
+	9,  // 14: heat.scheduler.v1.Node.end_time:type_name -> google.protobuf.Timestamp
+	9,  // 15: heat.scheduler.v1.Node.next_attempt_time:type_name -> google.protobuf.Timestamp
+	7,  // 16: heat.scheduler.v1.Node.files:type_name -> heat.scheduler.v1.Node.FilesEntry
+	8,  // 17: heat.scheduler.v1.NodeError.details:type_name -> google.protobuf.Struct
+	18, // [18:18] is the sub-list for method output_type
+	18, // [18:18] is the sub-list for method input_type
+	18, // [18:18] is the sub-list for extension type_name
+	18, // [18:18] is the sub-list for extension extendee
+	0,  // [0:18] is the sub-list for field type_name
 }
 
 func init() { file_heat_scheduler_v1_session_proto_init() }
@@ -672,7 +688,7 @@ func file_heat_scheduler_v1_session_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_heat_scheduler_v1_session_proto_rawDesc), len(file_heat_scheduler_v1_session_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   5,
+			NumMessages:   6,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -85,7 +85,9 @@ type CreateSessionRequest struct {
 	Labels map[string]string `protobuf:"bytes,4,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// Idempotency key: a second request with the same key returns the
 	// Session the first one created.
-	RequestId     string `protobuf:"bytes,5,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	RequestId string `protobuf:"bytes,5,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	// Files given to the Session's nodes as named inputs: uploads or URIs.
+	Files         []*FileInput `protobuf:"bytes,7,rep,name=files,proto3" json:"files,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -164,6 +166,13 @@ func (x *CreateSessionRequest) GetRequestId() string {
 		return x.RequestId
 	}
 	return ""
+}
+
+func (x *CreateSessionRequest) GetFiles() []*FileInput {
+	if x != nil {
+		return x.Files
+	}
+	return nil
 }
 
 type isCreateSessionRequest_Source interface {
@@ -962,9 +971,9 @@ var File_heat_scheduler_v1_session_service_proto protoreflect.FileDescriptor
 
 const file_heat_scheduler_v1_session_service_proto_rawDesc = "" +
 	"\n" +
-	"'heat/scheduler/v1/session_service.proto\x12\x11heat.scheduler.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1fheat/scheduler/v1/session.proto\x1a(heat/scheduler/v1/session_template.proto\"7\n" +
+	"'heat/scheduler/v1/session_service.proto\x12\x11heat.scheduler.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a heat/scheduler/v1/artifact.proto\x1a\x1fheat/scheduler/v1/session.proto\x1a(heat/scheduler/v1/session_template.proto\"7\n" +
 	"\x03Dag\x120\n" +
-	"\x05nodes\x18\x01 \x03(\v2\x1a.heat.scheduler.v1.DagNodeR\x05nodes\"\xd9\x02\n" +
+	"\x05nodes\x18\x01 \x03(\v2\x1a.heat.scheduler.v1.DagNodeR\x05nodes\"\x8d\x03\n" +
 	"\x14CreateSessionRequest\x12+\n" +
 	"\x10session_template\x18\x01 \x01(\tH\x00R\x0fsessionTemplate\x12*\n" +
 	"\x03dag\x18\x02 \x01(\v2\x16.heat.scheduler.v1.DagH\x00R\x03dag\x127\n" +
@@ -973,7 +982,8 @@ const file_heat_scheduler_v1_session_service_proto_rawDesc = "" +
 	"parameters\x12K\n" +
 	"\x06labels\x18\x04 \x03(\v23.heat.scheduler.v1.CreateSessionRequest.LabelsEntryR\x06labels\x12\x1d\n" +
 	"\n" +
-	"request_id\x18\x05 \x01(\tR\trequestId\x1a9\n" +
+	"request_id\x18\x05 \x01(\tR\trequestId\x122\n" +
+	"\x05files\x18\a \x03(\v2\x1c.heat.scheduler.v1.FileInputR\x05files\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01B\b\n" +
@@ -1066,47 +1076,49 @@ var file_heat_scheduler_v1_session_service_proto_goTypes = []any{
 	nil,                           // 15: heat.scheduler.v1.CreateSessionRequest.LabelsEntry
 	(*DagNode)(nil),               // 16: heat.scheduler.v1.DagNode
 	(*structpb.Struct)(nil),       // 17: google.protobuf.Struct
-	(*Session)(nil),               // 18: heat.scheduler.v1.Session
-	(SessionState)(0),             // 19: heat.scheduler.v1.SessionState
-	(*timestamppb.Timestamp)(nil), // 20: google.protobuf.Timestamp
-	(*Node)(nil),                  // 21: heat.scheduler.v1.Node
+	(*FileInput)(nil),             // 18: heat.scheduler.v1.FileInput
+	(*Session)(nil),               // 19: heat.scheduler.v1.Session
+	(SessionState)(0),             // 20: heat.scheduler.v1.SessionState
+	(*timestamppb.Timestamp)(nil), // 21: google.protobuf.Timestamp
+	(*Node)(nil),                  // 22: heat.scheduler.v1.Node
 }
 var file_heat_scheduler_v1_session_service_proto_depIdxs = []int32{
 	16, // 0: heat.scheduler.v1.Dag.nodes:type_name -> heat.scheduler.v1.DagNode
 	0,  // 1: heat.scheduler.v1.CreateSessionRequest.dag:type_name -> heat.scheduler.v1.Dag
 	17, // 2: heat.scheduler.v1.CreateSessionRequest.parameters:type_name -> google.protobuf.Struct
 	15, // 3: heat.scheduler.v1.CreateSessionRequest.labels:type_name -> heat.scheduler.v1.CreateSessionRequest.LabelsEntry
-	18, // 4: heat.scheduler.v1.CreateSessionResponse.session:type_name -> heat.scheduler.v1.Session
-	18, // 5: heat.scheduler.v1.GetSessionResponse.session:type_name -> heat.scheduler.v1.Session
-	19, // 6: heat.scheduler.v1.ListSessionsRequest.states:type_name -> heat.scheduler.v1.SessionState
-	20, // 7: heat.scheduler.v1.ListSessionsRequest.create_time_after:type_name -> google.protobuf.Timestamp
-	20, // 8: heat.scheduler.v1.ListSessionsRequest.create_time_before:type_name -> google.protobuf.Timestamp
-	18, // 9: heat.scheduler.v1.ListSessionsResponse.sessions:type_name -> heat.scheduler.v1.Session
-	18, // 10: heat.scheduler.v1.CancelSessionResponse.session:type_name -> heat.scheduler.v1.Session
-	21, // 11: heat.scheduler.v1.CancelNodeResponse.node:type_name -> heat.scheduler.v1.Node
-	21, // 12: heat.scheduler.v1.NodeChange.node:type_name -> heat.scheduler.v1.Node
-	19, // 13: heat.scheduler.v1.SessionChange.state:type_name -> heat.scheduler.v1.SessionState
-	20, // 14: heat.scheduler.v1.SessionChange.time:type_name -> google.protobuf.Timestamp
-	18, // 15: heat.scheduler.v1.WatchSessionResponse.snapshot:type_name -> heat.scheduler.v1.Session
-	12, // 16: heat.scheduler.v1.WatchSessionResponse.node_change:type_name -> heat.scheduler.v1.NodeChange
-	13, // 17: heat.scheduler.v1.WatchSessionResponse.session_change:type_name -> heat.scheduler.v1.SessionChange
-	1,  // 18: heat.scheduler.v1.SessionService.CreateSession:input_type -> heat.scheduler.v1.CreateSessionRequest
-	3,  // 19: heat.scheduler.v1.SessionService.GetSession:input_type -> heat.scheduler.v1.GetSessionRequest
-	5,  // 20: heat.scheduler.v1.SessionService.ListSessions:input_type -> heat.scheduler.v1.ListSessionsRequest
-	7,  // 21: heat.scheduler.v1.SessionService.CancelSession:input_type -> heat.scheduler.v1.CancelSessionRequest
-	9,  // 22: heat.scheduler.v1.SessionService.CancelNode:input_type -> heat.scheduler.v1.CancelNodeRequest
-	11, // 23: heat.scheduler.v1.SessionService.WatchSession:input_type -> heat.scheduler.v1.WatchSessionRequest
-	2,  // 24: heat.scheduler.v1.SessionService.CreateSession:output_type -> heat.scheduler.v1.CreateSessionResponse
-	4,  // 25: heat.scheduler.v1.SessionService.GetSession:output_type -> heat.scheduler.v1.GetSessionResponse
-	6,  // 26: heat.scheduler.v1.SessionService.ListSessions:output_type -> heat.scheduler.v1.ListSessionsResponse
-	8,  // 27: heat.scheduler.v1.SessionService.CancelSession:output_type -> heat.scheduler.v1.CancelSessionResponse
-	10, // 28: heat.scheduler.v1.SessionService.CancelNode:output_type -> heat.scheduler.v1.CancelNodeResponse
-	14, // 29: heat.scheduler.v1.SessionService.WatchSession:output_type -> heat.scheduler.v1.WatchSessionResponse
-	24, // [24:30] is the sub-list for method output_type
-	18, // [18:24] is the sub-list for method input_type
-	18, // [18:18] is the sub-list for extension type_name
-	18, // [18:18] is the sub-list for extension extendee
-	0,  // [0:18] is the sub-list for field type_name
+	18, // 4: heat.scheduler.v1.CreateSessionRequest.files:type_name -> heat.scheduler.v1.FileInput
+	19, // 5: heat.scheduler.v1.CreateSessionResponse.session:type_name -> heat.scheduler.v1.Session
+	19, // 6: heat.scheduler.v1.GetSessionResponse.session:type_name -> heat.scheduler.v1.Session
+	20, // 7: heat.scheduler.v1.ListSessionsRequest.states:type_name -> heat.scheduler.v1.SessionState
+	21, // 8: heat.scheduler.v1.ListSessionsRequest.create_time_after:type_name -> google.protobuf.Timestamp
+	21, // 9: heat.scheduler.v1.ListSessionsRequest.create_time_before:type_name -> google.protobuf.Timestamp
+	19, // 10: heat.scheduler.v1.ListSessionsResponse.sessions:type_name -> heat.scheduler.v1.Session
+	19, // 11: heat.scheduler.v1.CancelSessionResponse.session:type_name -> heat.scheduler.v1.Session
+	22, // 12: heat.scheduler.v1.CancelNodeResponse.node:type_name -> heat.scheduler.v1.Node
+	22, // 13: heat.scheduler.v1.NodeChange.node:type_name -> heat.scheduler.v1.Node
+	20, // 14: heat.scheduler.v1.SessionChange.state:type_name -> heat.scheduler.v1.SessionState
+	21, // 15: heat.scheduler.v1.SessionChange.time:type_name -> google.protobuf.Timestamp
+	19, // 16: heat.scheduler.v1.WatchSessionResponse.snapshot:type_name -> heat.scheduler.v1.Session
+	12, // 17: heat.scheduler.v1.WatchSessionResponse.node_change:type_name -> heat.scheduler.v1.NodeChange
+	13, // 18: heat.scheduler.v1.WatchSessionResponse.session_change:type_name -> heat.scheduler.v1.SessionChange
+	1,  // 19: heat.scheduler.v1.SessionService.CreateSession:input_type -> heat.scheduler.v1.CreateSessionRequest
+	3,  // 20: heat.scheduler.v1.SessionService.GetSession:input_type -> heat.scheduler.v1.GetSessionRequest
+	5,  // 21: heat.scheduler.v1.SessionService.ListSessions:input_type -> heat.scheduler.v1.ListSessionsRequest
+	7,  // 22: heat.scheduler.v1.SessionService.CancelSession:input_type -> heat.scheduler.v1.CancelSessionRequest
+	9,  // 23: heat.scheduler.v1.SessionService.CancelNode:input_type -> heat.scheduler.v1.CancelNodeRequest
+	11, // 24: heat.scheduler.v1.SessionService.WatchSession:input_type -> heat.scheduler.v1.WatchSessionRequest
+	2,  // 25: heat.scheduler.v1.SessionService.CreateSession:output_type -> heat.scheduler.v1.CreateSessionResponse
+	4,  // 26: heat.scheduler.v1.SessionService.GetSession:output_type -> heat.scheduler.v1.GetSessionResponse
+	6,  // 27: heat.scheduler.v1.SessionService.ListSessions:output_type -> heat.scheduler.v1.ListSessionsResponse
+	8,  // 28: heat.scheduler.v1.SessionService.CancelSession:output_type -> heat.scheduler.v1.CancelSessionResponse
+	10, // 29: heat.scheduler.v1.SessionService.CancelNode:output_type -> heat.scheduler.v1.CancelNodeResponse
+	14, // 30: heat.scheduler.v1.SessionService.WatchSession:output_type -> heat.scheduler.v1.WatchSessionResponse
+	25, // [25:31] is the sub-list for method output_type
+	19, // [19:25] is the sub-list for method input_type
+	19, // [19:19] is the sub-list for extension type_name
+	19, // [19:19] is the sub-list for extension extendee
+	0,  // [0:19] is the sub-list for field type_name
 }
 
 func init() { file_heat_scheduler_v1_session_service_proto_init() }
@@ -1114,6 +1126,7 @@ func file_heat_scheduler_v1_session_service_proto_init() {
 	if File_heat_scheduler_v1_session_service_proto != nil {
 		return
 	}
+	file_heat_scheduler_v1_artifact_proto_init()
 	file_heat_scheduler_v1_session_proto_init()
 	file_heat_scheduler_v1_session_template_proto_init()
 	file_heat_scheduler_v1_session_service_proto_msgTypes[1].OneofWrappers = []any{

@@ -25,9 +25,10 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from heat.scheduler.v1 import artifact_pb2 as heat_dot_scheduler_dot_v1_dot_artifact__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&heat/scheduler/v1/runner_service.proto\x12\x11heat.scheduler.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x7f\n\x10\x43laimTaskRequest\x12.\n\x05start\x18\x01 \x01(\x0b\x32\x1d.heat.scheduler.v1.ClaimStartH\x00\x12\x30\n\x06\x63redit\x18\x02 \x01(\x0b\x32\x1e.heat.scheduler.v1.ClaimCreditH\x00\x42\t\n\x07request\"s\n\nClaimStart\x12\x0e\n\x06runner\x18\x01 \x01(\t\x12\x13\n\x0binstance_id\x18\x02 \x01(\t\x12\x0f\n\x07\x63redits\x18\x03 \x01(\x05\x12\x16\n\x0enode_templates\x18\x04 \x03(\t\x12\x17\n\x0fruntime_version\x18\x05 \x01(\t\"\x1e\n\x0b\x43laimCredit\x12\x0f\n\x07\x63redits\x18\x01 \x01(\x05\"z\n\x11\x43laimTaskResponse\x12\'\n\x04task\x18\x01 \x01(\x0b\x32\x17.heat.scheduler.v1.TaskH\x00\x12\x30\n\x05\x64rain\x18\x02 \x01(\x0b\x32\x1f.heat.scheduler.v1.DrainRequestH\x00\x42\n\n\x08response\"\xcf\x04\n\x04Task\x12\x12\n\nattempt_id\x18\x01 \x01(\t\x12\x0f\n\x07session\x18\x02 \x01(\t\x12\x10\n\x08node_key\x18\x03 \x01(\t\x12\x15\n\rnode_template\x18\x04 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x05 \x01(\x05\x12\'\n\x06\x63onfig\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x33\n\x06inputs\x18\x07 \x03(\x0b\x32#.heat.scheduler.v1.Task.InputsEntry\x12+\n\nparameters\x18\x08 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x32\n\x0elease_deadline\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x34\n\x10\x61ttempt_deadline\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12@\n\rtrace_context\x18\x0b \x03(\x0b\x32).heat.scheduler.v1.Task.TraceContextEntry\x12\x35\n\x12heartbeat_interval\x18\x0c \x01(\x0b\x32\x19.google.protobuf.Duration\x1a\x45\n\x0bInputsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12%\n\x05value\x18\x02 \x01(\x0b\x32\x16.google.protobuf.Value:\x02\x38\x01\x1a\x33\n\x11TraceContextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"L\n\x0c\x44rainRequest\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12,\n\x08\x64\x65\x61\x64line\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"<\n\x10HeartbeatRequest\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x13\n\x0b\x61ttempt_ids\x18\x02 \x03(\t\"\xfa\x01\n\x11HeartbeatResponse\x12(\n\x06leases\x18\x01 \x03(\x0b\x32\x18.heat.scheduler.v1.Lease\x12:\n\rcancellations\x18\x02 \x03(\x0b\x32#.heat.scheduler.v1.TaskCancellation\x12\x18\n\x10lost_attempt_ids\x18\x03 \x03(\t\x12.\n\x05\x64rain\x18\x04 \x01(\x0b\x32\x1f.heat.scheduler.v1.DrainRequest\x12\x35\n\x12heartbeat_interval\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\"I\n\x05Lease\x12\x12\n\nattempt_id\x18\x01 \x01(\t\x12,\n\x08\x64\x65\x61\x64line\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"6\n\x10TaskCancellation\x12\x12\n\nattempt_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\xcb\x01\n\x11PostResultRequest\x12\x12\n\nattempt_id\x18\x01 \x01(\t\x12\x31\n\x07success\x18\x02 \x01(\x0b\x32\x1e.heat.scheduler.v1.TaskSuccessH\x00\x12\x31\n\x07\x66\x61ilure\x18\x03 \x01(\x0b\x32\x1e.heat.scheduler.v1.TaskFailureH\x00\x12\x31\n\x07release\x18\x04 \x01(\x0b\x32\x1e.heat.scheduler.v1.TaskReleaseH\x00\x42\t\n\x07outcome\"6\n\x0bTaskSuccess\x12\'\n\x07outputs\x18\x01 \x01(\x0b\x32\x16.google.protobuf.Value\"v\n\x0bTaskFailure\x12,\n\x04kind\x18\x01 \x01(\x0e\x32\x1e.heat.scheduler.v1.FailureKind\x12\x0f\n\x07message\x18\x02 \x01(\t\x12(\n\x07\x64\x65tails\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\"\x1d\n\x0bTaskRelease\x12\x0e\n\x06reason\x18\x01 \x01(\t\"j\n\x12PostResultResponse\x12\x12\n\nattempt_id\x18\x01 \x01(\t\x12/\n\x06status\x18\x02 \x01(\x0e\x32\x1f.heat.scheduler.v1.ResultStatus\x12\x0f\n\x07message\x18\x03 \x01(\t*c\n\x0b\x46\x61ilureKind\x12\x1c\n\x18\x46\x41ILURE_KIND_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x46\x41ILURE_KIND_RETRYABLE\x10\x01\x12\x1a\n\x16\x46\x41ILURE_KIND_PERMANENT\x10\x02*\xb5\x01\n\x0cResultStatus\x12\x1d\n\x19RESULT_STATUS_UNSPECIFIED\x10\x00\x12\x1a\n\x16RESULT_STATUS_ACCEPTED\x10\x01\x12 \n\x1cRESULT_STATUS_REJECTED_STALE\x10\x02\x12$\n RESULT_STATUS_REJECTED_CANCELLED\x10\x03\x12\"\n\x1eRESULT_STATUS_REJECTED_INVALID\x10\x04\x32\xa6\x02\n\rRunnerService\x12Z\n\tClaimTask\x12#.heat.scheduler.v1.ClaimTaskRequest\x1a$.heat.scheduler.v1.ClaimTaskResponse(\x01\x30\x01\x12Z\n\tHeartbeat\x12#.heat.scheduler.v1.HeartbeatRequest\x1a$.heat.scheduler.v1.HeartbeatResponse(\x01\x30\x01\x12]\n\nPostResult\x12$.heat.scheduler.v1.PostResultRequest\x1a%.heat.scheduler.v1.PostResultResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&heat/scheduler/v1/runner_service.proto\x12\x11heat.scheduler.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a heat/scheduler/v1/artifact.proto\"\x7f\n\x10\x43laimTaskRequest\x12.\n\x05start\x18\x01 \x01(\x0b\x32\x1d.heat.scheduler.v1.ClaimStartH\x00\x12\x30\n\x06\x63redit\x18\x02 \x01(\x0b\x32\x1e.heat.scheduler.v1.ClaimCreditH\x00\x42\t\n\x07request\"s\n\nClaimStart\x12\x0e\n\x06runner\x18\x01 \x01(\t\x12\x13\n\x0binstance_id\x18\x02 \x01(\t\x12\x0f\n\x07\x63redits\x18\x03 \x01(\x05\x12\x16\n\x0enode_templates\x18\x04 \x03(\t\x12\x17\n\x0fruntime_version\x18\x05 \x01(\t\"\x1e\n\x0b\x43laimCredit\x12\x0f\n\x07\x63redits\x18\x01 \x01(\x05\"z\n\x11\x43laimTaskResponse\x12\'\n\x04task\x18\x01 \x01(\x0b\x32\x17.heat.scheduler.v1.TaskH\x00\x12\x30\n\x05\x64rain\x18\x02 \x01(\x0b\x32\x1f.heat.scheduler.v1.DrainRequestH\x00\x42\n\n\x08response\"\xcf\x04\n\x04Task\x12\x12\n\nattempt_id\x18\x01 \x01(\t\x12\x0f\n\x07session\x18\x02 \x01(\t\x12\x10\n\x08node_key\x18\x03 \x01(\t\x12\x15\n\rnode_template\x18\x04 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x05 \x01(\x05\x12\'\n\x06\x63onfig\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x33\n\x06inputs\x18\x07 \x03(\x0b\x32#.heat.scheduler.v1.Task.InputsEntry\x12+\n\nparameters\x18\x08 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x32\n\x0elease_deadline\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x34\n\x10\x61ttempt_deadline\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12@\n\rtrace_context\x18\x0b \x03(\x0b\x32).heat.scheduler.v1.Task.TraceContextEntry\x12\x35\n\x12heartbeat_interval\x18\x0c \x01(\x0b\x32\x19.google.protobuf.Duration\x1a\x45\n\x0bInputsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12%\n\x05value\x18\x02 \x01(\x0b\x32\x16.google.protobuf.Value:\x02\x38\x01\x1a\x33\n\x11TraceContextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"L\n\x0c\x44rainRequest\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12,\n\x08\x64\x65\x61\x64line\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"<\n\x10HeartbeatRequest\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x13\n\x0b\x61ttempt_ids\x18\x02 \x03(\t\"\xfa\x01\n\x11HeartbeatResponse\x12(\n\x06leases\x18\x01 \x03(\x0b\x32\x18.heat.scheduler.v1.Lease\x12:\n\rcancellations\x18\x02 \x03(\x0b\x32#.heat.scheduler.v1.TaskCancellation\x12\x18\n\x10lost_attempt_ids\x18\x03 \x03(\t\x12.\n\x05\x64rain\x18\x04 \x01(\x0b\x32\x1f.heat.scheduler.v1.DrainRequest\x12\x35\n\x12heartbeat_interval\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\"I\n\x05Lease\x12\x12\n\nattempt_id\x18\x01 \x01(\t\x12,\n\x08\x64\x65\x61\x64line\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"6\n\x10TaskCancellation\x12\x12\n\nattempt_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\xcb\x01\n\x11PostResultRequest\x12\x12\n\nattempt_id\x18\x01 \x01(\t\x12\x31\n\x07success\x18\x02 \x01(\x0b\x32\x1e.heat.scheduler.v1.TaskSuccessH\x00\x12\x31\n\x07\x66\x61ilure\x18\x03 \x01(\x0b\x32\x1e.heat.scheduler.v1.TaskFailureH\x00\x12\x31\n\x07release\x18\x04 \x01(\x0b\x32\x1e.heat.scheduler.v1.TaskReleaseH\x00\x42\t\n\x07outcome\"6\n\x0bTaskSuccess\x12\'\n\x07outputs\x18\x01 \x01(\x0b\x32\x16.google.protobuf.Value\"v\n\x0bTaskFailure\x12,\n\x04kind\x18\x01 \x01(\x0e\x32\x1e.heat.scheduler.v1.FailureKind\x12\x0f\n\x07message\x18\x02 \x01(\t\x12(\n\x07\x64\x65tails\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\"\x1d\n\x0bTaskRelease\x12\x0e\n\x06reason\x18\x01 \x01(\t\"j\n\x12PostResultResponse\x12\x12\n\nattempt_id\x18\x01 \x01(\t\x12/\n\x06status\x18\x02 \x01(\x0e\x32\x1f.heat.scheduler.v1.ResultStatus\x12\x0f\n\x07message\x18\x03 \x01(\t\"7\n\x13ReadArtifactRequest\x12\x12\n\nattempt_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"_\n\x14ReadArtifactResponse\x12/\n\x08\x61rtifact\x18\x01 \x01(\x0b\x32\x1b.heat.scheduler.v1.ArtifactH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"Y\n\rArtifactWrite\x12\x12\n\nattempt_id\x18\x01 \x01(\t\x12\x10\n\x08\x66ilename\x18\x02 \x01(\t\x12\x12\n\nsize_bytes\x18\x03 \x01(\x03\x12\x0e\n\x06sha256\x18\x04 \x01(\t\"a\n\x14WriteArtifactRequest\x12\x31\n\x05write\x18\x01 \x01(\x0b\x32 .heat.scheduler.v1.ArtifactWriteH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"F\n\x15WriteArtifactResponse\x12-\n\x08\x61rtifact\x18\x01 \x01(\x0b\x32\x1b.heat.scheduler.v1.Artifact*c\n\x0b\x46\x61ilureKind\x12\x1c\n\x18\x46\x41ILURE_KIND_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x46\x41ILURE_KIND_RETRYABLE\x10\x01\x12\x1a\n\x16\x46\x41ILURE_KIND_PERMANENT\x10\x02*\xb5\x01\n\x0cResultStatus\x12\x1d\n\x19RESULT_STATUS_UNSPECIFIED\x10\x00\x12\x1a\n\x16RESULT_STATUS_ACCEPTED\x10\x01\x12 \n\x1cRESULT_STATUS_REJECTED_STALE\x10\x02\x12$\n RESULT_STATUS_REJECTED_CANCELLED\x10\x03\x12\"\n\x1eRESULT_STATUS_REJECTED_INVALID\x10\x04\x32\xef\x03\n\rRunnerService\x12Z\n\tClaimTask\x12#.heat.scheduler.v1.ClaimTaskRequest\x1a$.heat.scheduler.v1.ClaimTaskResponse(\x01\x30\x01\x12Z\n\tHeartbeat\x12#.heat.scheduler.v1.HeartbeatRequest\x1a$.heat.scheduler.v1.HeartbeatResponse(\x01\x30\x01\x12]\n\nPostResult\x12$.heat.scheduler.v1.PostResultRequest\x1a%.heat.scheduler.v1.PostResultResponse(\x01\x30\x01\x12\x61\n\x0cReadArtifact\x12&.heat.scheduler.v1.ReadArtifactRequest\x1a\'.heat.scheduler.v1.ReadArtifactResponse0\x01\x12\x64\n\rWriteArtifact\x12\'.heat.scheduler.v1.WriteArtifactRequest\x1a(.heat.scheduler.v1.WriteArtifactResponse(\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,44 +39,54 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TASK_INPUTSENTRY']._serialized_options = b'8\001'
   _globals['_TASK_TRACECONTEXTENTRY']._loaded_options = None
   _globals['_TASK_TRACECONTEXTENTRY']._serialized_options = b'8\001'
-  _globals['_FAILUREKIND']._serialized_start=2197
-  _globals['_FAILUREKIND']._serialized_end=2296
-  _globals['_RESULTSTATUS']._serialized_start=2299
-  _globals['_RESULTSTATUS']._serialized_end=2480
-  _globals['_CLAIMTASKREQUEST']._serialized_start=156
-  _globals['_CLAIMTASKREQUEST']._serialized_end=283
-  _globals['_CLAIMSTART']._serialized_start=285
-  _globals['_CLAIMSTART']._serialized_end=400
-  _globals['_CLAIMCREDIT']._serialized_start=402
-  _globals['_CLAIMCREDIT']._serialized_end=432
-  _globals['_CLAIMTASKRESPONSE']._serialized_start=434
-  _globals['_CLAIMTASKRESPONSE']._serialized_end=556
-  _globals['_TASK']._serialized_start=559
-  _globals['_TASK']._serialized_end=1150
-  _globals['_TASK_INPUTSENTRY']._serialized_start=1028
-  _globals['_TASK_INPUTSENTRY']._serialized_end=1097
-  _globals['_TASK_TRACECONTEXTENTRY']._serialized_start=1099
-  _globals['_TASK_TRACECONTEXTENTRY']._serialized_end=1150
-  _globals['_DRAINREQUEST']._serialized_start=1152
-  _globals['_DRAINREQUEST']._serialized_end=1228
-  _globals['_HEARTBEATREQUEST']._serialized_start=1230
-  _globals['_HEARTBEATREQUEST']._serialized_end=1290
-  _globals['_HEARTBEATRESPONSE']._serialized_start=1293
-  _globals['_HEARTBEATRESPONSE']._serialized_end=1543
-  _globals['_LEASE']._serialized_start=1545
-  _globals['_LEASE']._serialized_end=1618
-  _globals['_TASKCANCELLATION']._serialized_start=1620
-  _globals['_TASKCANCELLATION']._serialized_end=1674
-  _globals['_POSTRESULTREQUEST']._serialized_start=1677
-  _globals['_POSTRESULTREQUEST']._serialized_end=1880
-  _globals['_TASKSUCCESS']._serialized_start=1882
-  _globals['_TASKSUCCESS']._serialized_end=1936
-  _globals['_TASKFAILURE']._serialized_start=1938
-  _globals['_TASKFAILURE']._serialized_end=2056
-  _globals['_TASKRELEASE']._serialized_start=2058
-  _globals['_TASKRELEASE']._serialized_end=2087
-  _globals['_POSTRESULTRESPONSE']._serialized_start=2089
-  _globals['_POSTRESULTRESPONSE']._serialized_end=2195
-  _globals['_RUNNERSERVICE']._serialized_start=2483
-  _globals['_RUNNERSERVICE']._serialized_end=2777
+  _globals['_FAILUREKIND']._serialized_start=2647
+  _globals['_FAILUREKIND']._serialized_end=2746
+  _globals['_RESULTSTATUS']._serialized_start=2749
+  _globals['_RESULTSTATUS']._serialized_end=2930
+  _globals['_CLAIMTASKREQUEST']._serialized_start=190
+  _globals['_CLAIMTASKREQUEST']._serialized_end=317
+  _globals['_CLAIMSTART']._serialized_start=319
+  _globals['_CLAIMSTART']._serialized_end=434
+  _globals['_CLAIMCREDIT']._serialized_start=436
+  _globals['_CLAIMCREDIT']._serialized_end=466
+  _globals['_CLAIMTASKRESPONSE']._serialized_start=468
+  _globals['_CLAIMTASKRESPONSE']._serialized_end=590
+  _globals['_TASK']._serialized_start=593
+  _globals['_TASK']._serialized_end=1184
+  _globals['_TASK_INPUTSENTRY']._serialized_start=1062
+  _globals['_TASK_INPUTSENTRY']._serialized_end=1131
+  _globals['_TASK_TRACECONTEXTENTRY']._serialized_start=1133
+  _globals['_TASK_TRACECONTEXTENTRY']._serialized_end=1184
+  _globals['_DRAINREQUEST']._serialized_start=1186
+  _globals['_DRAINREQUEST']._serialized_end=1262
+  _globals['_HEARTBEATREQUEST']._serialized_start=1264
+  _globals['_HEARTBEATREQUEST']._serialized_end=1324
+  _globals['_HEARTBEATRESPONSE']._serialized_start=1327
+  _globals['_HEARTBEATRESPONSE']._serialized_end=1577
+  _globals['_LEASE']._serialized_start=1579
+  _globals['_LEASE']._serialized_end=1652
+  _globals['_TASKCANCELLATION']._serialized_start=1654
+  _globals['_TASKCANCELLATION']._serialized_end=1708
+  _globals['_POSTRESULTREQUEST']._serialized_start=1711
+  _globals['_POSTRESULTREQUEST']._serialized_end=1914
+  _globals['_TASKSUCCESS']._serialized_start=1916
+  _globals['_TASKSUCCESS']._serialized_end=1970
+  _globals['_TASKFAILURE']._serialized_start=1972
+  _globals['_TASKFAILURE']._serialized_end=2090
+  _globals['_TASKRELEASE']._serialized_start=2092
+  _globals['_TASKRELEASE']._serialized_end=2121
+  _globals['_POSTRESULTRESPONSE']._serialized_start=2123
+  _globals['_POSTRESULTRESPONSE']._serialized_end=2229
+  _globals['_READARTIFACTREQUEST']._serialized_start=2231
+  _globals['_READARTIFACTREQUEST']._serialized_end=2286
+  _globals['_READARTIFACTRESPONSE']._serialized_start=2288
+  _globals['_READARTIFACTRESPONSE']._serialized_end=2383
+  _globals['_ARTIFACTWRITE']._serialized_start=2385
+  _globals['_ARTIFACTWRITE']._serialized_end=2474
+  _globals['_WRITEARTIFACTREQUEST']._serialized_start=2476
+  _globals['_WRITEARTIFACTREQUEST']._serialized_end=2573
+  _globals['_WRITEARTIFACTRESPONSE']._serialized_start=2575
+  _globals['_WRITEARTIFACTRESPONSE']._serialized_end=2645
+  _globals['_RUNNERSERVICE']._serialized_start=2933
+  _globals['_RUNNERSERVICE']._serialized_end=3428
 # @@protoc_insertion_point(module_scope)

@@ -11,6 +11,7 @@ from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from heat.scheduler.v1 import artifact_pb2 as _artifact_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -285,7 +286,10 @@ class Task(_message.Message):
 
     @_builtins.property
     def inputs(self) -> _containers.MessageMap[_builtins.str, _struct_pb2.Value]:
-        """Outputs of the upstream nodes, keyed by upstream node key."""
+        """Outputs of the upstream nodes, keyed by upstream node key, and the
+        files given to the node, keyed by input name. A file, in either, is
+        the reference {"$artifact": name}: read it with ReadArtifact.
+        """
 
     @_builtins.property
     def parameters(self) -> _struct_pb2.Struct:
@@ -546,7 +550,11 @@ class TaskSuccess(_message.Message):
     OUTPUTS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def outputs(self) -> _struct_pb2.Value:
-        """Outputs as JSON, bounded in size by the scheduler's settings."""
+        """Outputs as JSON, bounded in size by the scheduler's settings. A file
+        is the reference {"$artifact": name} to an artefact of the Session
+        (one WriteArtifact stored); any other object with the key "$artifact"
+        is refused.
+        """
 
     def __init__(
         self,
@@ -644,3 +652,147 @@ class PostResultResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PostResultResponse: _TypeAlias = PostResultResponse  # noqa: Y015
+
+@_typing.final
+class ReadArtifactRequest(_message.Message):
+    """Request of ReadArtifact."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ATTEMPT_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    attempt_id: _builtins.str
+    """A running attempt the instance holds, from Task.attempt_id."""
+    name: _builtins.str
+    """Name of an artefact of the attempt's Session, "artifacts/{id}"."""
+    def __init__(
+        self,
+        *,
+        attempt_id: _builtins.str = ...,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt_id", b"attempt_id", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReadArtifactRequest: _TypeAlias = ReadArtifactRequest  # noqa: Y015
+
+@_typing.final
+class ReadArtifactResponse(_message.Message):
+    """One message of ReadArtifact."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ARTIFACT_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    data: _builtins.bytes
+    """Later messages: the next chunk of the content, in order."""
+    @_builtins.property
+    def artifact(self) -> _artifact_pb2.Artifact:
+        """First message: the artefact (its size and digest)."""
+
+    def __init__(
+        self,
+        *,
+        artifact: _artifact_pb2.Artifact | None = ...,
+        data: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["artifact", b"artifact", "data", b"data", "part", b"part"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact", b"artifact", "data", b"data", "part", b"part"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_part: _TypeAlias = _typing.Literal["artifact", "data"]  # noqa: Y015
+    _WhichOneofArgType_part: _TypeAlias = _typing.Literal["part", b"part"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_part) -> _WhichOneofReturnType_part | None: ...
+
+Global___ReadArtifactResponse: _TypeAlias = ReadArtifactResponse  # noqa: Y015
+
+@_typing.final
+class ArtifactWrite(_message.Message):
+    """What an attempt stores, sent before the content."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ATTEMPT_ID_FIELD_NUMBER: _builtins.int
+    FILENAME_FIELD_NUMBER: _builtins.int
+    SIZE_BYTES_FIELD_NUMBER: _builtins.int
+    SHA256_FIELD_NUMBER: _builtins.int
+    attempt_id: _builtins.str
+    """The running attempt whose lease authorises the write."""
+    filename: _builtins.str
+    """File name, for display; at most 255 characters."""
+    size_bytes: _builtins.int
+    """Size in bytes the content will have; zero when unknown."""
+    sha256: _builtins.str
+    """SHA-256 of the content, in hex, when the runner knows it."""
+    def __init__(
+        self,
+        *,
+        attempt_id: _builtins.str = ...,
+        filename: _builtins.str = ...,
+        size_bytes: _builtins.int = ...,
+        sha256: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt_id", b"attempt_id", "filename", b"filename", "sha256", b"sha256", "size_bytes", b"size_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ArtifactWrite: _TypeAlias = ArtifactWrite  # noqa: Y015
+
+@_typing.final
+class WriteArtifactRequest(_message.Message):
+    """One message of WriteArtifact."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WRITE_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    data: _builtins.bytes
+    """Later messages: the next chunk of the content (at most 4 MiB each)."""
+    @_builtins.property
+    def write(self) -> Global___ArtifactWrite:
+        """First message: the attempt and what it stores."""
+
+    def __init__(
+        self,
+        *,
+        write: Global___ArtifactWrite | None = ...,
+        data: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "part", b"part", "write", b"write"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "part", b"part", "write", b"write"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_part: _TypeAlias = _typing.Literal["write", "data"]  # noqa: Y015
+    _WhichOneofArgType_part: _TypeAlias = _typing.Literal["part", b"part"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_part) -> _WhichOneofReturnType_part | None: ...
+
+Global___WriteArtifactRequest: _TypeAlias = WriteArtifactRequest  # noqa: Y015
+
+@_typing.final
+class WriteArtifactResponse(_message.Message):
+    """Response of WriteArtifact."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ARTIFACT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def artifact(self) -> _artifact_pb2.Artifact:
+        """The stored artefact."""
+
+    def __init__(
+        self,
+        *,
+        artifact: _artifact_pb2.Artifact | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["artifact", b"artifact"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact", b"artifact"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WriteArtifactResponse: _TypeAlias = WriteArtifactResponse  # noqa: Y015

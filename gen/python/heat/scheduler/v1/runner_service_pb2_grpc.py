@@ -53,6 +53,16 @@ class RunnerServiceStub:
                 request_serializer=heat_dot_scheduler_dot_v1_dot_runner__service__pb2.PostResultRequest.SerializeToString,
                 response_deserializer=heat_dot_scheduler_dot_v1_dot_runner__service__pb2.PostResultResponse.FromString,
                 _registered_method=True)
+        self.ReadArtifact = channel.unary_stream(
+                '/heat.scheduler.v1.RunnerService/ReadArtifact',
+                request_serializer=heat_dot_scheduler_dot_v1_dot_runner__service__pb2.ReadArtifactRequest.SerializeToString,
+                response_deserializer=heat_dot_scheduler_dot_v1_dot_runner__service__pb2.ReadArtifactResponse.FromString,
+                _registered_method=True)
+        self.WriteArtifact = channel.stream_unary(
+                '/heat.scheduler.v1.RunnerService/WriteArtifact',
+                request_serializer=heat_dot_scheduler_dot_v1_dot_runner__service__pb2.WriteArtifactRequest.SerializeToString,
+                response_deserializer=heat_dot_scheduler_dot_v1_dot_runner__service__pb2.WriteArtifactResponse.FromString,
+                _registered_method=True)
 
 
 class RunnerServiceServicer:
@@ -87,6 +97,25 @@ class RunnerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReadArtifact(self, request, context):
+        """Streams an artefact of the Session of a task the instance holds: its
+        metadata first, then its content in chunks. The task's lease
+        authorises the read: it must be running and held by this Runner.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WriteArtifact(self, request_iterator, context):
+        """Stores a file an attempt returns: the first message carries an
+        ArtifactWrite naming the attempt (whose lease authorises the write),
+        the next ones the content in chunks. The attempt's outputs then refer
+        to it as {"$artifact": name}.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RunnerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -104,6 +133,16 @@ def add_RunnerServiceServicer_to_server(servicer, server):
                     servicer.PostResult,
                     request_deserializer=heat_dot_scheduler_dot_v1_dot_runner__service__pb2.PostResultRequest.FromString,
                     response_serializer=heat_dot_scheduler_dot_v1_dot_runner__service__pb2.PostResultResponse.SerializeToString,
+            ),
+            'ReadArtifact': grpc.unary_stream_rpc_method_handler(
+                    servicer.ReadArtifact,
+                    request_deserializer=heat_dot_scheduler_dot_v1_dot_runner__service__pb2.ReadArtifactRequest.FromString,
+                    response_serializer=heat_dot_scheduler_dot_v1_dot_runner__service__pb2.ReadArtifactResponse.SerializeToString,
+            ),
+            'WriteArtifact': grpc.stream_unary_rpc_method_handler(
+                    servicer.WriteArtifact,
+                    request_deserializer=heat_dot_scheduler_dot_v1_dot_runner__service__pb2.WriteArtifactRequest.FromString,
+                    response_serializer=heat_dot_scheduler_dot_v1_dot_runner__service__pb2.WriteArtifactResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -191,6 +230,60 @@ class RunnerService:
             '/heat.scheduler.v1.RunnerService/PostResult',
             heat_dot_scheduler_dot_v1_dot_runner__service__pb2.PostResultRequest.SerializeToString,
             heat_dot_scheduler_dot_v1_dot_runner__service__pb2.PostResultResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReadArtifact(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/heat.scheduler.v1.RunnerService/ReadArtifact',
+            heat_dot_scheduler_dot_v1_dot_runner__service__pb2.ReadArtifactRequest.SerializeToString,
+            heat_dot_scheduler_dot_v1_dot_runner__service__pb2.ReadArtifactResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WriteArtifact(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/heat.scheduler.v1.RunnerService/WriteArtifact',
+            heat_dot_scheduler_dot_v1_dot_runner__service__pb2.WriteArtifactRequest.SerializeToString,
+            heat_dot_scheduler_dot_v1_dot_runner__service__pb2.WriteArtifactResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -50,6 +50,17 @@ class RunnerServiceStub:
     """The instance posts outcomes; each is acknowledged. Posting the same
     outcome again gives the same answer and changes nothing.
     """
+    ReadArtifact: _grpc.UnaryStreamMultiCallable[_runner_service_pb2.ReadArtifactRequest, _runner_service_pb2.ReadArtifactResponse]
+    """Streams an artefact of the Session of a task the instance holds: its
+    metadata first, then its content in chunks. The task's lease
+    authorises the read: it must be running and held by this Runner.
+    """
+    WriteArtifact: _grpc.StreamUnaryMultiCallable[_runner_service_pb2.WriteArtifactRequest, _runner_service_pb2.WriteArtifactResponse]
+    """Stores a file an attempt returns: the first message carries an
+    ArtifactWrite naming the attempt (whose lease authorises the write),
+    the next ones the content in chunks. The attempt's outputs then refer
+    to it as {"$artifact": name}.
+    """
 
 @_typing.type_check_only
 class RunnerServiceAsyncStub(RunnerServiceStub):
@@ -72,6 +83,17 @@ class RunnerServiceAsyncStub(RunnerServiceStub):
     PostResult: _aio.StreamStreamMultiCallable[_runner_service_pb2.PostResultRequest, _runner_service_pb2.PostResultResponse]  # type: ignore[assignment]
     """The instance posts outcomes; each is acknowledged. Posting the same
     outcome again gives the same answer and changes nothing.
+    """
+    ReadArtifact: _aio.UnaryStreamMultiCallable[_runner_service_pb2.ReadArtifactRequest, _runner_service_pb2.ReadArtifactResponse]  # type: ignore[assignment]
+    """Streams an artefact of the Session of a task the instance holds: its
+    metadata first, then its content in chunks. The task's lease
+    authorises the read: it must be running and held by this Runner.
+    """
+    WriteArtifact: _aio.StreamUnaryMultiCallable[_runner_service_pb2.WriteArtifactRequest, _runner_service_pb2.WriteArtifactResponse]  # type: ignore[assignment]
+    """Stores a file an attempt returns: the first message carries an
+    ArtifactWrite naming the attempt (whose lease authorises the write),
+    the next ones the content in chunks. The attempt's outputs then refer
+    to it as {"$artifact": name}.
     """
 
 class RunnerServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -110,6 +132,29 @@ class RunnerServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_runner_service_pb2.PostResultResponse], _abc.AsyncIterator[_runner_service_pb2.PostResultResponse]]:
         """The instance posts outcomes; each is acknowledged. Posting the same
         outcome again gives the same answer and changes nothing.
+        """
+
+    @_abc_1.abstractmethod
+    def ReadArtifact(
+        self,
+        request: _runner_service_pb2.ReadArtifactRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_runner_service_pb2.ReadArtifactResponse], _abc.AsyncIterator[_runner_service_pb2.ReadArtifactResponse]]:
+        """Streams an artefact of the Session of a task the instance holds: its
+        metadata first, then its content in chunks. The task's lease
+        authorises the read: it must be running and held by this Runner.
+        """
+
+    @_abc_1.abstractmethod
+    def WriteArtifact(
+        self,
+        request_iterator: _MaybeAsyncIterator[_runner_service_pb2.WriteArtifactRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_runner_service_pb2.WriteArtifactResponse, _abc.Awaitable[_runner_service_pb2.WriteArtifactResponse]]:
+        """Stores a file an attempt returns: the first message carries an
+        ArtifactWrite naming the attempt (whose lease authorises the write),
+        the next ones the content in chunks. The attempt's outputs then refer
+        to it as {"$artifact": name}.
         """
 
 def add_RunnerServiceServicer_to_server(servicer: RunnerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -233,6 +233,26 @@ class Node(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class FilesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     KEY_FIELD_NUMBER: _builtins.int
     NODE_TEMPLATE_FIELD_NUMBER: _builtins.int
     RUNNER_FIELD_NUMBER: _builtins.int
@@ -246,6 +266,7 @@ class Node(_message.Message):
     START_TIME_FIELD_NUMBER: _builtins.int
     END_TIME_FIELD_NUMBER: _builtins.int
     NEXT_ATTEMPT_TIME_FIELD_NUMBER: _builtins.int
+    FILES_FIELD_NUMBER: _builtins.int
     key: _builtins.str
     """Key of the node within its Session."""
     node_template: _builtins.str
@@ -288,6 +309,10 @@ class Node(_message.Message):
     def next_attempt_time(self) -> _timestamp_pb2.Timestamp:
         """When the next attempt becomes claimable, in NODE_STATE_RETRY_WAIT."""
 
+    @_builtins.property
+    def files(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Files given to the node, by input name: artefact names."""
+
     def __init__(
         self,
         *,
@@ -304,10 +329,11 @@ class Node(_message.Message):
         start_time: _timestamp_pb2.Timestamp | None = ...,
         end_time: _timestamp_pb2.Timestamp | None = ...,
         next_attempt_time: _timestamp_pb2.Timestamp | None = ...,
+        files: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "end_time", b"end_time", "error", b"error", "next_attempt_time", b"next_attempt_time", "outputs", b"outputs", "ready_time", b"ready_time", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "config", b"config", "depends_on", b"depends_on", "end_time", b"end_time", "error", b"error", "key", b"key", "next_attempt_time", b"next_attempt_time", "node_template", b"node_template", "outputs", b"outputs", "ready_time", b"ready_time", "runner", b"runner", "start_time", b"start_time", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "config", b"config", "depends_on", b"depends_on", "end_time", b"end_time", "error", b"error", "files", b"files", "key", b"key", "next_attempt_time", b"next_attempt_time", "node_template", b"node_template", "outputs", b"outputs", "ready_time", b"ready_time", "runner", b"runner", "start_time", b"start_time", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -9,6 +9,7 @@ from google.protobuf import message as _message
 from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from heat.scheduler.v1 import artifact_pb2 as _artifact_pb2
 from heat.scheduler.v1 import session_pb2 as _session_pb2
 from heat.scheduler.v1 import session_template_pb2 as _session_template_pb2
 import builtins as _builtins
@@ -77,6 +78,7 @@ class CreateSessionRequest(_message.Message):
     PARAMETERS_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    FILES_FIELD_NUMBER: _builtins.int
     session_template: _builtins.str
     """Name of the Session Template to copy."""
     request_id: _builtins.str
@@ -95,6 +97,10 @@ class CreateSessionRequest(_message.Message):
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Labels for filtering and display."""
 
+    @_builtins.property
+    def files(self) -> _containers.RepeatedCompositeFieldContainer[_artifact_pb2.FileInput]:
+        """Files given to the Session's nodes as named inputs: uploads or URIs."""
+
     def __init__(
         self,
         *,
@@ -103,10 +109,11 @@ class CreateSessionRequest(_message.Message):
         parameters: _struct_pb2.Struct | None = ...,
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         request_id: _builtins.str = ...,
+        files: _abc.Iterable[_artifact_pb2.FileInput] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["dag", b"dag", "parameters", b"parameters", "session_template", b"session_template", "source", b"source"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dag", b"dag", "labels", b"labels", "parameters", b"parameters", "request_id", b"request_id", "session_template", b"session_template", "source", b"source"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dag", b"dag", "files", b"files", "labels", b"labels", "parameters", b"parameters", "request_id", b"request_id", "session_template", b"session_template", "source", b"source"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_source: _TypeAlias = _typing.Literal["session_template", "dag"]  # noqa: Y015
     _WhichOneofArgType_source: _TypeAlias = _typing.Literal["source", b"source"]  # noqa: Y015

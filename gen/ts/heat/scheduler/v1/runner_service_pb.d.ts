@@ -5,6 +5,7 @@
 import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import type { JsonObject, Message } from "@bufbuild/protobuf";
 import type { Duration, Timestamp, Value } from "@bufbuild/protobuf/wkt";
+import type { Artifact } from "./artifact_pb.js";
 
 /**
  * Describes the file heat/scheduler/v1/runner_service.proto.
@@ -203,7 +204,9 @@ export declare type Task = Message<"heat.scheduler.v1.Task"> & {
   config?: JsonObject | undefined;
 
   /**
-   * Outputs of the upstream nodes, keyed by upstream node key.
+   * Outputs of the upstream nodes, keyed by upstream node key, and the
+   * files given to the node, keyed by input name. A file, in either, is
+   * the reference {"$artifact": name}: read it with ReadArtifact.
    *
    * @generated from field: map<string, google.protobuf.Value> inputs = 7;
    */
@@ -468,7 +471,10 @@ export declare const PostResultRequestSchema: GenMessage<PostResultRequest>;
  */
 export declare type TaskSuccess = Message<"heat.scheduler.v1.TaskSuccess"> & {
   /**
-   * Outputs as JSON, bounded in size by the scheduler's settings.
+   * Outputs as JSON, bounded in size by the scheduler's settings. A file
+   * is the reference {"$artifact": name} to an artefact of the Session
+   * (one WriteArtifact stored); any other object with the key "$artifact"
+   * is refused.
    *
    * @generated from field: google.protobuf.Value outputs = 1;
    */
@@ -568,6 +574,166 @@ export declare type PostResultResponse = Message<"heat.scheduler.v1.PostResultRe
  * Use `create(PostResultResponseSchema)` to create a new message.
  */
 export declare const PostResultResponseSchema: GenMessage<PostResultResponse>;
+
+/**
+ * Request of ReadArtifact.
+ *
+ * @generated from message heat.scheduler.v1.ReadArtifactRequest
+ */
+export declare type ReadArtifactRequest = Message<"heat.scheduler.v1.ReadArtifactRequest"> & {
+  /**
+   * A running attempt the instance holds, from Task.attempt_id.
+   *
+   * @generated from field: string attempt_id = 1;
+   */
+  attemptId: string;
+
+  /**
+   * Name of an artefact of the attempt's Session, "artifacts/{id}".
+   *
+   * @generated from field: string name = 2;
+   */
+  name: string;
+};
+
+/**
+ * Describes the message heat.scheduler.v1.ReadArtifactRequest.
+ * Use `create(ReadArtifactRequestSchema)` to create a new message.
+ */
+export declare const ReadArtifactRequestSchema: GenMessage<ReadArtifactRequest>;
+
+/**
+ * One message of ReadArtifact.
+ *
+ * @generated from message heat.scheduler.v1.ReadArtifactResponse
+ */
+export declare type ReadArtifactResponse = Message<"heat.scheduler.v1.ReadArtifactResponse"> & {
+  /**
+   * What the message carries.
+   *
+   * @generated from oneof heat.scheduler.v1.ReadArtifactResponse.part
+   */
+  part: {
+    /**
+     * First message: the artefact (its size and digest).
+     *
+     * @generated from field: heat.scheduler.v1.Artifact artifact = 1;
+     */
+    value: Artifact;
+    case: "artifact";
+  } | {
+    /**
+     * Later messages: the next chunk of the content, in order.
+     *
+     * @generated from field: bytes data = 2;
+     */
+    value: Uint8Array;
+    case: "data";
+  } | { case: undefined; value?: undefined };
+};
+
+/**
+ * Describes the message heat.scheduler.v1.ReadArtifactResponse.
+ * Use `create(ReadArtifactResponseSchema)` to create a new message.
+ */
+export declare const ReadArtifactResponseSchema: GenMessage<ReadArtifactResponse>;
+
+/**
+ * What an attempt stores, sent before the content.
+ *
+ * @generated from message heat.scheduler.v1.ArtifactWrite
+ */
+export declare type ArtifactWrite = Message<"heat.scheduler.v1.ArtifactWrite"> & {
+  /**
+   * The running attempt whose lease authorises the write.
+   *
+   * @generated from field: string attempt_id = 1;
+   */
+  attemptId: string;
+
+  /**
+   * File name, for display; at most 255 characters.
+   *
+   * @generated from field: string filename = 2;
+   */
+  filename: string;
+
+  /**
+   * Size in bytes the content will have; zero when unknown.
+   *
+   * @generated from field: int64 size_bytes = 3;
+   */
+  sizeBytes: bigint;
+
+  /**
+   * SHA-256 of the content, in hex, when the runner knows it.
+   *
+   * @generated from field: string sha256 = 4;
+   */
+  sha256: string;
+};
+
+/**
+ * Describes the message heat.scheduler.v1.ArtifactWrite.
+ * Use `create(ArtifactWriteSchema)` to create a new message.
+ */
+export declare const ArtifactWriteSchema: GenMessage<ArtifactWrite>;
+
+/**
+ * One message of WriteArtifact.
+ *
+ * @generated from message heat.scheduler.v1.WriteArtifactRequest
+ */
+export declare type WriteArtifactRequest = Message<"heat.scheduler.v1.WriteArtifactRequest"> & {
+  /**
+   * What the message carries.
+   *
+   * @generated from oneof heat.scheduler.v1.WriteArtifactRequest.part
+   */
+  part: {
+    /**
+     * First message: the attempt and what it stores.
+     *
+     * @generated from field: heat.scheduler.v1.ArtifactWrite write = 1;
+     */
+    value: ArtifactWrite;
+    case: "write";
+  } | {
+    /**
+     * Later messages: the next chunk of the content (at most 4 MiB each).
+     *
+     * @generated from field: bytes data = 2;
+     */
+    value: Uint8Array;
+    case: "data";
+  } | { case: undefined; value?: undefined };
+};
+
+/**
+ * Describes the message heat.scheduler.v1.WriteArtifactRequest.
+ * Use `create(WriteArtifactRequestSchema)` to create a new message.
+ */
+export declare const WriteArtifactRequestSchema: GenMessage<WriteArtifactRequest>;
+
+/**
+ * Response of WriteArtifact.
+ *
+ * @generated from message heat.scheduler.v1.WriteArtifactResponse
+ */
+export declare type WriteArtifactResponse = Message<"heat.scheduler.v1.WriteArtifactResponse"> & {
+  /**
+   * The stored artefact.
+   *
+   * @generated from field: heat.scheduler.v1.Artifact artifact = 1;
+   */
+  artifact?: Artifact | undefined;
+};
+
+/**
+ * Describes the message heat.scheduler.v1.WriteArtifactResponse.
+ * Use `create(WriteArtifactResponseSchema)` to create a new message.
+ */
+export declare const WriteArtifactResponseSchema: GenMessage<WriteArtifactResponse>;
 
 /**
  * How a failure should be treated.
@@ -691,6 +857,31 @@ export declare const RunnerService: GenService<{
     methodKind: "bidi_streaming";
     input: typeof PostResultRequestSchema;
     output: typeof PostResultResponseSchema;
+  },
+  /**
+   * Streams an artefact of the Session of a task the instance holds: its
+   * metadata first, then its content in chunks. The task's lease
+   * authorises the read: it must be running and held by this Runner.
+   *
+   * @generated from rpc heat.scheduler.v1.RunnerService.ReadArtifact
+   */
+  readArtifact: {
+    methodKind: "server_streaming";
+    input: typeof ReadArtifactRequestSchema;
+    output: typeof ReadArtifactResponseSchema;
+  },
+  /**
+   * Stores a file an attempt returns: the first message carries an
+   * ArtifactWrite naming the attempt (whose lease authorises the write),
+   * the next ones the content in chunks. The attempt's outputs then refer
+   * to it as {"$artifact": name}.
+   *
+   * @generated from rpc heat.scheduler.v1.RunnerService.WriteArtifact
+   */
+  writeArtifact: {
+    methodKind: "client_streaming";
+    input: typeof WriteArtifactRequestSchema;
+    output: typeof WriteArtifactResponseSchema;
   },
 }>;
 

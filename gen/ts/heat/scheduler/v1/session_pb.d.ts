@@ -205,6 +205,13 @@ export declare type Node = Message<"heat.scheduler.v1.Node"> & {
    * @generated from field: google.protobuf.Timestamp next_attempt_time = 13;
    */
   nextAttemptTime?: Timestamp | undefined;
+
+  /**
+   * Files given to the node, by input name: artefact names.
+   *
+   * @generated from field: map<string, string> files = 14;
+   */
+  files: { [key: string]: string };
 };
 
 /**

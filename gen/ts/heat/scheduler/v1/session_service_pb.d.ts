@@ -5,6 +5,7 @@
 import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import type { JsonObject, Message } from "@bufbuild/protobuf";
 import type { DagNode } from "./session_template_pb.js";
+import type { FileInput } from "./artifact_pb.js";
 import type { Node, Session, SessionState } from "./session_pb.js";
 import type { Timestamp } from "@bufbuild/protobuf/wkt";
 
@@ -83,6 +84,13 @@ export declare type CreateSessionRequest = Message<"heat.scheduler.v1.CreateSess
    * @generated from field: string request_id = 5;
    */
   requestId: string;
+
+  /**
+   * Files given to the Session's nodes as named inputs: uploads or URIs.
+   *
+   * @generated from field: repeated heat.scheduler.v1.FileInput files = 7;
+   */
+  files: FileInput[];
 };
 
 /**
