@@ -20,6 +20,8 @@ from grpc_reflection.v1alpha import reflection
 from heat.scheduler.v1 import (
     access_service_pb2,
     access_service_pb2_grpc,
+    artifact_service_pb2,
+    artifact_service_pb2_grpc,
     registry_service_pb2,
     registry_service_pb2_grpc,
     runner_service_pb2,
@@ -28,16 +30,22 @@ from heat.scheduler.v1 import (
     session_service_pb2_grpc,
 )
 
+from scheduler.artifacts.filesystem import FileBlobStore
+from scheduler.artifacts.s3 import S3BlobStore, S3Client, S3Config
+from scheduler.artifacts.sources import Sources
 from scheduler.domain import access as access_rules
+from scheduler.domain.artifacts import parse_allowed
 from scheduler.domain.clock import SystemClock
+from scheduler.domain.errors import SchedulerError
 from scheduler.domain.limits import Limits
-from scheduler.domain.ports import Provisioner
+from scheduler.domain.ports import BlobStore, Provisioner
 from scheduler.domain.provisioning import InstanceSpec
 from scheduler.domain.registry import Runner
 from scheduler.embedded import EmbeddedPostgres
 from scheduler.provisioner.errors import ProvisionerError
 from scheduler.provisioner.local import LocalProvisioner
 from scheduler.service.access import Access
+from scheduler.service.artifacts import Artifacts, ArtifactSettings
 from scheduler.service.provisioning import ProvisionSettings, Reconciler
 from scheduler.service.registry import Registry
 from scheduler.service.runner_protocol import ProtocolSettings, RunnerProtocol
@@ -49,6 +57,7 @@ from scheduler.store.leadership import AdvisoryLockLeadership
 from scheduler.store.notifications import Listener
 from scheduler.telemetry import SchedulerTelemetry, TelemetryConfig
 from scheduler.transport.access import AccessInterceptor, AccessServicer
+from scheduler.transport.artifacts import ArtifactServicer
 from scheduler.transport.errors import ErrorInterceptor
 from scheduler.transport.registry import RegistryServicer
 from scheduler.transport.runner import RunnerServicer
@@ -68,6 +77,7 @@ SERVICE_NAMES = (
     session_service_pb2.DESCRIPTOR.services_by_name["SessionService"].full_name,
     runner_service_pb2.DESCRIPTOR.services_by_name["RunnerService"].full_name,
     access_service_pb2.DESCRIPTOR.services_by_name["AccessService"].full_name,
+    artifact_service_pb2.DESCRIPTOR.services_by_name["ArtifactService"].full_name,
 )
 
 
@@ -130,6 +140,7 @@ class Running:
     reconciler: Reconciler | None
     access: Access
     telemetry: SchedulerTelemetry
+    artifacts: Artifacts
 
 
 @asynccontextmanager
@@ -173,7 +184,9 @@ async def running(
             max_output_bytes=settings.max_output_bytes,
             max_message_bytes=settings.max_message_bytes,
             max_runner_pods=settings.max_runner_pods,
+            max_artifact_bytes=settings.max_artifact_bytes,
         )
+        artifacts_settings, blobs, sources = await artifact_store(settings, stack)
         signals = Signals()
         store = await PgStore.open(dsn, signals, max_size=settings.db_pool_size, telemetry=report)
         stack.push_async_callback(store.close)
@@ -223,15 +236,23 @@ async def running(
             options=options,
         )
         registry = Registry(store, limits)
+        artifacts = Artifacts(store, blobs, sources, clock, limits, artifacts_settings)
+        janitor = asyncio.create_task(artifacts.run_janitor(), name="artifact-janitor")
+        stack.push_async_callback(_cancelled, janitor)
         registry_service_pb2_grpc.add_RegistryServiceServicer_to_server(
             RegistryServicer(registry, limits), server
         )
         session_service_pb2_grpc.add_SessionServiceServicer_to_server(
-            SessionServicer(Sessions(store, signals, clock, limits, telemetry=report), limits),
+            SessionServicer(
+                Sessions(store, signals, clock, limits, artifacts, telemetry=report), limits
+            ),
             server,
         )
         runner_service_pb2_grpc.add_RunnerServiceServicer_to_server(
-            RunnerServicer(protocol), server
+            RunnerServicer(protocol, artifacts), server
+        )
+        artifact_service_pb2_grpc.add_ArtifactServiceServicer_to_server(
+            ArtifactServicer(artifacts, limits), server
         )
         access_service_pb2_grpc.add_AccessServiceServicer_to_server(
             AccessServicer(access, limits), server
@@ -303,7 +324,9 @@ async def running(
                 "reflection": "on" if settings.reflection_on else "off",
             },
         )
-        yield Running(server, port, health_servicer, store, protocol, reconciler, access, telemetry)
+        yield Running(
+            server, port, health_servicer, store, protocol, reconciler, access, telemetry, artifacts
+        )
 
 
 async def _health_server(
@@ -427,6 +450,67 @@ def _write_token(path: Path, secret: str) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write(secret + "\n")
+
+
+async def artifact_store(
+    settings: Settings, stack: AsyncExitStack
+) -> tuple[ArtifactSettings, BlobStore, Sources]:
+    """The artefact store the settings name (closed with ``stack``), and the URI reader."""
+    try:
+        allowed = parse_allowed(settings.artifact_sources)
+    except ValueError as error:
+        raise SettingsError(
+            f"setting artifact_sources (--artifact-sources / HEAT_ARTIFACT_SOURCES): {error}"
+        ) from None
+    s3 = None
+    if settings.s3_endpoint:
+        config = s3_config(settings, settings.artifact_store)
+        s3 = S3Client.create(config)
+        stack.push_async_callback(s3.close)
+    blobs: BlobStore
+    try:
+        if settings.artifact_store.startswith("s3://"):
+            blobs = await S3BlobStore.open(s3_config(settings, settings.artifact_store))
+        else:
+            folder = settings.artifact_store.removeprefix("file://")
+            path = Path(folder) if folder else settings.data_dir / "artifacts"
+            blobs = await FileBlobStore.open(path.resolve())
+    except SchedulerError as error:
+        raise SettingsError(
+            f"setting artifact_store (--artifact-store / HEAT_ARTIFACT_STORE): {error}"
+        ) from None
+    stack.push_async_callback(blobs.close)
+    retention = settings.artifact_retention
+    log.info("artefact store", extra={"store": blobs.description})
+    return (
+        ArtifactSettings(
+            retention=None if retention is None else timedelta(seconds=retention),
+            sources=allowed,
+        ),
+        blobs,
+        Sources(allowed, s3),
+    )
+
+
+def s3_config(settings: Settings, store: str) -> S3Config:
+    bucket, _, prefix = store.removeprefix("s3://").partition("/")
+    if prefix and not prefix.endswith("/"):
+        prefix += "/"
+    return S3Config(
+        endpoint=settings.s3_endpoint,
+        bucket=bucket,
+        prefix=prefix,
+        region=settings.s3_region,
+        access_key_id=settings.s3_access_key_id,
+        secret_access_key=settings.s3_secret_access_key,
+        session_token=settings.s3_session_token,
+    )
+
+
+async def _cancelled(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 def connection_options(settings: Settings) -> list[tuple[str, int]]:

@@ -113,6 +113,42 @@ def _names(value: str) -> str:
     return value
 
 
+_UNITS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _retention(value: str) -> float | None:
+    """Seconds (``7d``, ``12h``, ``30m``, ``45s``, ``90``), or None for ``never``."""
+    if value.strip().lower() == "never":
+        return None
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", value.lower())
+    if not match:
+        raise ValueError("is not a duration; use 7d, 12h, 30m, 45s, seconds, or never")
+    return float(match.group(1)) * _UNITS.get(match.group(2) or "s", 1)
+
+
+def _artifact_store(value: str) -> str:
+    if value.startswith("s3://"):
+        bucket, _, _prefix = value.removeprefix("s3://").partition("/")
+        if not re.fullmatch(r"[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]", bucket):
+            raise ValueError("is not s3://bucket[/prefix] with a valid bucket name")
+    elif "://" in value and not value.startswith("file://"):
+        raise ValueError("is not a folder, file:///folder or s3://bucket[/prefix]")
+    return value
+
+
+def _endpoint(value: str) -> str:
+    if value and not re.match(r"^https?://[^/\s]+/?$", value):
+        raise ValueError("is not an http(s)://host[:port] endpoint")
+    return value.rstrip("/")
+
+
+def _sources(value: str) -> str:
+    for prefix in (p.strip() for p in value.split(",")):
+        if prefix and not re.match(r"^(file|s3)://", prefix):
+            raise ValueError(f"has {prefix!r}: prefixes are file:///folder or s3://bucket/prefix")
+    return value
+
+
 def _positive_int(value: str) -> int:
     try:
         number = int(value)
@@ -174,6 +210,15 @@ class Settings:
     local_max_processes: int = 32
     local_runner_env: str = ""
     metrics_listen: str = ""
+    artifact_store: str = ""
+    max_artifact_bytes: int = 1024 * 1024 * 1024
+    artifact_retention: float | None = 7 * 86400.0
+    artifact_sources: str = ""
+    s3_endpoint: str = ""
+    s3_region: str = "us-east-1"
+    s3_access_key_id: str = ""
+    s3_secret_access_key: str = ""
+    s3_session_token: str = ""
 
     @property
     def tls(self) -> bool:
@@ -307,6 +352,25 @@ _SPECS: Final[Mapping[str, _Spec]] = {
         _advertised,
         "host:port of the Prometheus metrics endpoint (HTTP, its own port); empty: none",
     ),
+    "artifact_store": _Spec(
+        _artifact_store,
+        "where files of Sessions live: a folder (default: data_dir/artifacts) or"
+        " s3://bucket[/prefix] (with s3_endpoint)",
+    ),
+    "max_artifact_bytes": _Spec(_positive_int, "largest file (upload, URI or output), in bytes"),
+    "artifact_retention": _Spec(
+        _retention, "how long a Session's files outlive its end: 7d, 12h, 30m, or never"
+    ),
+    "artifact_sources": _Spec(
+        _sources,
+        "URI prefixes CreateSession may read files from, comma-separated"
+        " (file:///srv/inputs,s3://bucket/inputs); empty: none",
+    ),
+    "s3_endpoint": _Spec(_endpoint, "S3-compatible endpoint, http(s)://host[:port]"),
+    "s3_region": _Spec(str, "S3 region the requests are signed for"),
+    "s3_access_key_id": _Spec(str, "S3 access key id"),
+    "s3_secret_access_key": _Spec(str, "S3 secret access key (prefer the environment variable)"),
+    "s3_session_token": _Spec(str, "S3 session token, for temporary credentials"),
 }
 
 
@@ -378,6 +442,11 @@ def check(settings: Settings) -> None:
             "plaintext there would show tokens and data to the network; give server_cert and "
             "server_key (--server-cert / --server-key), or --insecure (HEAT_INSECURE=true) to "
             "accept it (e.g. behind a mesh that encrypts)"
+        )
+    if settings.artifact_store.startswith("s3://") and not settings.s3_endpoint:
+        raise SettingsError(
+            "setting s3_endpoint (--s3-endpoint / HEAT_S3_ENDPOINT) is needed for"
+            f" artifact_store {settings.artifact_store!r}: e.g. https://s3.eu-west-1.amazonaws.com"
         )
     if settings.heartbeat_interval * 2 > settings.lease_duration:
         raise SettingsError(

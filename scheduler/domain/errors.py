@@ -10,6 +10,7 @@
      ├── PermissionDenied     a valid credential that may not do this
      ├── ResourceExhausted    a size bound was exceeded
      ├── Unavailable          a dependency (PostgreSQL) is down; retrying later may succeed
+     ├── DataLoss             stored or sent content is not what it should be (a digest differs)
      └── Internal             a fault of ours (a database statement failed for no reason a
                               caller gave); logged, and shown to callers only as INTERNAL
 
@@ -106,6 +107,10 @@ class ResourceExhausted(SchedulerError):
 
 class Unavailable(SchedulerError):
     reason = "UNAVAILABLE"
+
+
+class DataLoss(SchedulerError):
+    reason = "DATA_LOSS"
 
 
 class Internal(SchedulerError):

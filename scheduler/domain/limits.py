@@ -72,6 +72,9 @@ FAILURE_DETAILS_MAX_BYTES: Final = 64 * 1024
 RELEASE_REASON_MAX_LENGTH: Final = 1024
 # A cancel reason (CancelSession, CancelNode).
 REASON_MAX_LENGTH: Final = 1024
+# Artefacts: content moves in chunks; what we send, and the most one message may carry.
+ARTIFACT_CHUNK_BYTES: Final = 1024 * 1024
+ARTIFACT_CHUNK_MAX_BYTES: Final = 4 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +92,7 @@ class Limits:
     default_page_size: int = 100
     max_parameters_bytes: int = 256 * 1024
     max_output_bytes: int = 1024 * 1024
+    max_artifact_bytes: int = 1024 * 1024 * 1024
     max_message_bytes: int = 64 * 1024 * 1024
     # A task carries its upstream outputs, its configuration and the Session's parameters; a
     # node whose task would not fit one message (less this margin for the rest of the Task)

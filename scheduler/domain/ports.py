@@ -9,6 +9,8 @@
   ``ChangeFeed`` and (through the database) to every other replica's.
 - ``Leadership``: one replica at a time holds a duty.
 - ``Provisioner``: starts and stops runner instances.
+- ``BlobStore``: where artefact content lives (a folder, an S3 bucket), and ``SourceReader``:
+  files the scheduler may read by URI. Their rows are the ``artifacts`` repository's.
 
 The services depend on these protocols only; the app's wiring module hands them PostgreSQL
 and a provisioner (or, in unit tests, fakes that keep the promises).
@@ -18,13 +20,14 @@ from __future__ import annotations
 
 import asyncio
 import enum
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Protocol
 
 from scheduler.domain.access import AccessToken
+from scheduler.domain.artifacts import Artifact, AttemptHolder, NewArtifact, SourceUri
 from scheduler.domain.audit import AuditEvent, AuditFilter
 from scheduler.domain.dag import Settlement
 from scheduler.domain.provisioning import InstanceSpec, Observed, RunnerStatus, RunnerWork
@@ -200,6 +203,41 @@ class AuditRepository(Protocol):
         ...
 
 
+class ArtifactRepository(Protocol):
+    """Artefact rows: ``writing`` until their content is in the ``BlobStore``, then ``ready``."""
+
+    async def insert(self, new: NewArtifact) -> None: ...
+    async def ready(
+        self, artifact_id: str, size_bytes: int, sha256: str, expire_time: datetime | None
+    ) -> Artifact: ...
+    async def get(self, artifact_id: str) -> Artifact | None: ...
+    async def page(
+        self, session_id: int, after: tuple[datetime, str] | None, limit: int
+    ) -> list[Artifact]: ...
+    async def owners(self, artifact_ids: Sequence[str]) -> dict[str, int | None]:
+        """The Session of each ready artefact (None: an upload no Session uses yet)."""
+        ...
+
+    async def attach(self, artifact_ids: Sequence[str], session_id: int) -> list[str]:
+        """Give ready uploads that no Session uses to a Session; the ids it took."""
+        ...
+
+    async def holder(self, attempt_id: str) -> AttemptHolder | None:
+        """The node an attempt id names (its current attempt or not), not locked."""
+        ...
+
+    async def stamp_ended(self, retention: timedelta, limit: int) -> int:
+        """Set the deletion time of artefacts of Sessions that ended: the end plus retention."""
+        ...
+
+    async def due(self, now: datetime, limit: int) -> list[str]:
+        """Artefacts past their deletion time, locked (others skip them)."""
+        ...
+
+    async def delete(self, artifact_ids: Sequence[str]) -> None: ...
+    async def next_expiry(self) -> datetime | None: ...
+
+
 class UnitOfWork(Protocol):
     """One transaction over every repository."""
 
@@ -215,6 +253,8 @@ class UnitOfWork(Protocol):
     def access(self) -> AccessRepository: ...
     @property
     def audit(self) -> AuditRepository: ...
+    @property
+    def artifacts(self) -> ArtifactRepository: ...
 
 
 class Store(Protocol):
@@ -296,4 +336,41 @@ class Provisioner(Protocol):
     async def has_credential(self, runner: str) -> bool: ...
     async def store_credential(self, runner: str, secret: str) -> None:
         """Keep the Runner's credential where its instances read it (a Secret, the environment)."""
+        ...
+
+
+class BlobWriter(Protocol):
+    """The content of one artefact being written; nothing is visible before ``commit``."""
+
+    async def write(self, chunk: bytes) -> None: ...
+    async def commit(self) -> None: ...
+    async def abort(self) -> None:
+        """Drop what was written; safe after a failed write or commit."""
+        ...
+
+
+class BlobStore(Protocol):
+    """Where artefact content lives, by key (an artefact id): a folder, an S3 bucket. Keys are
+    written once; the store knows nothing of sizes, digests or Sessions (the service checks
+    those). Failures of the backend are ``Unavailable``; a missing key is ``NotFound``."""
+
+    description: str
+
+    async def writer(self, key: str) -> BlobWriter: ...
+    def read(self, key: str, chunk_bytes: int) -> AsyncIterator[bytes]:
+        """The content in chunks of at most ``chunk_bytes``; NotFound before the first."""
+        ...
+
+    async def delete(self, key: str) -> None:
+        """Delete the content; a key already gone is not an error."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class SourceReader(Protocol):
+    """Reads files by URI for CreateSession's file inputs (whatever the allow-list admits)."""
+
+    def read(self, uri: SourceUri, chunk_bytes: int) -> AsyncIterator[bytes]:
+        """The content in chunks; NotFound (or PermissionDenied) before the first."""
         ...

@@ -127,6 +127,7 @@ class Node:
     start_time: datetime | None = None
     end_time: datetime | None = None
     next_attempt_time: datetime | None = None
+    files: dict[str, str] = field(default_factory=dict)  # input name -> artefact name
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +169,7 @@ class NewNode:
     downstream: tuple[int, ...]
     retry_policy: RetryPolicy
     attempt_timeout: timedelta
+    files: dict[str, str] = field(default_factory=dict)  # input name -> artefact name
 
     @property
     def state(self) -> NodeState:
@@ -186,8 +188,13 @@ class NewSession:
     nodes: tuple[NewNode, ...]
 
 
-def layout(nodes: Sequence[DagNode], templates: Mapping[str, NodeTemplate]) -> tuple[NewNode, ...]:
-    """The DAG (already validated) with indices for edges and the templates' settings copied."""
+def layout(
+    nodes: Sequence[DagNode],
+    templates: Mapping[str, NodeTemplate],
+    files: Mapping[str, Mapping[str, str]] | None = None,
+) -> tuple[NewNode, ...]:
+    """The DAG (already validated) with indices for edges and the templates' settings copied;
+    ``files`` gives nodes (by key) their files (input name -> artefact name)."""
     index = {node.key: i for i, node in enumerate(nodes)}
     downstream: list[list[int]] = [[] for _ in nodes]
     upstream: list[tuple[int, ...]] = []
@@ -210,6 +217,7 @@ def layout(nodes: Sequence[DagNode], templates: Mapping[str, NodeTemplate]) -> t
                 downstream=tuple(downstream[i]),
                 retry_policy=template.retry_policy,
                 attempt_timeout=template.attempt_timeout,
+                files=dict((files or {}).get(node.key, {})),
             )
         )
     return tuple(laid)

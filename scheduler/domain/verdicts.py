@@ -156,8 +156,10 @@ def judge(
     now: datetime,
     rng: random.Random,
     max_output_bytes: int,
+    bad_files: str = "",
 ) -> Verdict:
-    """The verdict on an outcome for the attempt that currently holds ``node``."""
+    """The verdict on an outcome for the attempt that currently holds ``node``; ``bad_files``
+    says what is wrong with the artefacts a success's outputs refer to (empty: nothing)."""
     if node.state is NodeState.CANCELLED:
         return Verdict(ResultStatus.REJECTED_CANCELLED, "the task was cancelled")
     if node.state is not NodeState.RUNNING or node.attempt_id != outcome.attempt_id:
@@ -174,6 +176,12 @@ def judge(
                 f"{max_output_bytes} bytes (setting max_output_bytes); the attempt failed"
             )
             error = NodeError(node.attempt, False, message, {"outputs_bytes": outcome.outputs_size})
+            return Verdict(
+                ResultStatus.REJECTED_INVALID, message, new_state=NodeState.FAILED, error=error
+            )
+        if bad_files:
+            message = f"the outputs refer to files they may not: {bad_files}; the attempt failed"
+            error = NodeError(node.attempt, False, message, {"hook": "outputs"})
             return Verdict(
                 ResultStatus.REJECTED_INVALID, message, new_state=NodeState.FAILED, error=error
             )

@@ -9,6 +9,13 @@ from datetime import datetime
 from typing import Any, Final
 
 from scheduler.domain.access import Identity
+from scheduler.domain.artifacts import (
+    FileInput,
+    check_file_inputs,
+    check_file_sources,
+    parse_name,
+    receivers,
+)
 from scheduler.domain.audit import AuditEvent
 from scheduler.domain.clock import Clock
 from scheduler.domain.errors import (
@@ -43,6 +50,7 @@ from scheduler.domain.sessions import (
 )
 from scheduler.domain.telemetry import NO_TELEMETRY, Telemetry
 from scheduler.domain.validation import check_dns_label, check_text
+from scheduler.service.artifacts import Artifacts
 from scheduler.service.offload import within_budget
 from scheduler.service.signals import Signals
 
@@ -96,6 +104,7 @@ class Sessions:
         signals: Signals,
         clock: Clock,
         limits: Limits,
+        artifacts: Artifacts | None = None,
         *,
         telemetry: Telemetry = NO_TELEMETRY,
     ) -> None:
@@ -104,6 +113,7 @@ class Sessions:
         self._signals = signals
         self._clock = clock
         self._limits = limits
+        self._artifacts = artifacts
 
     async def create(
         self,
@@ -114,9 +124,12 @@ class Sessions:
         parameters: Mapping[str, Any] | None = None,
         labels: Mapping[str, str] | None = None,
         request_id: str = "",
+        files: Sequence[FileInput] = (),
     ) -> Session:
+        """A new Session; ``files`` are given to its nodes as named inputs (uploads are taken,
+        URIs read now, before the transaction)."""
         labels = dict(labels or {})
-        violations = _check_labels(labels)
+        violations = _check_labels(labels) + check_file_sources(files)
         if len(request_id) > REQUEST_ID_MAX_LENGTH:
             violations.append(
                 FieldViolation("request_id", f"at most {REQUEST_ID_MAX_LENGTH} characters")
@@ -134,6 +147,7 @@ class Sessions:
                 )
             )
         raise_if(violations)
+        names = await self._file_names(files)
         now = self._clock.now()
         async with self._store.transaction() as work:
             if request_id:
@@ -151,6 +165,13 @@ class Sessions:
                     check_dag_nodes, nodes, prefix, self._limits, templates=templates.get
                 )
             )
+            keys = [n.key for n in nodes]
+            upstream = {n.key: n.depends_on for n in nodes}
+            raise_if(check_file_inputs(files, keys, upstream))
+            given: dict[str, dict[str, str]] = {}
+            for file, name in zip(files, names, strict=True):
+                for key in receivers(file, keys, upstream):
+                    given.setdefault(key, {})[file.input] = name
             new = NewSession(
                 name=new_session_name(now),
                 session_template=session_template,
@@ -159,9 +180,11 @@ class Sessions:
                 request_id=request_id,
                 # The span this call runs in (CreateSession's) is the root of its trace.
                 trace=self._telemetry.current(),
-                nodes=layout(nodes, templates),
+                nodes=layout(nodes, templates, given),
             )
-            await work.sessions.insert(new, now)
+            session_id = await work.sessions.insert(new, now)
+            if names:
+                await self._take_files(work, names, session_id)
             detail = {"session_template": session_template} if session_template else {}
             await work.audit.record([AuditEvent(by, "create", "session", new.name, detail)])
             found = await work.sessions.get(
@@ -169,6 +192,32 @@ class Sessions:
             )
             assert found is not None
         return found.session
+
+    async def _file_names(self, files: Sequence[FileInput]) -> list[str]:
+        """Each file input's artefact: the upload named, or a copy of the URI's file."""
+        if not files:
+            return []
+        if self._artifacts is None:
+            raise FailedPrecondition("this scheduler keeps no files: it has no artefact store")
+        names = []
+        for i, file in enumerate(files):
+            if file.artifact:
+                parse_name(file.artifact, f"files[{i}].artifact")
+                names.append(file.artifact)
+            else:
+                names.append((await self._artifacts.import_uri(file.uri, f"files[{i}].uri")).name)
+        return names
+
+    @staticmethod
+    async def _take_files(work: UnitOfWork, names: Sequence[str], session_id: int) -> None:
+        wanted = sorted({parse_name(name, "files") for name in names})
+        taken = set(await work.artifacts.attach(wanted, session_id))
+        missing = [f"artifacts/{i}" for i in wanted if i not in taken]
+        if missing:
+            raise FailedPrecondition(
+                f"files: {', '.join(missing[:10])} cannot be given to a new Session: unknown,"
+                " not completely uploaded, expired, or already another Session's"
+            )
 
     async def _nodes(
         self, work: UnitOfWork, session_template: str, dag: Sequence[DagNode] | None

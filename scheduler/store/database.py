@@ -25,6 +25,7 @@ from scheduler.domain.ports import ChangeFeed, Changes
 from scheduler.domain.telemetry import NO_TELEMETRY, PoolUsage, Telemetry
 from scheduler.store import notifications
 from scheduler.store.access import PgAccess, PgAudit
+from scheduler.store.artifacts import PgArtifacts
 from scheduler.store.errors import translated
 from scheduler.store.migrations import migrate
 from scheduler.store.provisioning import PgProvisioning
@@ -67,6 +68,7 @@ class PgUnitOfWork:
         self.provisioning = PgProvisioning(self.db)
         self.access = PgAccess(self.db)
         self.audit = PgAudit(self.db)
+        self.artifacts = PgArtifacts(self.db)
 
     async def announce(self) -> None:
         """Queue the NOTIFYs of what this unit of work changed; they go out at commit."""

@@ -73,6 +73,7 @@ class PgSessions:
             [n.retry_policy.backoff_multiplier for n in nodes],
             [_ms(n.attempt_timeout) for n in nodes],
             [n.state.value for n in nodes],
+            [n.files or None for n in nodes],
         )
         self._changes.ready_runners |= {n.runner for n in nodes if n.state is NodeState.QUEUED}
         return session_id
@@ -176,6 +177,7 @@ def _node(row: asyncpg.Record, keys: Sequence[str]) -> Node:
         start_time=row["start_time"],
         end_time=row["end_time"],
         next_attempt_time=row["not_before"] if state is NodeState.RETRY_WAIT else None,
+        files=row["files"] or {},
     )
 
 

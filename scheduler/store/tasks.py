@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 from scheduler.domain import dag
+from scheduler.domain.artifacts import task_inputs
 from scheduler.domain.ports import Changes
 from scheduler.domain.registry import RetryPolicy
 from scheduler.domain.runner_protocol import AttemptState, ClaimedTask, ClaimRequest
@@ -66,7 +67,7 @@ class PgTasks:
                 lease_deadline=r["lease_deadline"],
                 attempt_deadline=r["attempt_deadline"],
                 config=r["config"],
-                inputs=r["inputs"],
+                inputs=task_inputs(r["inputs"], r["files"]),
                 parameters=r["parameters"],
                 runner=request.runner,
                 trace=TraceContext(r["traceparent"], r["tracestate"]),

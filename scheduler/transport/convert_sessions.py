@@ -90,6 +90,7 @@ def node_message(node: Node) -> spb.Node:
         start_time=to_timestamp(node.start_time),
         end_time=to_timestamp(node.end_time),
         next_attempt_time=to_timestamp(node.next_attempt_time),
+        files=node.files,
     )
 
 

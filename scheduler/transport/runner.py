@@ -12,6 +12,7 @@ import grpc
 from heat.scheduler.v1 import runner_service_pb2 as pb
 from heat.scheduler.v1 import runner_service_pb2_grpc as pb_grpc
 
+from scheduler.domain.artifacts import Upload
 from scheduler.domain.errors import FieldViolation, InvalidArgument, raise_if
 from scheduler.domain.limits import (
     INSTANCE_ID_MAX_LENGTH,
@@ -22,9 +23,16 @@ from scheduler.domain.limits import (
 )
 from scheduler.domain.runner_protocol import ClaimedTask, HeartbeatReply
 from scheduler.domain.validation import check_dns_label, check_text
+from scheduler.service.artifacts import Artifacts
 from scheduler.service.runner_protocol import RunnerProtocol
 from scheduler.transport import convert_sessions as convert
 from scheduler.transport.access import runner_caller
+from scheduler.transport.artifacts import (
+    artifact_message,
+    chunks_of,
+    header_of,
+    read_messages,
+)
 
 Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 T = TypeVar("T")
@@ -46,8 +54,9 @@ async def _next(iterator: AsyncIterator[T]) -> T | None:
 
 
 class RunnerServicer(pb_grpc.RunnerServiceServicer):
-    def __init__(self, protocol: RunnerProtocol) -> None:
+    def __init__(self, protocol: RunnerProtocol, artifacts: Artifacts) -> None:
         self._protocol = protocol
+        self._artifacts = artifacts
 
     async def _runner(self, context: Context) -> str:
         """The Runner of the call's credential (the access interceptor authenticated it)."""
@@ -213,6 +222,29 @@ class RunnerServicer(pb_grpc.RunnerServiceServicer):
             # half-way (settlement runs on in the batcher), but nobody waits for their answer.
             for task in pending:
                 task.cancel()
+
+    async def ReadArtifact(
+        self, request: pb.ReadArtifactRequest, context: Context
+    ) -> AsyncIterator[pb.ReadArtifactResponse]:
+        runner = await self._runner(context)
+        raise_if(check_attempt_id(request.attempt_id, "attempt_id"))
+        transfer = await self._artifacts.read_for(runner, request.attempt_id, request.name)
+        async for message in read_messages(transfer, self._artifacts):
+            yield message
+
+    async def WriteArtifact(
+        self, request_iterator: AsyncIterator[pb.WriteArtifactRequest], context: Context
+    ) -> pb.WriteArtifactResponse:
+        runner = await self._runner(context)
+        header: pb.ArtifactWrite = await header_of(request_iterator, "write")
+        raise_if(check_attempt_id(header.attempt_id, "write.attempt_id"))
+        stored = await self._artifacts.write_for(
+            runner,
+            header.attempt_id,
+            Upload(header.filename, header.size_bytes, header.sha256),
+            chunks_of(request_iterator, "write"),
+        )
+        return pb.WriteArtifactResponse(artifact=artifact_message(stored, self._artifacts))
 
 
 async def _drain_queue(queue: asyncio.Queue[Any], producer: Awaitable[None]) -> AsyncIterator[Any]:

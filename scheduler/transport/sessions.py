@@ -19,6 +19,7 @@ from scheduler.service.sessions import Sessions, Snapshot
 from scheduler.transport import convert
 from scheduler.transport import convert_sessions as sconvert
 from scheduler.transport.access import caller
+from scheduler.transport.artifacts import file_input
 
 Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 # Room left in a response for everything but the Session's nodes' outputs.
@@ -63,6 +64,7 @@ class SessionServicer(pb_grpc.SessionServiceServicer):
             parameters=convert.struct_to_dict(request.parameters),
             labels=dict(request.labels),
             request_id=request.request_id,
+            files=[file_input(f) for f in request.files],
         )
         return pb.CreateSessionResponse(session=self._shown(created))
 

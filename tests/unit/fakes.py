@@ -228,6 +228,7 @@ class MemoryUnitOfWork:
     access: MemoryAccess
     audit: MemoryAudit
     sessions: Any = None  # no unit test here reads Sessions
+    artifacts: Any = None  # nor artefacts
 
 
 class MemoryStore:

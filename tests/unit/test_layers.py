@@ -1,7 +1,7 @@
 """The rooms of scheduler/ and their one-way doors, checked on every import statement (lazy
 ones inside functions too):
 
-    transport -> service -> domain <- store, provisioner, telemetry
+    transport -> service -> domain <- store, provisioner, telemetry, artifacts
 
 The domain and the services know no database driver, no gRPC, no Kubernetes client, no
 OpenTelemetry SDK; only the wiring module (scheduler/app.py) imports every room. Telemetry is
@@ -31,6 +31,7 @@ MAY_IMPORT: Final[dict[str, frozenset[str]]] = {
     "store": frozenset({"domain"}),
     "provisioner": frozenset({"domain"}),
     "telemetry": frozenset({"domain", "settings"}),
+    "artifacts": frozenset({"domain"}),
     "embedded": frozenset(),
     "settings": frozenset(),
     "logs": frozenset(),
@@ -43,6 +44,7 @@ MAY_IMPORT: Final[dict[str, frozenset[str]]] = {
             "store",
             "provisioner",
             "telemetry",
+            "artifacts",
             "embedded",
             "settings",
             "logs",
@@ -73,6 +75,7 @@ MAY_NOT_USE: Final[dict[str, frozenset[str]]] = {
     "transport": frozenset({"asyncpg", "kubernetes_asyncio", "aiohttp", "opentelemetry"}),
     "store": frozenset({"grpc", "heat", "kubernetes_asyncio", "aiohttp", "opentelemetry"}),
     "provisioner": frozenset({"asyncpg", "grpc", "heat", "opentelemetry"}),
+    "artifacts": frozenset({"asyncpg", "grpc", "heat", "kubernetes_asyncio", "opentelemetry"}),
     "settings": frozenset({"asyncpg", "grpc", "kubernetes_asyncio"}),
     "telemetry": frozenset({"asyncpg", "heat", "kubernetes_asyncio", "aiohttp"}),
 }

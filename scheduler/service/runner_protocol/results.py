@@ -23,11 +23,12 @@ from datetime import timedelta
 from typing import Final
 
 from scheduler.domain import dag
+from scheduler.domain.artifacts import file_problems, references_in
 from scheduler.domain.backoff import Backoff, Retries
 from scheduler.domain.clock import Clock
 from scheduler.domain.errors import Aborted, Internal, PermissionDenied
 from scheduler.domain.limits import Limits
-from scheduler.domain.ports import Store
+from scheduler.domain.ports import Store, UnitOfWork
 from scheduler.domain.runner_protocol import ClaimedTask
 from scheduler.domain.telemetry import NO_TELEMETRY, Answered, Settled, Telemetry
 from scheduler.domain.verdicts import (
@@ -166,6 +167,7 @@ class Results:
             # Lock first: a verdict is read, and decided, only while its node is held.
             held = await work.tasks.held(ids)
             earlier = await work.tasks.earlier_verdicts(ids)
+            owners = await self._owners(work, [i for i in items if i.outcome.attempt_id in held])
             judged: list[dag.Judged] = []
             for item in items:
                 attempt_id = item.outcome.attempt_id
@@ -196,6 +198,11 @@ class Results:
                     now=now,
                     rng=self._rng,
                     max_output_bytes=self._limits.max_output_bytes,
+                    bad_files=(
+                        file_problems(item.outcome.outputs, owners, node.session_id)
+                        if item.outcome.kind is OutcomeKind.SUCCESS
+                        else ""
+                    ),
                 )
                 answers[attempt_id] = verdict.reply
                 posted = item.runner is not None
@@ -224,6 +231,17 @@ class Results:
         if decided is None or decided is outcome or reply.status is ResultStatus.FORBIDDEN:
             return reply
         return repeated(EarlierVerdict(reply, decided.kind), outcome)
+
+    @staticmethod
+    async def _owners(work: UnitOfWork, items: Sequence[_Posted]) -> dict[str, int | None]:
+        """The Session of each artefact the successes refer to (one query for the batch)."""
+        ids = {
+            artifact_id
+            for item in items
+            if item.outcome.kind is OutcomeKind.SUCCESS
+            for artifact_id in references_in(item.outcome.outputs)[0]
+        }
+        return await work.artifacts.owners(sorted(ids)) if ids else {}
 
 
 def _settled(judged: dag.Judged, *, posted_by_runner: bool) -> Settled:

@@ -13,16 +13,17 @@ RETURNING id;
 -- All nodes of a new Session in the states the domain gave them; a queued one is ready now.
 INSERT INTO nodes (session_id, idx, key, node_template, runner, config, upstream, downstream,
                    waiting_on, state, max_attempts, initial_backoff_ms, max_backoff_ms,
-                   backoff_multiplier, attempt_timeout_ms, ready_time)
+                   backoff_multiplier, attempt_timeout_ms, ready_time, files)
 SELECT $1, x.idx, x.key, x.node_template, x.runner, x.config, x.upstream::integer[],
        x.downstream::integer[], cardinality(x.upstream::integer[]), x.state,
        x.max_attempts, x.initial_backoff_ms, x.max_backoff_ms, x.backoff_multiplier,
-       x.attempt_timeout_ms, CASE WHEN x.state = 'queued' THEN $2::timestamptz END
+       x.attempt_timeout_ms, CASE WHEN x.state = 'queued' THEN $2::timestamptz END, x.files
 FROM unnest($3::integer[], $4::text[], $5::text[], $6::text[], $7::jsonb[], $8::text[],
             $9::text[], $10::integer[], $11::bigint[], $12::bigint[], $13::double precision[],
-            $14::bigint[], $15::text[])
+            $14::bigint[], $15::text[], $16::jsonb[])
      AS x(idx, key, node_template, runner, config, upstream, downstream, max_attempts,
-          initial_backoff_ms, max_backoff_ms, backoff_multiplier, attempt_timeout_ms, state);
+          initial_backoff_ms, max_backoff_ms, backoff_multiplier, attempt_timeout_ms, state,
+          files);
 
 -- session_by_name --
 -- One Session's own row.
@@ -37,7 +38,7 @@ GROUP BY session_id, state;
 -- session_nodes --
 -- A Session's nodes in index (topological) order; upstream nodes by index.
 SELECT idx, key, node_template, runner, config, state, attempt, outputs, error, ready_time,
-       start_time, end_time, not_before, upstream
+       start_time, end_time, not_before, upstream, files
 FROM nodes
 WHERE session_id = $1
 ORDER BY idx;

@@ -35,7 +35,7 @@ FROM numbered JOIN sessions AS s ON s.id = numbered.session_id
 WHERE n.session_id = numbered.session_id AND n.idx = numbered.idx
 RETURNING n.session_id, n.idx, n.key, n.node_template, n.attempt, n.attempt_id::text,
           n.lease_owner, n.lease_deadline, n.attempt_deadline, n.config,
-          n.ready_time, s.name AS session_name, s.parameters, s.traceparent, s.tracestate,
+          n.ready_time, s.name AS session_name, s.parameters, s.traceparent, s.tracestate, n.files,
           sizes.inputs_bytes,
           CASE WHEN cardinality(n.upstream) = 0 THEN '{}'::jsonb
                WHEN sizes.inputs_bytes > $8::bigint THEN NULL
