@@ -41,9 +41,11 @@ ENVIRONMENT: Final = {
     "tls_ca": "HEAT_TLS_CA",
     "tls_cert": "HEAT_TLS_CERT",
     "tls_key": "HEAT_TLS_KEY",
+    "inline_file_bytes": "HEAT_INLINE_FILE_BYTES",
 }
 
 _MAX_CAPACITY: Final = 10_000
+DEFAULT_INLINE_FILE_BYTES: Final = 16 * 1024 * 1024
 # The scheduler's default message limit is 4 MiB; leave room for the rest of the message.
 DEFAULT_MAX_RESULT_BYTES: Final = 4 * 1024 * 1024 - 16 * 1024
 _ADDRESS: Final = re.compile(r"(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.\-_]+):(\d{1,5})")
@@ -82,6 +84,7 @@ class RuntimeSettings(TypedDict, total=False):
     reconnect_max: float
     ack_grace: float
     max_result_bytes: int
+    inline_file_bytes: int
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -125,6 +128,9 @@ class RuntimeConfig:
     max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES
     """Largest result message posted; larger outputs fail the task permanently instead of
     breaking the stream (the scheduler's default message limit is 4 MiB)."""
+    inline_file_bytes: int = DEFAULT_INLINE_FILE_BYTES
+    """HEAT_INLINE_FILE_BYTES: file inputs up to this size reach the hooks as ``bytes``; larger
+    ones as a binary file object, spooled to a temporary file (never held whole in memory)."""
 
     @property
     def tls(self) -> bool:
@@ -232,8 +238,16 @@ def _seconds(raw: str) -> float:
         raise ValueError("is not a duration; use seconds such as 30 or 2.5s") from None
 
 
+def _bytes(raw: str) -> int:
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError("is not a whole number of bytes, e.g. 16777216") from None
+
+
 _PARSERS: Final[dict[str, Callable[[str], Any]]] = {
     "capacity": _whole_number,
+    "inline_file_bytes": _bytes,
     "drain_timeout": _seconds,
 }
 
@@ -317,7 +331,14 @@ def _check_max_result_bytes(value: object) -> str | None:
     return None
 
 
+def _check_inline_file_bytes(value: object) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        return f"{value!r} is not a size; use a number of bytes, 0 (always a file) or more"
+    return None
+
+
 _CHECKS: Final[dict[str, Callable[[object], str | None]]] = {
+    "inline_file_bytes": _check_inline_file_bytes,
     "address": _check_address,
     "runner": _check_runner,
     "credential": _check_credential,

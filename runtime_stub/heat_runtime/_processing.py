@@ -13,6 +13,7 @@ from typing import Any, Final, Protocol
 from heat.scheduler.v1 import runner_service_pb2 as pb
 
 from heat_runtime._errors import PermanentError
+from heat_runtime._files import Files, store
 from heat_runtime._hooks import Hook, Plan
 from heat_runtime._telemetry import NO_TRACING, Tracing
 from heat_runtime._threads import HookThreads
@@ -64,6 +65,8 @@ class Attempt:
     """Resolves the inputs (see ``_inputs``); awaited under the attempt deadline."""
     stop: threading.Event | None = None
     """Set when the attempt is stopped; what ``current_task().stop_requested()`` reads."""
+    files: Files | None = None
+    """Where files that process() returns are stored (None: nowhere; returning one fails)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,11 +190,34 @@ async def run_attempt(
                     },
                     error=error,
                 )
+            stage = "outputs"
+            try:
+                outputs = await store(outputs, attempt.files)
+            except NotJsonable as error:
+                return _failure(
+                    attempt_id,
+                    pb.FAILURE_KIND_PERMANENT,
+                    f"process() returned outputs that are not JSON-able: {error}",
+                    {"exception": "NotJsonable", "hook": "process", "path": error.path},
+                )
+            except RecursionError:
+                pass  # _success says it
+            except Exception as error:
+                return _failure(
+                    attempt_id,
+                    pb.FAILURE_KIND_RETRYABLE,
+                    f"could not store the files process() returned: {_text(error)}",
+                    {"exception": type(error).__name__, "hook": "process"},
+                    error=error,
+                )
     except TimeoutError:
         if not timer.expired():
             raise
         elapsed = loop.time() - started
-        where = "while its inputs were fetched" if stage == "inputs" else f"during {stage}()"
+        where = {
+            "inputs": "while its inputs were fetched",
+            "outputs": "while the files it returned were stored",
+        }.get(stage, f"during {stage}()")
         return _failure(
             attempt_id,
             pb.FAILURE_KIND_RETRYABLE,

@@ -29,6 +29,7 @@ from heat.scheduler.v1 import runner_service_pb2 as pb
 from heat_runtime import _telemetry
 from heat_runtime._config import RuntimeConfig, RuntimeSettings
 from heat_runtime._context import TaskInfo, set_current
+from heat_runtime._files import AttemptFiles, FileClient
 from heat_runtime._hooks import Registration, registration
 from heat_runtime._inputs import resolve_inputs
 from heat_runtime._processing import Attempt, Outcome, Served, release, run_attempt
@@ -85,6 +86,7 @@ class _State:
     served: dict[str, Served]
     threads: HookThreads
     tracing: Tracing = NO_TRACING
+    files: FileClient
     held: dict[str, _Held] = field(default_factory=dict)
     workers: set[asyncio.Task[None]] = field(default_factory=set)
     pending: dict[str, _Pending] = field(default_factory=dict)
@@ -292,6 +294,13 @@ class HeatRuntime:
             served=served,
             threads=HookThreads(self._config.capacity),
             tracing=_telemetry.setup(self._config.runner, self._config.instance_id),
+            files=FileClient(
+                self._config.address,
+                self._metadata(),
+                self._channel_options(),
+                inline_bytes=self._config.inline_file_bytes,
+                tls=self._tls(),
+            ),
         )
         self._state = state
         logging.getLogger("heat_runtime").setLevel(self._config.log_level)
@@ -328,6 +337,7 @@ class HeatRuntime:
             await self._stop_workers()
             state.threads.close()
             await asyncio.to_thread(state.tracing.shutdown)
+            await state.files.close()
             for signum in signals:
                 loop.remove_signal_handler(signum)
             self._state = None
@@ -343,11 +353,13 @@ class HeatRuntime:
 
     # --- connections ------------------------------------------------------------------------
 
-    async def _supervise(self) -> None:
-        state = self._running()
+    def _metadata(self) -> tuple[tuple[str, str], ...]:
         credential = self._config.credential
-        metadata = (("authorization", f"Bearer {credential}"),) if credential else ()
-        options = [
+        return (("authorization", f"Bearer {credential}"),) if credential else ()
+
+    @staticmethod
+    def _channel_options() -> list[tuple[str, Any]]:
+        return [
             ("grpc.primary_user_agent", f"heat-runtime/{VERSION}"),
             ("grpc.max_receive_message_length", _MAX_RECEIVE_BYTES),
             # A scheduler that vanished without closing (node lost, NAT entry dropped) is
@@ -356,10 +368,19 @@ class HeatRuntime:
             ("grpc.keepalive_time_ms", 30_000),
             ("grpc.keepalive_timeout_ms", 10_000),
         ]
-        tls = None
-        if self._config.tls:
-            root, key, chain = self._config.tls_files()
-            tls = grpc.ssl_channel_credentials(root, key, chain)
+
+    def _tls(self) -> grpc.ChannelCredentials | None:
+        """The channel credentials of HEAT_TLS_CA/CERT/KEY, or None for plaintext."""
+        if not self._config.tls:
+            return None
+        root, key, chain = self._config.tls_files()
+        return grpc.ssl_channel_credentials(root, key, chain)
+
+    async def _supervise(self) -> None:
+        state = self._running()
+        metadata = self._metadata()
+        options = self._channel_options()
+        tls = self._tls()
         while not state.closing:
             channel = (
                 grpc.aio.secure_channel(self._config.address, tls, options=options)
@@ -488,12 +509,14 @@ class HeatRuntime:
             remaining = task.attempt_deadline.ToNanoseconds() / 1e9 - time.time()
             deadline = state.loop.time() + remaining
         outcome: Outcome | None = None
+        files = AttemptFiles(state.files, task.attempt_id)
         attempt = Attempt(
             attempt_id=task.attempt_id,
             node_template=task.node_template,
             config=struct_to_dict(task.config),
-            inputs=functools.partial(resolve_inputs, task),
+            inputs=functools.partial(resolve_inputs, task, files),
             stop=held.info.stop_event,
+            files=files,
         )
         attributes = {
             "heat.session": task.session,
@@ -518,6 +541,8 @@ class HeatRuntime:
             except asyncio.CancelledError:
                 if held.stop_reason is None:
                     raise
+            finally:
+                files.close()
             if outcome is None:
                 state.tracing.finished(span, f"stopped-{held.stop_reason}", "")
             else:

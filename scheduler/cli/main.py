@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from scheduler import logs, settings
-from scheduler.cli import access, registry, sessions
+from scheduler.cli import access, artifacts, registry, sessions
 from scheduler.embedded import EmbeddedPostgresError
 
 
@@ -56,6 +56,7 @@ def parser() -> argparse.ArgumentParser:
 
     registry.add_apply(commands)
     sessions.add_commands(commands)
+    artifacts.add_commands(commands)
     registry.add_commands(commands)
     access.add_commands(commands)
     return top

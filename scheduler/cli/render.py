@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from typing import Any, Final, TypeAlias
 
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
-from heat.scheduler.v1 import access_pb2, runner_pb2
+from heat.scheduler.v1 import access_pb2, artifact_pb2, runner_pb2
 from heat.scheduler.v1 import session_pb2 as spb
 from heat.scheduler.v1 import session_service_pb2 as sspb
 
@@ -241,6 +241,32 @@ def sessions_table(sessions: Sequence[spb.Session], width: int = 0) -> list[str]
         for s in sessions
     ]
     return table(["NAME", "STATE", "TEMPLATE", "CREATED", "NODES"], rows, width)
+
+
+def size(n: int) -> str:
+    """Bytes in the largest unit that keeps a whole number in front: 812 B, 1.4 MiB."""
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{n} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"  # pragma: no cover
+
+
+def artifacts_table(artifacts: Sequence[artifact_pb2.Artifact], width: int = 0) -> list[str]:
+    """A Session's files: where each came from (a node's attempt, or given), size, digest."""
+    rows = [
+        [
+            a.name,
+            f"{a.node_key}#{a.attempt}" if a.node_key else "(given)",
+            a.filename or "-",
+            size(a.size_bytes),
+            a.sha256[:12],
+            when(a.create_time),
+        ]
+        for a in artifacts
+    ]
+    return table(["NAME", "FROM", "FILENAME", "SIZE", "SHA256", "CREATED"], rows, width)
 
 
 def credentials_table(credentials: Sequence[runner_pb2.RunnerCredential]) -> list[str]:

@@ -14,6 +14,7 @@ from heat.scheduler.v1 import session_service_pb2 as sspb
 from heat.scheduler.v1 import session_service_pb2_grpc as sspb_grpc
 
 from scheduler.cli import render
+from scheduler.cli.artifacts import file_binding, file_inputs
 from scheduler.cli.calls import (
     RECONNECT,
     RETRYABLE,
@@ -63,6 +64,7 @@ def _submit(args: argparse.Namespace) -> int:
     else:
         request.dag.CopyFrom(_dag(args.dag))
     with open_channel(args) as channel:
+        request.files.extend(file_inputs(channel, args.file, args.timeout))
         stub = sspb_grpc.SessionServiceStub(channel)
         session = stub.CreateSession(request, timeout=args.timeout).session
         print(session.name, flush=True)
@@ -280,6 +282,12 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     submit.add_argument("--params-file", metavar="FILE.json", help="parameters as a JSON object")
     submit.add_argument("--label", action="append", type=pair, default=[], metavar="K=V")
     submit.add_argument("--request-id", default="", help="idempotency key")
+    submit.add_argument(
+        "--file", action="append", type=file_binding, default=[], metavar="[NODE:]INPUT=PATH",
+        help="give a file as the input INPUT of the node NODE (default: of every node without"
+        " upstream nodes); PATH is uploaded, a file:// or s3:// URI read by the scheduler,"
+        " artifacts/<id> an earlier upload",
+    )  # fmt: skip
     submit.add_argument("--watch", action="store_true", help="then follow it, as `watch`")
 
     watcher = add_command(commands, "watch", _watch, "follow a Session's progress until it ends")

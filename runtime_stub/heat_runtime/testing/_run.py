@@ -7,10 +7,11 @@ import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import IO, Any
 
 from heat_runtime._config import DEFAULT_MAX_RESULT_BYTES
 from heat_runtime._context import TaskInfo, set_current
+from heat_runtime._files import REFERENCE_KEY, FileContent, reference_name
 from heat_runtime._hooks import registration
 from heat_runtime._processing import Attempt, Outcome, Served, run_attempt
 from heat_runtime._threads import HookThreads
@@ -50,8 +51,8 @@ class TaskOutcome:
     """What the runtime would post for the attempt."""
 
     outputs: Any = None
-    """The outputs as the scheduler would store them (after their trip through JSON); None
-    when the attempt failed."""
+    """The outputs as the scheduler would store them (after their trip through JSON), with
+    the files process() returned as ``bytes``; None when the attempt failed."""
     failure: TaskFailure | None = None
 
     @property
@@ -111,12 +112,19 @@ async def run_task(
     async def given_inputs() -> dict[str, Any]:
         return plain_inputs
 
+    files = _MemoryFiles()
+
     async def run() -> Outcome:
         set_current(info)  # this task's own context, as the runtime does per attempt
         return await run_attempt(
             Served(instance, entry.plan),
             Attempt(
-                info.attempt_id, info.node_template, plain_config, given_inputs, info.stop_event
+                info.attempt_id,
+                info.node_template,
+                plain_config,
+                given_inputs,
+                info.stop_event,
+                files,
             ),
             known_templates=[entry.plan.template],
             deadline=deadline,
@@ -129,7 +137,7 @@ async def run_task(
         outcome = await asyncio.create_task(run())
     finally:
         threads.close()
-    return _outcome(outcome)
+    return _outcome(outcome, files)
 
 
 def run_task_sync(
@@ -148,10 +156,39 @@ def run_task_sync(
     return asyncio.run(run_task(processor, inputs, config, **options))
 
 
-def _outcome(outcome: Outcome) -> TaskOutcome:
+class _MemoryFiles:
+    """Files process() returns, kept in memory as the scheduler would keep them."""
+
+    def __init__(self) -> None:
+        self.stored: dict[str, bytes] = {}
+
+    async def fetch(self, name: str) -> FileContent:
+        return self.stored[name]
+
+    async def store(self, content: bytes | memoryview | IO[bytes], path: str) -> str:
+        data = content.read() if not isinstance(content, bytes | memoryview) else content
+        if not isinstance(data, bytes | bytearray | memoryview):
+            raise TypeError(f"{path} is a file opened in text mode; open it in binary mode")
+        name = f"artifacts/{secrets.token_hex(16)}"
+        self.stored[name] = bytes(data)
+        return name
+
+    def restore(self, value: Any) -> Any:
+        """``value`` with references to stored files replaced by their bytes."""
+        name = reference_name(value)
+        if name is not None and name in self.stored:
+            return self.stored[name]
+        if isinstance(value, dict):
+            return {key: self.restore(item) for key, item in value.items()}
+        if isinstance(value, list):
+            return [self.restore(item) for item in value]
+        return value
+
+
+def _outcome(outcome: Outcome, files: _MemoryFiles) -> TaskOutcome:
     request = outcome.request
     if request.WhichOneof("outcome") == "success":
-        return TaskOutcome(outputs=to_python(request.success.outputs))
+        return TaskOutcome(outputs=files.restore(to_python(request.success.outputs)))
     details = struct_to_dict(request.failure.details)
     return TaskOutcome(
         failure=TaskFailure(
@@ -166,9 +203,21 @@ def _outcome(outcome: Outcome) -> TaskOutcome:
 def _input(key: object, value: Any) -> Any:
     if not isinstance(key, str):
         raise TypeError(f"inputs are keyed by upstream node key (text), not {key!r}")
+    return _plain_input(value, f"inputs[{key!r}]")
+
+
+def _plain_input(value: Any, path: str) -> Any:
+    """Files (bytes, file objects) as they are, anywhere; the rest through JSON."""
     if isinstance(value, bytes | bytearray | memoryview) or callable(getattr(value, "read", None)):
         return value
-    return to_python(_value(value, f"inputs[{key!r}]"))
+    if isinstance(value, Mapping):
+        if REFERENCE_KEY in value:
+            raise TypeError(f"{path}: give a file as bytes or a file object, not a reference")
+        if all(isinstance(k, str) for k in value):
+            return {k: _plain_input(v, f"{path}[{k!r}]") for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain_input(v, f"{path}[{i}]") for i, v in enumerate(value)]
+    return to_python(_value(value, path))
 
 
 def _value(value: Any, path: str) -> Any:

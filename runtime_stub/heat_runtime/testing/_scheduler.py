@@ -28,6 +28,9 @@ from typing import Any, Final, Self
 
 import grpc
 from google.protobuf import json_format
+from heat.scheduler.v1 import artifact_pb2 as apb
+from heat.scheduler.v1 import artifact_service_pb2 as aspb
+from heat.scheduler.v1 import artifact_service_pb2_grpc as aspb_grpc
 from heat.scheduler.v1 import registry_service_pb2 as rpb
 from heat.scheduler.v1 import registry_service_pb2_grpc as rpb_grpc
 from heat.scheduler.v1 import session_pb2
@@ -42,6 +45,7 @@ __all__ = ["HeatScheduler", "NodeResult", "SessionResult"]
 
 _START_TIMEOUT: Final = 120.0
 _STOP_TIMEOUT: Final = 60.0
+_CHUNK: Final = 1024 * 1024
 _FINAL: Final = frozenset(
     {
         session_pb2.SESSION_STATE_SUCCEEDED,
@@ -322,6 +326,54 @@ class HeatScheduler:
                 process.kill()
                 process.wait()
 
+    # --- files --------------------------------------------------------------------------------
+
+    def upload(self, content: bytes | str | Path, filename: str = "") -> str:
+        """Upload a file (its bytes, or its path) in chunks; the artefact's name, to give a
+        Session as a file input within the hour."""
+        path = None if isinstance(content, bytes) else Path(content)
+
+        def parts() -> Iterator[aspb.UploadArtifactRequest]:
+            name = filename or (path.name if path is not None else "")
+            yield aspb.UploadArtifactRequest(upload=aspb.ArtifactUpload(filename=name))
+            if path is None:
+                assert isinstance(content, bytes)
+                for start in range(0, len(content), _CHUNK):
+                    yield aspb.UploadArtifactRequest(data=content[start : start + _CHUNK])
+                return
+            with path.open("rb") as file:
+                while chunk := file.read(_CHUNK):
+                    yield aspb.UploadArtifactRequest(data=chunk)
+
+        with self._channel() as channel:
+            response = aspb_grpc.ArtifactServiceStub(channel).UploadArtifact(parts())
+        name: str = response.artifact.name
+        return name
+
+    def download(self, name: str) -> bytes:
+        """The content of an artefact (``artifacts/<id>``), e.g. a file a node returned."""
+        data = bytearray()
+        with self._channel() as channel:
+            stream = aspb_grpc.ArtifactServiceStub(channel).DownloadArtifact(
+                aspb.DownloadArtifactRequest(name=name)
+            )
+            for message in stream:
+                if message.WhichOneof("part") == "data":
+                    data += message.data
+        return bytes(data)
+
+    def _file_inputs(self, files: Mapping[str, bytes | str | Path]) -> list[apb.FileInput]:
+        inputs = []
+        for binding, content in files.items():
+            node_key, _, input_name = binding.rpartition(":")
+            given = apb.FileInput(input=input_name, node_key=node_key)
+            if isinstance(content, str) and content.startswith(("file://", "s3://")):
+                given.uri = content
+            else:
+                given.artifact = self.upload(content)
+            inputs.append(given)
+        return inputs
+
     # --- sessions -----------------------------------------------------------------------------
 
     def submit(
@@ -330,9 +382,15 @@ class HeatScheduler:
         *,
         template: str | None = None,
         parameters: Mapping[str, Any] | None = None,
+        files: Mapping[str, bytes | str | Path] | None = None,
     ) -> str:
         """Create a Session from an inline DAG (``[{"key": ..., "nodeTemplate": ...,
-        "dependsOn": [...], "config": {...}}]``) or a Session Template; returns its name."""
+        "dependsOn": [...], "config": {...}}]``) or a Session Template; returns its name.
+
+        ``files`` gives its nodes files as named inputs: ``{"file": path}`` to every node
+        without upstream nodes, ``{"sum:file": path}`` to the node ``sum``; a value is the
+        content (bytes), a path (uploaded), or a ``file://``/``s3://`` URI the scheduler reads.
+        """
         if (nodes is None) == (template is None):
             raise ValueError("give either nodes (an inline DAG) or template, not both or neither")
         document: dict[str, Any] = {"parameters": dict(parameters or {})}
@@ -341,6 +399,7 @@ class HeatScheduler:
         else:
             document["dag"] = {"nodes": [dict(node) for node in nodes or ()]}
         request = json_format.ParseDict(document, spb.CreateSessionRequest())
+        request.files.extend(self._file_inputs(files or {}))
         with self._channel() as channel:
             created = spb_grpc.SessionServiceStub(channel).CreateSession(
                 request, metadata=self._auth
@@ -378,10 +437,11 @@ class HeatScheduler:
         *,
         template: str | None = None,
         parameters: Mapping[str, Any] | None = None,
+        files: Mapping[str, bytes | str | Path] | None = None,
         timeout: float = 60.0,
     ) -> SessionResult:
         """``submit`` then ``wait``."""
-        name = self.submit(nodes, template=template, parameters=parameters)
+        name = self.submit(nodes, template=template, parameters=parameters, files=files)
         return self.wait(name, timeout)
 
 
