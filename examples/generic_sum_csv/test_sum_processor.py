@@ -1,5 +1,6 @@
 """generic-sum-csv through the testing kit: the CSV as bytes and as a file object, no
-scheduler; and its manifest applied to a real one (the heat_scheduler fixture)."""
+scheduler; and end to end through a real one (the heat_scheduler fixture), the CSV given to
+the Session as its file input."""
 
 from __future__ import annotations
 
@@ -35,5 +36,9 @@ async def test_a_task_without_a_file_is_rejected_for_good(inputs: dict[str, obje
     assert outcome.failure.message == "expected 'file' artefact in inputs"
 
 
-def test_the_manifest_is_one_the_scheduler_accepts(heat_scheduler: HeatScheduler) -> None:
+def test_a_session_given_the_csv_sums_it(heat_scheduler: HeatScheduler) -> None:
     heat_scheduler.apply(HERE / "manifest.heat")
+    with heat_scheduler.runner(SumProcessor, runner="sum-csv-runner"):
+        done = heat_scheduler.run(template="sum-csv", files={"file": HERE / "telemetry.csv"})
+    assert done.state == "SUCCEEDED", done
+    assert done.outputs["sum"] == EXPECTED
