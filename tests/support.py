@@ -19,6 +19,7 @@ import functools
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -262,6 +263,10 @@ async def serving(
     the overrides say otherwise) and a channel to it that calls as admin (over TLS with
     ``credentials``); ``backend`` replaces the provisioner the settings name, ``telemetry``
     the telemetry the environment configures."""
+    files = None
+    if "artifact_store" not in overrides:
+        files = tempfile.mkdtemp(prefix="heat-artifacts-")
+        overrides["artifact_store"] = files
     settings = Settings(
         **{
             "listen": "127.0.0.1:0",
@@ -272,6 +277,21 @@ async def serving(
             **overrides,
         }
     )
+    try:
+        async with serving_settings(settings, backend, credentials, telemetry) as served:
+            yield served
+    finally:
+        if files is not None:
+            shutil.rmtree(files, ignore_errors=True)
+
+
+@asynccontextmanager
+async def serving_settings(
+    settings: Settings,
+    backend: Provisioner | None = None,
+    credentials: grpc.ChannelCredentials | None = None,
+    telemetry: SchedulerTelemetry | None = None,
+) -> AsyncIterator[Scheduler]:
     async with app.running(settings, provisioner=backend, telemetry=telemetry) as running:
         address = f"127.0.0.1:{running.port}"
         async with authorized_channel(address, credentials=credentials) as channel:
@@ -373,12 +393,16 @@ def serve(
     port = port or free_port()
     if not any(a.startswith("--admin-token-file") for a in args):
         args = ("--admin-token-file", str(admin_token_file()), *args)
+    env = dict(env or {})
+    if "HEAT_ARTIFACT_STORE" not in env and "--artifact-store" not in args:
+        # Files of Sessions in a private folder, not ./heat-data (a flag would win over it).
+        env["HEAT_ARTIFACT_STORE"] = tempfile.mkdtemp(prefix="heat-artifacts-")
     process = subprocess.Popen(
         [sys.executable, "-m", "scheduler.cli", "serve", "--listen", f"127.0.0.1:{port}", *args],
         stderr=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
         text=True,
-        env={**os.environ, **(env or {})},
+        env={**os.environ, **env},
         cwd=cwd,
     )
     served = Served(process, f"127.0.0.1:{port}")
