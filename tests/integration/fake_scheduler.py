@@ -2,13 +2,16 @@
 
 The fake keeps what the runtime sent (claim starts, credits, heartbeats, results, metadata),
 pushes tasks as credits allow, answers heartbeats and results, and can push heartbeat
-responses or drain requests at any time.
+responses or drain requests at any time. Its files are a dict: ``files[name]`` is served by
+ReadArtifact (with ``digests[name]`` as the SHA-256 it claims, when set) and written by
+WriteArtifact.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -16,6 +19,7 @@ from typing import Any
 import grpc
 import grpc.aio
 from google.protobuf import timestamp_pb2
+from heat.scheduler.v1 import artifact_pb2 as apb
 from heat.scheduler.v1 import runner_service_pb2 as pb
 from heat.scheduler.v1 import runner_service_pb2_grpc as pb_grpc
 from heat_runtime import HeatRuntime
@@ -45,6 +49,8 @@ class FakeScheduler(pb_grpc.RunnerServiceServicer):
         self.heartbeat_interval: float | None = None
         self.credits = 0
         self.queue: list[pb.Task] = []
+        self.files: dict[str, bytes] = {}
+        self.digests: dict[str, str] = {}
         self._claims: asyncio.Queue[pb.ClaimTaskResponse | None] | None = None
         self._heartbeats: asyncio.Queue[pb.HeartbeatResponse | None] | None = None
         self._changed = asyncio.Event()
@@ -158,6 +164,27 @@ class FakeScheduler(pb_grpc.RunnerServiceServicer):
             outgoing.put_nowait(None)
 
         await self._serve(context, outgoing, read)
+
+    async def ReadArtifact(self, request: Any, context: Any) -> AsyncIterator[Any]:
+        await self._authorize("ReadArtifact", context)
+        data = self.files.get(request.name)
+        if data is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no {request.name}")
+            return
+        digest = self.digests.get(request.name) or hashlib.sha256(data).hexdigest()
+        artifact = apb.Artifact(name=request.name, size_bytes=len(data), sha256=digest)
+        yield pb.ReadArtifactResponse(artifact=artifact)
+        for start in range(0, len(data), 1000):
+            yield pb.ReadArtifactResponse(data=data[start : start + 1000])
+
+    async def WriteArtifact(self, request_iterator: Any, context: Any) -> Any:
+        await self._authorize("WriteArtifact", context)
+        data = bytearray()
+        async for request in request_iterator:
+            data += request.data
+        name = f"artifacts/{len(self.files):032x}"
+        self.files[name] = bytes(data)
+        return pb.WriteArtifactResponse(artifact=apb.Artifact(name=name, size_bytes=len(data)))
 
 
 class Server:
