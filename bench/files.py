@@ -21,6 +21,7 @@ import argparse
 import asyncio
 import contextlib
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -71,7 +72,8 @@ class Digest(BaseProcessor):
     TEMPLATE_NAME = "digest"
 
     def process(self, inputs: dict[str, Any], config: dict[str, Any]) -> Any:
-        file = inputs["copy"]["file"]
+        raw = inputs["copy"]["file"]  # bytes up to HEAT_INLINE_FILE_BYTES, else a file
+        file = io.BytesIO(raw) if isinstance(raw, bytes) else raw
         digest, size = hashlib.sha256(), 0
         while chunk := file.read(CHUNK):
             digest.update(chunk)
