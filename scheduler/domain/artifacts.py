@@ -152,8 +152,9 @@ def references_in(value: Any) -> tuple[list[str], list[str]]:
         if REFERENCE_KEY not in item:
             continue
         name = item[REFERENCE_KEY]
-        artifact_id = name.removeprefix(NAME_PREFIX) if isinstance(name, str) else ""
-        if len(item) != 1 or not name.startswith(NAME_PREFIX) or not _ID.fullmatch(artifact_id):
+        text = name if isinstance(name, str) else ""
+        artifact_id = text.removeprefix(NAME_PREFIX)
+        if len(item) != 1 or not text.startswith(NAME_PREFIX) or not _ID.fullmatch(artifact_id):
             problems.append(
                 f"{path} holds the key {REFERENCE_KEY!r} but is not a reference to an artefact"
                 f" ({{{REFERENCE_KEY!r}: 'artifacts/<id>'}} and nothing else)"
