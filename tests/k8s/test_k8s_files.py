@@ -1,8 +1,9 @@
-"""HEAT's guide example, unchanged, through the Kubernetes path: the scheduler's provisioner
-creates a pod of the example's image (``heat-examples/generic-sum-csv:latest``), the test
-kubelet runs it as ``sum_processor.py`` with the environment the pod spec gives it (the
-Runner's credential from its Secret), and the CSV given to the Session reaches
-``inputs["file"]`` through RunnerService.ReadArtifact."""
+"""HEAT's guide example, unchanged, through the Kubernetes path on the real kube-apiserver:
+with the chart's ServiceAccount and Role, the scheduler's provisioner creates a pod of the
+example's image (``heat-examples/generic-sum-csv:latest``), the test kubelet runs it as
+``sum_processor.py`` with the environment the pod spec gives it (the Runner's credential from
+the Secret the scheduler made), and the CSV given to the Session reaches ``inputs["file"]``
+through RunnerService.ReadArtifact under the task's lease."""
 
 from __future__ import annotations
 
@@ -22,25 +23,29 @@ from heat.scheduler.v1 import session_pb2 as s
 from heat.scheduler.v1 import session_service_pb2 as spb
 from heat.scheduler.v1 import session_service_pb2_grpc as spb_grpc
 from heat_runtime._values import to_python
+from kubernetes_asyncio.client import Configuration
 
 from tests.integration.test_provisioning import finished
-from tests.k8s.helpers import Served
-from tests.k8s.test_k8s_scheduler import ProcessKubelet, creates, serving
-from tests.support import free_port
+from tests.k8s.chart import Identity, install
+from tests.k8s.cluster import Cluster, free_port
+from tests.k8s.kube import Kube
+from tests.k8s.kubelet import ProcessKubelet
+from tests.k8s.scheduling import serving
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "generic_sum_csv"
 IMAGE = "heat-examples/generic-sum-csv:latest"
 
 
 @pytest_asyncio.fixture
-async def example_kubelet(served: Served) -> AsyncIterator[ProcessKubelet]:
+async def example_node(kube: Kube, namespace: str) -> AsyncIterator[ProcessKubelet]:
     """A node that runs the example's image as its program."""
     kubelet = ProcessKubelet(
-        served,
+        kube,
+        namespace,
         {IMAGE: [sys.executable, str(EXAMPLE / "sum_processor.py")]},
         {**os.environ, "HEAT_DRAIN_TIMEOUT": "5"},
     )
-    kubelet.start()
+    await kubelet.start()
     try:
         yield kubelet
     finally:
@@ -48,10 +53,12 @@ async def example_kubelet(served: Served) -> AsyncIterator[ProcessKubelet]:
 
 
 async def test_heats_example_sums_a_given_csv_in_a_pod(
-    db_dsn: str, served: Served, example_kubelet: ProcessKubelet
+    db_dsn: str, cluster: Cluster, namespace: str, example_node: ProcessKubelet
 ) -> None:
+    identity: Identity = await install(cluster, namespace)
+    config: Configuration = cluster.configuration(identity.token)
     manifest = json.loads((EXAMPLE / "manifest.heat").read_text())
-    async with serving(db_dsn, served, free_port()) as sc:
+    async with serving(db_dsn, config, namespace, free_port()) as sc:
         await sc.registry.ApplyManifest(
             json_format.ParseDict({"manifest": manifest}, rpb.ApplyManifestRequest())
         )
@@ -69,5 +76,7 @@ async def test_heats_example_sums_a_given_csv_in_a_pod(
     assert session.state == s.SESSION_STATE_SUCCEEDED, session
     (node,) = session.nodes
     assert to_python(node.outputs) == {"speed": 120.7, "altitude": 3412, "temperature": None}
-    (pod,) = creates(served.api)
-    assert pod.body["spec"]["containers"][0]["image"] == IMAGE
+    (pod,) = example_node.seen
+    assert pod["spec"]["containers"][0]["image"] == IMAGE
+    (container,) = example_node.containers.values()
+    assert container.exit_code == 0 or container.exit_code is None
