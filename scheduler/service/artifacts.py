@@ -286,6 +286,9 @@ class Artifacts:
             except SchedulerError as error:
                 log.warning("the artefact janitor failed; trying again: %s", error)
                 wait = _SWEEP_RETRY
+            except Exception:  # a bug must not stop retention for good: logged, tried again
+                log.exception("the artefact janitor failed; trying again")
+                wait = _SWEEP_RETRY
             await asyncio.sleep(wait.total_seconds())
 
 

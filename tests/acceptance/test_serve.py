@@ -30,6 +30,7 @@ def test_grpcurl_lists_and_describes_through_reflection(served: Served) -> None:
         "grpc.health.v1.Health",
         "grpc.reflection.v1alpha.ServerReflection",
         "heat.scheduler.v1.AccessService",
+        "heat.scheduler.v1.ArtifactService",
         "heat.scheduler.v1.RegistryService",
         "heat.scheduler.v1.RunnerService",
         "heat.scheduler.v1.SessionService",
