@@ -249,9 +249,14 @@ class Content:
             )
         digest = self._hash.hexdigest()
         if self._upload.sha256 and digest != self._upload.sha256:
-            raise DataLoss(
-                f"the content's SHA-256 is {digest}, not the announced {self._upload.sha256}:"
-                " it changed on the way"
+            raise InvalidArgument(
+                [
+                    FieldViolation(
+                        "sha256",
+                        f"the content sent has the SHA-256 {digest}, not the announced"
+                        f" {self._upload.sha256}: it changed on the way, or the digest is wrong",
+                    )
+                ]
             )
         return digest
 

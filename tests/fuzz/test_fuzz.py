@@ -31,6 +31,7 @@ from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from heat.scheduler.v1 import (
     access_service_pb2,
+    artifact_service_pb2,
     registry_service_pb2,
     registry_service_pb2_grpc,
     runner_service_pb2,
@@ -67,6 +68,7 @@ SERVICES: Final = [
     registry_service_pb2.DESCRIPTOR.services_by_name["RegistryService"],
     session_service_pb2.DESCRIPTOR.services_by_name["SessionService"],
     runner_service_pb2.DESCRIPTOR.services_by_name["RunnerService"],
+    artifact_service_pb2.DESCRIPTOR.services_by_name["ArtifactService"],
     health_pb2.DESCRIPTOR.services_by_name["Health"],
 ]
 METHODS: Final = [m for service in SERVICES for m in service.methods]

@@ -21,7 +21,7 @@ from scheduler.domain.artifacts import (
     references_in,
     task_inputs,
 )
-from scheduler.domain.errors import DataLoss, InvalidArgument, ResourceExhausted
+from scheduler.domain.errors import InvalidArgument, ResourceExhausted
 
 A = "a" * 32
 B = "b" * 32
@@ -141,5 +141,5 @@ def test_content_is_bounded_and_checked_against_what_was_announced() -> None:
         short.finish()
     wrong = Content(Upload(sha256="0" * 64), 10)
     wrong.add(data)
-    with pytest.raises(DataLoss):
+    with pytest.raises(InvalidArgument, match="changed on the way"):
         wrong.finish()

@@ -30,7 +30,7 @@ type ArtifactUpload struct {
 	// size fails the upload.
 	SizeBytes int64 `protobuf:"varint,2,opt,name=size_bytes,json=sizeBytes,proto3" json:"size_bytes,omitempty"`
 	// SHA-256 of the content, in hex, when the caller knows it; a different
-	// digest fails the upload with DATA_LOSS.
+	// digest fails the upload (INVALID_ARGUMENT).
 	Sha256        string `protobuf:"bytes,3,opt,name=sha256,proto3" json:"sha256,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

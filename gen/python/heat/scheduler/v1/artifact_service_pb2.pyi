@@ -36,7 +36,7 @@ class ArtifactUpload(_message.Message):
     """
     sha256: _builtins.str
     """SHA-256 of the content, in hex, when the caller knows it; a different
-    digest fails the upload with DATA_LOSS.
+    digest fails the upload (INVALID_ARGUMENT).
     """
     def __init__(
         self,

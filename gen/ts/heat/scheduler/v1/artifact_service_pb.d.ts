@@ -34,7 +34,7 @@ export declare type ArtifactUpload = Message<"heat.scheduler.v1.ArtifactUpload">
 
   /**
    * SHA-256 of the content, in hex, when the caller knows it; a different
-   * digest fails the upload with DATA_LOSS.
+   * digest fails the upload (INVALID_ARGUMENT).
    *
    * @generated from field: string sha256 = 3;
    */
