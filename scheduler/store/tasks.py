@@ -67,7 +67,8 @@ class PgTasks:
                 lease_deadline=r["lease_deadline"],
                 attempt_deadline=r["attempt_deadline"],
                 config=r["config"],
-                inputs=task_inputs(r["inputs"], r["files"]),
+                # None: too heavy to send (the dispatch fails the node); files add references.
+                inputs=None if r["inputs"] is None else task_inputs(r["inputs"], r["files"]),
                 parameters=r["parameters"],
                 runner=request.runner,
                 trace=TraceContext(r["traceparent"], r["tracestate"]),
