@@ -49,7 +49,7 @@ sys.path.insert(0, str(ROOT))
 from heat_runtime import BaseProcessor, HeatRuntime, RuntimeConfig, current_task  # noqa: E402
 from heat_runtime._values import to_python  # noqa: E402
 
-from tests.support import open_tmp_dir, serve  # noqa: E402
+from tests.support import authorized_sync_channel, open_tmp_dir, serve  # noqa: E402
 
 CHUNK = 1024 * 1024
 MANIFEST = {
@@ -195,7 +195,7 @@ def main() -> int:
 def run(address: str, pid: int, work: Path, args: argparse.Namespace) -> int:
     source = work / "input.bin"
     expected = write_random(source, args.mib)
-    with grpc.insecure_channel(address) as channel:
+    with authorized_sync_channel(address) as channel:
         registry = rpb_grpc.RegistryServiceStub(channel)
         registry.ApplyManifest(
             json_format.ParseDict({"manifest": MANIFEST}, rpb.ApplyManifestRequest())

@@ -59,6 +59,7 @@ _REGISTRY: Final = "heat.scheduler.v1.RegistryService/"
 _SESSIONS: Final = "heat.scheduler.v1.SessionService/"
 _RUNNERS: Final = "heat.scheduler.v1.RunnerService/"
 _ACCESS: Final = "heat.scheduler.v1.AccessService/"
+_ARTIFACTS: Final = "heat.scheduler.v1.ArtifactService/"
 
 # The permission each RPC needs, by its full method name. tests/integration/test_access.py
 # calls every RPC of the contract as every role and checks the answers against this.
@@ -103,7 +104,17 @@ RULES: Final[Mapping[str, Permission]] = {
         _SESSIONS + m: Permission.RUN_SESSIONS
         for m in ("CreateSession", "CancelSession", "CancelNode")
     },
-    **{_RUNNERS + m: Permission.RUNNER_PROTOCOL for m in ("ClaimTask", "Heartbeat", "PostResult")},
+    **{
+        _RUNNERS + m: Permission.RUNNER_PROTOCOL
+        # Reading and writing files also needs the lease of a running attempt of the Runner's.
+        for m in ("ClaimTask", "Heartbeat", "PostResult", "ReadArtifact", "WriteArtifact")
+    },
+    # Uploads are files for new Sessions; what Sessions hold, their readers may read.
+    _ARTIFACTS + "UploadArtifact": Permission.RUN_SESSIONS,
+    **{
+        _ARTIFACTS + m: Permission.READ
+        for m in ("GetArtifact", "ListArtifacts", "DownloadArtifact")
+    },
     _ACCESS + "GetCaller": Permission.IDENTIFIED,
     **{
         _ACCESS + m: Permission.ADMINISTER

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Final
 
+from scheduler.domain.access import SYSTEM, Identity
 from scheduler.domain.artifacts import (
     Artifact,
     ArtifactState,
@@ -34,6 +35,7 @@ from scheduler.domain.artifacts import (
     parse_source,
     uri_filename,
 )
+from scheduler.domain.audit import AuditEvent
 from scheduler.domain.clock import Clock
 from scheduler.domain.errors import (
     DataLoss,
@@ -96,13 +98,16 @@ class Artifacts:
 
     # --- writing ----------------------------------------------------------------------------
 
-    async def upload(self, upload: Upload, chunks: AsyncIterator[bytes]) -> Artifact:
-        """A caller's file, kept for ``unused_upload_ttl`` unless a Session takes it."""
+    async def upload(
+        self, upload: Upload, chunks: AsyncIterator[bytes], by: Identity = SYSTEM
+    ) -> Artifact:
+        """A caller's file, kept for ``unused_upload_ttl`` unless a Session takes it; the
+        upload is audited as ``by``'s."""
         raise_if(check_upload(upload, "upload", max_bytes=self._limits.max_artifact_bytes))
         now = self._clock.now()
         expires = now + self.settings.unused_upload_ttl
         new = NewArtifact(new_artifact_id(), "upload", upload.filename, now, expires)
-        return await self._write(new, upload, chunks, expires)
+        return await self._write(new, upload, chunks, expires, by)
 
     async def import_uri(self, uri: str, field: str) -> Artifact:
         """A copy of the file at ``uri`` (which the settings must allow), as an upload."""
@@ -148,6 +153,7 @@ class Artifacts:
         upload: Upload,
         chunks: AsyncIterator[bytes],
         expires: datetime | None,
+        audited: Identity | None = None,
     ) -> Artifact:
         async with self._store.transaction() as work:
             await work.artifacts.insert(new)
@@ -175,6 +181,11 @@ class Artifacts:
             raise
         async with self._store.transaction() as work:
             artifact = await work.artifacts.ready(new.id, content.size, digest, expires)
+            if audited is not None:
+                detail = {"filename": artifact.filename, "bytes": artifact.size_bytes}
+                await work.audit.record(
+                    [AuditEvent(audited, "upload", "artifact", artifact.name, detail)]
+                )
         log.info(
             "artefact stored",
             extra={

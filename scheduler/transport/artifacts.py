@@ -22,6 +22,7 @@ from scheduler.domain.errors import FieldViolation, InvalidArgument
 from scheduler.domain.limits import Limits
 from scheduler.domain.paging import PageRequest
 from scheduler.service.artifacts import Artifacts, Transfer
+from scheduler.transport.access import caller
 from scheduler.transport.convert import to_timestamp
 
 Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
@@ -81,7 +82,9 @@ class ArtifactServicer(pb_grpc.ArtifactServiceServicer):
     ) -> pb.UploadArtifactResponse:
         header: pb.ArtifactUpload = await header_of(request_iterator, "upload")
         upload = Upload(header.filename, header.size_bytes, header.sha256)
-        stored = await self._artifacts.upload(upload, chunks_of(request_iterator, "upload"))
+        stored = await self._artifacts.upload(
+            upload, chunks_of(request_iterator, "upload"), caller()
+        )
         return pb.UploadArtifactResponse(artifact=artifact_message(stored, self._artifacts))
 
     async def GetArtifact(

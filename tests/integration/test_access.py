@@ -21,6 +21,7 @@ from grpc_reflection.v1alpha import reflection_pb2
 from heat.scheduler.v1 import (
     access_pb2,
     access_service_pb2,
+    artifact_service_pb2,
     registry_service_pb2,
     runner_pb2,
     runner_service_pb2,
@@ -86,7 +87,12 @@ EXPECTED: dict[str, frozenset[str]] = {
     },
     **{
         f"heat.scheduler.v1.RunnerService/{m}": frozenset({R})
-        for m in ("ClaimTask", "Heartbeat", "PostResult")
+        for m in ("ClaimTask", "Heartbeat", "PostResult", "ReadArtifact", "WriteArtifact")
+    },
+    "heat.scheduler.v1.ArtifactService/UploadArtifact": frozenset({A, OP}),
+    **{
+        f"heat.scheduler.v1.ArtifactService/{m}": PEOPLE
+        for m in ("GetArtifact", "ListArtifacts", "DownloadArtifact")
     },
     "heat.scheduler.v1.AccessService/GetCaller": frozenset({A, OP, V, R}),
     **{
@@ -105,6 +111,7 @@ CONTRACT = [
     session_service_pb2.DESCRIPTOR.services_by_name["SessionService"],
     runner_service_pb2.DESCRIPTOR.services_by_name["RunnerService"],
     access_service_pb2.DESCRIPTOR.services_by_name["AccessService"],
+    artifact_service_pb2.DESCRIPTOR.services_by_name["ArtifactService"],
 ]
 OTHERS = [
     health_pb2.DESCRIPTOR.services_by_name["Health"],

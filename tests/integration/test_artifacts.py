@@ -14,6 +14,8 @@ from typing import Any
 import grpc
 import pytest
 import pytest_asyncio
+from heat.scheduler.v1 import access_service_pb2 as aspb_access
+from heat.scheduler.v1 import access_service_pb2_grpc as apb_grpc
 from heat.scheduler.v1 import artifact_pb2 as apb
 from heat.scheduler.v1 import artifact_service_pb2 as aspb
 from heat.scheduler.v1 import artifact_service_pb2_grpc as aspb_grpc
@@ -142,6 +144,11 @@ async def test_an_upload_reads_back_whole_with_its_digest(sc: Scheduler) -> None
     assert got.artifact == stored
     first, content = await download(sc, stored.name)
     assert first == stored and content == data
+    audit = apb_grpc.AccessServiceStub(sc.channel)
+    events = (
+        await audit.ListAuditEvents(aspb_access.ListAuditEventsRequest(name=stored.name))
+    ).events
+    assert [(e.action, e.resource) for e in events] == [("upload", "artifact")]
 
 
 @pytest.mark.parametrize(

@@ -346,7 +346,9 @@ class HeatScheduler:
                     yield aspb.UploadArtifactRequest(data=chunk)
 
         with self._channel() as channel:
-            response = aspb_grpc.ArtifactServiceStub(channel).UploadArtifact(parts())
+            response = aspb_grpc.ArtifactServiceStub(channel).UploadArtifact(
+                parts(), metadata=self._auth
+            )
         name: str = response.artifact.name
         return name
 
@@ -355,7 +357,7 @@ class HeatScheduler:
         data = bytearray()
         with self._channel() as channel:
             stream = aspb_grpc.ArtifactServiceStub(channel).DownloadArtifact(
-                aspb.DownloadArtifactRequest(name=name)
+                aspb.DownloadArtifactRequest(name=name), metadata=self._auth
             )
             for message in stream:
                 if message.WhichOneof("part") == "data":

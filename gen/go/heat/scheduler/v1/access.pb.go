@@ -333,10 +333,11 @@ type AuditEvent struct {
 	Time *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=time,proto3" json:"time,omitempty"`
 	// Who made the change.
 	Caller *Caller `protobuf:"bytes,3,opt,name=caller,proto3" json:"caller,omitempty"`
-	// What was done: "create", "update", "delete", "issue", "revoke", "cancel".
+	// What was done: "create", "update", "delete", "issue", "revoke", "cancel",
+	// "upload".
 	Action string `protobuf:"bytes,4,opt,name=action,proto3" json:"action,omitempty"`
 	// Kind of the resource: "runner", "node_template", "session_template",
-	// "runner_credential", "access_token", "session", "node".
+	// "runner_credential", "access_token", "session", "node", "artifact".
 	Resource string `protobuf:"bytes,5,opt,name=resource,proto3" json:"resource,omitempty"`
 	// Name (or id) of the resource.
 	Name string `protobuf:"bytes,6,opt,name=name,proto3" json:"name,omitempty"`

@@ -198,10 +198,12 @@ class AuditEvent(_message.Message):
     id: _builtins.int
     """Identifier; later events have larger ones."""
     action: _builtins.str
-    """What was done: "create", "update", "delete", "issue", "revoke", "cancel"."""
+    """What was done: "create", "update", "delete", "issue", "revoke", "cancel",
+    "upload".
+    """
     resource: _builtins.str
     """Kind of the resource: "runner", "node_template", "session_template",
-    "runner_credential", "access_token", "session", "node".
+    "runner_credential", "access_token", "session", "node", "artifact".
     """
     name: _builtins.str
     """Name (or id) of the resource."""

@@ -145,7 +145,8 @@ export declare type AuditEvent = Message<"heat.scheduler.v1.AuditEvent"> & {
   caller?: Caller | undefined;
 
   /**
-   * What was done: "create", "update", "delete", "issue", "revoke", "cancel".
+   * What was done: "create", "update", "delete", "issue", "revoke", "cancel",
+   * "upload".
    *
    * @generated from field: string action = 4;
    */
@@ -153,7 +154,7 @@ export declare type AuditEvent = Message<"heat.scheduler.v1.AuditEvent"> & {
 
   /**
    * Kind of the resource: "runner", "node_template", "session_template",
-   * "runner_credential", "access_token", "session", "node".
+   * "runner_credential", "access_token", "session", "node", "artifact".
    *
    * @generated from field: string resource = 5;
    */
