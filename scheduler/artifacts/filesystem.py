@@ -13,7 +13,7 @@ import errno
 import os
 import re
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import Final
 
@@ -135,7 +135,7 @@ class FileBlobStore:
         await writer._open()
         return writer
 
-    async def read(self, key: str, chunk_bytes: int) -> AsyncIterator[bytes]:
+    async def read(self, key: str, chunk_bytes: int) -> AsyncGenerator[bytes, None]:
         path = self._path(key)
         try:
             file = await asyncio.to_thread(path.open, "rb", buffering=0)

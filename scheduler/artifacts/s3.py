@@ -30,7 +30,7 @@ import hashlib
 import hmac
 import re
 import xml.etree.ElementTree as ET
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Final
 from urllib.parse import quote, urlsplit
@@ -367,7 +367,7 @@ class S3BlobStore:
             self.client, self._config.bucket, self._key(key), self._config.part_bytes
         )
 
-    async def read(self, key: str, chunk_bytes: int) -> AsyncIterator[bytes]:
+    async def read(self, key: str, chunk_bytes: int) -> AsyncGenerator[bytes, None]:
         try:
             async for chunk in self.client.get_object(
                 self._config.bucket, self._key(key), chunk_bytes

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -357,7 +357,7 @@ class BlobStore(Protocol):
     description: str
 
     async def writer(self, key: str) -> BlobWriter: ...
-    def read(self, key: str, chunk_bytes: int) -> AsyncIterator[bytes]:
+    def read(self, key: str, chunk_bytes: int) -> AsyncGenerator[bytes, None]:
         """The content in chunks of at most ``chunk_bytes``; NotFound before the first."""
         ...
 

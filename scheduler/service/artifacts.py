@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Final
@@ -76,7 +76,7 @@ class Transfer:
     """An artefact and its content, for a download or a runner's read."""
 
     artifact: Artifact
-    chunks: AsyncIterator[bytes] = field(repr=False)
+    chunks: AsyncGenerator[bytes, None] = field(repr=False)
 
 
 class Artifacts:
@@ -244,12 +244,15 @@ class Artifacts:
             )
         return Transfer(found, self._content(found))
 
-    async def _content(self, artifact: Artifact) -> AsyncIterator[bytes]:
+    async def _content(self, artifact: Artifact) -> AsyncGenerator[bytes, None]:
         verifier = Verifier(artifact)
         try:
-            async for chunk in self._blobs.read(artifact.id, self.settings.chunk_bytes):
-                verifier.add(chunk)
-                yield chunk
+            async with contextlib.aclosing(
+                self._blobs.read(artifact.id, self.settings.chunk_bytes)
+            ) as content:
+                async for chunk in content:
+                    verifier.add(chunk)
+                    yield chunk
         except NotFound:
             raise DataLoss(
                 f"artefact {artifact.name}: its content is missing from the artefact store"

@@ -8,7 +8,8 @@ holds a fast sender back instead of our memory.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import contextlib
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any, TypeAlias
 
 import grpc
@@ -52,16 +53,31 @@ def file_input(message: apb.FileInput) -> FileInput:
     )
 
 
-async def header_of(requests: AsyncIterator[Any], header: str) -> Any:
-    """The first message's ``header`` part; InvalidArgument when it is something else."""
-    async for request in requests:
-        if request.WhichOneof("part") == header:
-            return getattr(request, header)
-        break
-    raise InvalidArgument([FieldViolation(header, f"the first message must carry the {header}")])
+@contextlib.asynccontextmanager
+async def uploaded(
+    requests: AsyncIterator[Any], header: str
+) -> AsyncIterator[tuple[Any, AsyncIterator[bytes]]]:
+    """A client stream of chunks: the first message's ``header`` part (InvalidArgument when it
+    is something else) and the data of the messages after it. Whatever ends the block, the
+    streams are closed, so no half-read generator is left for the garbage collector."""
+    chunks = None
+    try:
+        first = await anext(requests, None)
+        if first is None or first.WhichOneof("part") != header:
+            raise InvalidArgument(
+                [FieldViolation(header, f"the first message must carry the {header}")]
+            )
+        chunks = _chunks(requests, header)
+        yield getattr(first, header), chunks
+    finally:
+        for stream in (chunks, requests):
+            aclose = getattr(stream, "aclose", None)
+            if aclose is not None:
+                with contextlib.suppress(Exception):
+                    await aclose()
 
 
-async def chunks_of(requests: AsyncIterator[Any], header: str) -> AsyncIterator[bytes]:
+async def _chunks(requests: AsyncIterator[Any], header: str) -> AsyncIterator[bytes]:
     """The data of every message after the first, until the caller half-closes."""
     async for request in requests:
         if request.WhichOneof("part") != "data":
@@ -80,11 +96,9 @@ class ArtifactServicer(pb_grpc.ArtifactServiceServicer):
     async def UploadArtifact(
         self, request_iterator: AsyncIterator[pb.UploadArtifactRequest], context: Context
     ) -> pb.UploadArtifactResponse:
-        header: pb.ArtifactUpload = await header_of(request_iterator, "upload")
-        upload = Upload(header.filename, header.size_bytes, header.sha256)
-        stored = await self._artifacts.upload(
-            upload, chunks_of(request_iterator, "upload"), caller()
-        )
+        async with uploaded(request_iterator, "upload") as (header, chunks):
+            upload = Upload(header.filename, header.size_bytes, header.sha256)
+            stored = await self._artifacts.upload(upload, chunks, caller())
         return pb.UploadArtifactResponse(artifact=artifact_message(stored, self._artifacts))
 
     async def GetArtifact(
@@ -108,17 +122,19 @@ class ArtifactServicer(pb_grpc.ArtifactServiceServicer):
         self, request: pb.DownloadArtifactRequest, context: Context
     ) -> AsyncIterator[pb.DownloadArtifactResponse]:
         transfer = await self._artifacts.download(request.name)
-        yield pb.DownloadArtifactResponse(
-            artifact=artifact_message(transfer.artifact, self._artifacts)
-        )
-        async for chunk in transfer.chunks:
-            yield pb.DownloadArtifactResponse(data=chunk)
+        async with contextlib.aclosing(transfer.chunks) as chunks:  # closed if cut short
+            yield pb.DownloadArtifactResponse(
+                artifact=artifact_message(transfer.artifact, self._artifacts)
+            )
+            async for chunk in chunks:
+                yield pb.DownloadArtifactResponse(data=chunk)
 
 
 async def read_messages(
     transfer: Transfer, artifacts: Artifacts
-) -> AsyncIterator[rpb.ReadArtifactResponse]:
+) -> AsyncGenerator[rpb.ReadArtifactResponse, None]:
     """RunnerService.ReadArtifact's messages: the artefact, then its chunks."""
-    yield rpb.ReadArtifactResponse(artifact=artifact_message(transfer.artifact, artifacts))
-    async for chunk in transfer.chunks:
-        yield rpb.ReadArtifactResponse(data=chunk)
+    async with contextlib.aclosing(transfer.chunks) as chunks:  # closed if cut short
+        yield rpb.ReadArtifactResponse(artifact=artifact_message(transfer.artifact, artifacts))
+        async for chunk in chunks:
+            yield rpb.ReadArtifactResponse(data=chunk)

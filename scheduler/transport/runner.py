@@ -27,12 +27,7 @@ from scheduler.service.artifacts import Artifacts
 from scheduler.service.runner_protocol import RunnerProtocol
 from scheduler.transport import convert_sessions as convert
 from scheduler.transport.access import runner_caller
-from scheduler.transport.artifacts import (
-    artifact_message,
-    chunks_of,
-    header_of,
-    read_messages,
-)
+from scheduler.transport.artifacts import artifact_message, read_messages, uploaded
 
 Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 T = TypeVar("T")
@@ -229,21 +224,22 @@ class RunnerServicer(pb_grpc.RunnerServiceServicer):
         runner = await self._runner(context)
         raise_if(check_attempt_id(request.attempt_id, "attempt_id"))
         transfer = await self._artifacts.read_for(runner, request.attempt_id, request.name)
-        async for message in read_messages(transfer, self._artifacts):
-            yield message
+        async with contextlib.aclosing(read_messages(transfer, self._artifacts)) as messages:
+            async for message in messages:
+                yield message
 
     async def WriteArtifact(
         self, request_iterator: AsyncIterator[pb.WriteArtifactRequest], context: Context
     ) -> pb.WriteArtifactResponse:
         runner = await self._runner(context)
-        header: pb.ArtifactWrite = await header_of(request_iterator, "write")
-        raise_if(check_attempt_id(header.attempt_id, "write.attempt_id"))
-        stored = await self._artifacts.write_for(
-            runner,
-            header.attempt_id,
-            Upload(header.filename, header.size_bytes, header.sha256),
-            chunks_of(request_iterator, "write"),
-        )
+        async with uploaded(request_iterator, "write") as (header, chunks):
+            raise_if(check_attempt_id(header.attempt_id, "write.attempt_id"))
+            stored = await self._artifacts.write_for(
+                runner,
+                header.attempt_id,
+                Upload(header.filename, header.size_bytes, header.sha256),
+                chunks,
+            )
         return pb.WriteArtifactResponse(artifact=artifact_message(stored, self._artifacts))
 
 
