@@ -85,8 +85,8 @@ class _State:
     backoff: Backoff
     served: dict[str, Served]
     threads: HookThreads
-    tracing: Tracing = NO_TRACING
     files: FileClient
+    tracing: Tracing = NO_TRACING
     held: dict[str, _Held] = field(default_factory=dict)
     workers: set[asyncio.Task[None]] = field(default_factory=set)
     pending: dict[str, _Pending] = field(default_factory=dict)
