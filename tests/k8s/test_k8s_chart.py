@@ -75,6 +75,16 @@ async def test_values_the_schema_refuses(cluster: Cluster) -> None:
         await render(cluster)
 
 
+async def test_several_replicas_need_a_store_they_all_see(cluster: Cluster) -> None:
+    # Each replica's emptyDir is its own: a runner reaching another replica could not read a file.
+    with pytest.raises(HelmError, match=r"artifacts\.store .* or set replicaCount to 1"):
+        await render(cluster, *TEST_VALUES, "--set", "replicaCount=2")
+    for shared in ("artifacts.store=s3://heat-files", "artifacts.persistentVolumeClaim=files"):
+        objects = await render(cluster, *TEST_VALUES, "--set", "replicaCount=2", "--set", shared)
+        (deployment,) = (o for o in objects if o["kind"] == "Deployment")
+        assert deployment["spec"]["replicas"] == 2
+
+
 @pytest.mark.parametrize("values", VALUES_FILES, ids=ids(VALUES_FILES))
 async def test_the_rendered_objects_are_labelled_and_accepted_by_the_api(
     cluster: Cluster, kube: Kube, namespace: str, values: Path
