@@ -409,6 +409,11 @@ def serve(
     try:
         served.wait_ready()
     except BaseException:
-        process.kill()
+        # SIGTERM first: a scheduler stopped gracefully also stops the PostgreSQL it embeds,
+        # which a SIGKILL would leave running after the test.
+        try:
+            served.stop(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
         raise
     return served
