@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import signal
+import socket
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
@@ -37,6 +37,8 @@ from scheduler.domain import access as access_rules
 from scheduler.domain.artifacts import parse_allowed
 from scheduler.domain.clock import SystemClock
 from scheduler.domain.errors import SchedulerError
+from scheduler.domain.health import Health
+from scheduler.domain.leadership import LeaderView, LeaseSettings
 from scheduler.domain.limits import Limits
 from scheduler.domain.ports import BlobStore, Provisioner
 from scheduler.domain.provisioning import InstanceSpec
@@ -51,14 +53,16 @@ from scheduler.service.registry import Registry
 from scheduler.service.runner_protocol import ProtocolSettings, RunnerProtocol
 from scheduler.service.sessions import Sessions
 from scheduler.service.signals import Signals
+from scheduler.service.supervisor import SupervisionSettings, Supervisor
 from scheduler.settings import Settings, SettingsError, check, parse_commands
 from scheduler.store.database import PgStore, migrate_database
-from scheduler.store.leadership import AdvisoryLockLeadership
+from scheduler.store.leadership import LeaseLeadership
 from scheduler.store.notifications import Listener
 from scheduler.telemetry import SchedulerTelemetry, TelemetryConfig
 from scheduler.transport.access import AccessInterceptor, AccessServicer
 from scheduler.transport.artifacts import ArtifactServicer
 from scheduler.transport.errors import ErrorInterceptor
+from scheduler.transport.health import HealthService
 from scheduler.transport.registry import RegistryServicer
 from scheduler.transport.runner import RunnerServicer
 from scheduler.transport.sessions import SessionServicer
@@ -84,75 +88,76 @@ SERVICE_NAMES = (
 LIVENESS = "liveness"  # SERVING while the process runs: what a liveness probe asks
 
 
-class Readiness:
-    """The health service follows PostgreSQL: the overall status ("") and each service's are
-    NOT_SERVING while the scheduler has lost its connection to the database, and SERVING again
-    once it is back (the LISTEN connection says both, at once). ``liveness`` is left alone, so a
-    database outage takes replicas out of the Service without restarting them."""
+DATABASE_CONDITION = "database"
 
-    def __init__(self, servicer: health.aio.HealthServicer) -> None:
-        self._servicer = servicer
-        self._up = True
-        self._changed = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
 
-    def database(self, *, up: bool) -> None:
-        self._up = up
-        self._changed.set()
-
-    def start(self) -> None:
-        self._changed.set()
-        self._task = asyncio.create_task(self._show(), name="readiness")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    async def _show(self) -> None:
-        shown: bool | None = None
-        while True:
-            await self._changed.wait()
-            self._changed.clear()
-            if self._up is not shown:
-                if shown is not None:
-                    log.warning(
-                        "PostgreSQL is %s", "back: ready" if self._up else "unreachable: not ready"
-                    )
-                shown = self._up
-                status = (
-                    health_pb2.HealthCheckResponse.SERVING
-                    if shown
-                    else health_pb2.HealthCheckResponse.NOT_SERVING
-                )
-                for name in (*SERVICE_NAMES, ""):  # the overall status last: it sums them up
-                    await self._servicer.set(name, status)
+def database_reachable(model: Health, *, up: bool) -> None:
+    """The LISTEN connection says whether PostgreSQL can be reached: while it cannot, the
+    condition ``database`` takes every service but ``liveness`` NOT_SERVING, so an outage takes
+    replicas out of the Service without restarting them."""
+    down_before = any(p.name == DATABASE_CONDITION for p in model.problems())
+    if up == down_before:
+        log.warning("PostgreSQL is %s", "back: ready" if up else "unreachable: not ready")
+    model.set(
+        DATABASE_CONDITION,
+        ok=up,
+        reason="" if up else "PostgreSQL cannot be reached (the LISTEN connection is down)",
+    )
 
 
 @dataclass
 class Running:
     server: grpc.aio.Server
     port: int
-    health: health.aio.HealthServicer
+    health: HealthService
+    model: Health
+    supervisor: Supervisor
+    leadership: LeaseLeadership
     store: PgStore
     protocol: RunnerProtocol
     reconciler: Reconciler | None
     access: Access
     telemetry: SchedulerTelemetry
     artifacts: Artifacts
+    embedded: EmbeddedPostgres | None
 
 
 @asynccontextmanager
 async def database(settings: Settings) -> AsyncIterator[str]:
     """The DSN of the configured database, or of an embedded one that lives as long as the block."""
+    async with _database(settings) as (dsn, _embedded):
+        yield dsn
+
+
+@asynccontextmanager
+async def _database(settings: Settings) -> AsyncIterator[tuple[str, EmbeddedPostgres | None]]:
     if settings.database_url:
-        yield settings.database_url
+        yield settings.database_url, None
         return
     embedded = EmbeddedPostgres(settings.data_dir.resolve() / "postgres")
     log.info("starting embedded PostgreSQL", extra={"data_dir": str(embedded.data_dir)})
     async with embedded:
-        yield await embedded.database(EMBEDDED_DATABASE)
+        yield await embedded.database(EMBEDDED_DATABASE), embedded
+
+
+def replica_name() -> str:
+    """This replica's name in leadership and health: the host (a pod's name) and the PID."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def lease_settings(settings: Settings) -> LeaseSettings:
+    lease = LeaseSettings(
+        duration=timedelta(seconds=settings.leader_lease),
+        renew_every=timedelta(seconds=settings.leader_renew_interval),
+    )
+    problem = lease.problem()
+    if problem is not None:
+        raise SettingsError(
+            f"settings leader_lease (--leader-lease / HEAT_LEADER_LEASE) and "
+            f"leader_renew_interval (--leader-renew-interval / HEAT_LEADER_RENEW_INTERVAL): "
+            f"{problem}"
+        )
+    return lease
 
 
 @asynccontextmanager
@@ -161,11 +166,13 @@ async def running(
     *,
     provisioner: Provisioner | None = None,
     telemetry: SchedulerTelemetry | None = None,
+    supervision: SupervisionSettings | None = None,
 ) -> AsyncIterator[Running]:
     """The scheduler, serving, for as long as the block runs; stopped gracefully after.
 
     ``provisioner`` replaces the one the settings name, ``telemetry`` the one the OTEL_*
-    environment and the settings configure (tests hand in their own).
+    environment and the settings configure, ``supervision`` the supervisor's timings (tests
+    hand in their own).
     """
     check(settings)
     client_roles = _client_roles(settings)
@@ -174,10 +181,15 @@ async def running(
         telemetry = SchedulerTelemetry(
             TelemetryConfig.from_env(metrics_listen=settings.metrics_listen)
         )
+    lease = lease_settings(settings)
     async with AsyncExitStack() as stack:
         stack.push_async_callback(telemetry.shutdown)  # last: it flushes what others reported
         report = telemetry.reporter
-        dsn = await stack.enter_async_context(database(settings))
+        clock = SystemClock()
+        model = Health(SERVICE_NAMES, clock)
+        supervisor = Supervisor(model, supervision)
+        stack.push_async_callback(supervisor.stop_all)  # whatever is left, last
+        dsn, embedded = await stack.enter_async_context(_database(settings))
         await migrate_database(dsn)
         limits = Limits(
             max_dag_nodes=settings.max_dag_nodes,
@@ -188,10 +200,20 @@ async def running(
         )
         artifacts_settings, blobs, sources = await artifact_store(settings, stack)
         signals = Signals()
-        store = await PgStore.open(dsn, signals, max_size=settings.db_pool_size, telemetry=report)
+        store = await PgStore.open(
+            dsn,
+            signals,
+            max_size=settings.db_pool_size,
+            telemetry=report,
+            fence_idle_limit=lease.idle_limit,
+        )
         stack.push_async_callback(store.close)
-        leadership = AdvisoryLockLeadership(dsn)
-        clock = SystemClock()
+        replica = replica_name()
+
+        def seen(view: LeaderView) -> None:
+            model.note(f"leader {view.duty.key}", view.describe())
+
+        leadership = LeaseLeadership(dsn, replica, lease, seen=seen)
         protocol = RunnerProtocol(
             store,
             leadership,
@@ -203,18 +225,17 @@ async def running(
                 drain_idle=settings.provisioner != "none",
             ),
             limits,
+            supervisor,
             telemetry=report,
         )
-        health_servicer = health.aio.HealthServicer()
-        readiness = Readiness(health_servicer)
         listener = Listener(
             dsn,
             signals,
-            on_up=lambda: readiness.database(up=True),
-            on_down=lambda: readiness.database(up=False),
+            on_up=lambda: database_reachable(model, up=True),
+            on_down=lambda: database_reachable(model, up=False),
         )
-        listener.start()
-        stack.push_async_callback(listener.stop)
+        supervisor.start("postgres listener", listener.run)
+        stack.push_async_callback(supervisor.stop, "postgres listener")
         protocol.start()
         stack.push_async_callback(protocol.stop)
 
@@ -237,8 +258,8 @@ async def running(
         )
         registry = Registry(store, limits)
         artifacts = Artifacts(store, blobs, sources, clock, limits, artifacts_settings)
-        janitor = asyncio.create_task(artifacts.run_janitor(), name="artifact-janitor")
-        stack.push_async_callback(_cancelled, janitor)
+        supervisor.start("artifact janitor", artifacts.run_janitor)
+        stack.push_async_callback(supervisor.stop, "artifact janitor")
         registry_service_pb2_grpc.add_RegistryServiceServicer_to_server(
             RegistryServicer(registry, limits), server
         )
@@ -257,6 +278,7 @@ async def running(
         access_service_pb2_grpc.add_AccessServiceServicer_to_server(
             AccessServicer(access, limits), server
         )
+        health_servicer = HealthService(model, replica)
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         if settings.reflection_on:
             reflection.enable_server_reflection(
@@ -274,13 +296,13 @@ async def running(
             ) from None
         await server.start()
         await health_servicer.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
-        readiness.start()  # migrations just reached the database; the listener says otherwise
+        health_servicer.start()  # migrations just reached the database; the listener says otherwise
 
         health_server = await _health_server(settings, health_servicer)
 
         async def shutdown() -> None:
             signals.close()
-            await readiness.stop()
+            await health_servicer.stop()
             await health_servicer.enter_graceful_shutdown()
             await server.stop(settings.shutdown_grace)
             if health_server is not None:
@@ -310,7 +332,7 @@ async def running(
                 ),
                 telemetry=report,
             )
-            reconciler.start()
+            reconciler.start(supervisor)
             stack.push_async_callback(reconciler.stop)
         telemetry.start(store, store.pool_usage)
         stack.push_async_callback(telemetry.stop)  # before the store closes
@@ -322,16 +344,27 @@ async def running(
                 "address": f"{host}:{port}",
                 "tls": "mutual" if settings.client_ca else "on" if settings.tls else "off",
                 "reflection": "on" if settings.reflection_on else "off",
+                "replica": replica,
             },
         )
         yield Running(
-            server, port, health_servicer, store, protocol, reconciler, access, telemetry, artifacts
+            server,
+            port,
+            health_servicer,
+            model,
+            supervisor,
+            leadership,
+            store,
+            protocol,
+            reconciler,
+            access,
+            telemetry,
+            artifacts,
+            embedded,
         )
 
 
-async def _health_server(
-    settings: Settings, servicer: health.aio.HealthServicer
-) -> grpc.aio.Server | None:
+async def _health_server(settings: Settings, servicer: HealthService) -> grpc.aio.Server | None:
     """A plaintext listener with the health service alone (no caller identity is needed for
     it anywhere), for probes that speak no TLS; None unless ``health_listen`` is set."""
     if not settings.health_listen:
@@ -505,12 +538,6 @@ def s3_config(settings: Settings, store: str) -> S3Config:
         secret_access_key=settings.s3_secret_access_key,
         session_token=settings.s3_session_token,
     )
-
-
-async def _cancelled(task: asyncio.Task[None]) -> None:
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
 
 
 def connection_options(settings: Settings) -> list[tuple[str, int]]:

@@ -182,6 +182,8 @@ class Settings:
     db_pool_size: int = 20
     lease_duration: float = 30.0
     heartbeat_interval: float = 10.0
+    leader_lease: float = 10.0
+    leader_renew_interval: float = 2.0
     max_output_bytes: int = 1024 * 1024
     provisioner: str = "local"
     local_runners: str = ""
@@ -273,6 +275,14 @@ _SPECS: Final[Mapping[str, _Spec]] = {
         _seconds, "seconds a task's lease lasts without a heartbeat before it is retried"
     ),
     "heartbeat_interval": _Spec(_seconds, "seconds between a runner's heartbeats"),
+    "leader_lease": _Spec(
+        _seconds,
+        "seconds a replica leads the timekeeper or provisioning without renewing; another "
+        "replica takes over at most this long after the leader stops (paused, cut off)",
+    ),
+    "leader_renew_interval": _Spec(
+        _seconds, "seconds between the leader's renewals of its lease (at most 1/3 of it)"
+    ),
     "max_output_bytes": _Spec(_positive_int, "largest task output accepted, in bytes"),
     "provisioner": _Spec(
         _choice(PROVISIONERS),

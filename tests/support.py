@@ -417,3 +417,109 @@ def serve(
             process.kill()
         raise
     return served
+
+
+# --- a TCP proxy between a scheduler and PostgreSQL ------------------------------------------
+
+
+class TcpProxy:
+    """Forwards connections from a local port to ``target``, in a thread of its own (so a
+    scheduler in another process, or in this one, can be put behind it).
+
+    ``freeze()`` is a partition that leaves every connection half-open: nothing is forwarded
+    in either direction and nothing is closed, new connections are accepted and held, so the
+    ends see silence, as when a network drops packets. ``thaw()`` heals it: what was held goes
+    through, as TCP's retransmissions would deliver it. ``cut()`` closes every connection.
+    """
+
+    def __init__(self, target_host: str, target_port: int) -> None:
+        self._target = (target_host, target_port)
+        self._loop = asyncio.new_event_loop()
+        self._flowing: asyncio.Event | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._server: asyncio.Server | None = None
+        self.port = 0
+
+    @classmethod
+    def to_dsn(cls, dsn: str) -> tuple[TcpProxy, str]:
+        """A started proxy to the server of ``dsn``, and the DSN that goes through it."""
+        from urllib.parse import urlsplit, urlunsplit
+
+        parts = urlsplit(dsn)
+        proxy = cls(parts.hostname or "127.0.0.1", parts.port or 5432)
+        proxy.start()
+        netloc = f"{parts.username}@127.0.0.1:{proxy.port}" if parts.username else ""
+        return proxy, urlunsplit(parts._replace(netloc=netloc or f"127.0.0.1:{proxy.port}"))
+
+    def start(self) -> None:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._listen(), self._loop).result(10)
+
+    def stop(self) -> None:
+        self.cut()
+        if self._server is not None:
+            self._loop.call_soon_threadsafe(self._server.close)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+    def freeze(self) -> None:
+        self._call(lambda: self._flow().clear())
+
+    def thaw(self) -> None:
+        self._call(lambda: self._flow().set())
+
+    def cut(self) -> None:
+        def close_all() -> None:
+            for writer in list(self._writers):
+                writer.transport.abort()
+            self._writers.clear()
+
+        self._call(close_all)
+
+    def _call(self, action: Callable[[], None]) -> None:
+        done = threading.Event()
+
+        def run() -> None:
+            action()
+            done.set()
+
+        self._loop.call_soon_threadsafe(run)
+        done.wait(10)
+
+    def _flow(self) -> asyncio.Event:
+        if self._flowing is None:
+            self._flowing = asyncio.Event()
+            self._flowing.set()
+        return self._flowing
+
+    async def _listen(self) -> None:
+        self._flow()
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.add(writer)
+        try:
+            await self._flow().wait()
+            up_reader, up_writer = await asyncio.open_connection(*self._target)
+        except OSError:
+            writer.transport.abort()
+            return
+        self._writers.add(up_writer)
+        await asyncio.gather(
+            self._pump(reader, up_writer), self._pump(up_reader, writer), return_exceptions=True
+        )
+        for end in (writer, up_writer):
+            end.transport.abort()
+            self._writers.discard(end)
+
+    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            data = await reader.read(65536)
+            await self._flow().wait()  # frozen: not even an end goes through
+            if not data:
+                break
+            writer.write(data)
+            await writer.drain()
+        writer.transport.abort()

@@ -7,7 +7,10 @@
   (who changed what). Everything crossing them is a named
   domain value. What a unit of work changed is announced at its commit, to this replica's
   ``ChangeFeed`` and (through the database) to every other replica's.
-- ``Leadership``: one replica at a time holds a duty.
+- ``Leadership``: one replica at a time holds a duty, for a term. The writes only the duty's
+  holder may make (expiring leases, promoting retries, provisioning) exist only on a
+  ``LeaderUnitOfWork``, which ``Store.fenced(term)`` opens: a transaction that commits only
+  while the term is the duty's current one (``scheduler.domain.leadership``).
 - ``Provisioner``: starts and stops runner instances.
 - ``BlobStore``: where artefact content lives (a folder, an S3 bucket), and ``SourceReader``:
   files the scheduler may read by URI. Their rows are the ``artifacts`` repository's.
@@ -18,8 +21,6 @@ and a provisioner (or, in unit tests, fakes that keep the promises).
 
 from __future__ import annotations
 
-import asyncio
-import enum
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ from scheduler.domain.access import AccessToken
 from scheduler.domain.artifacts import Artifact, AttemptHolder, NewArtifact, SourceUri
 from scheduler.domain.audit import AuditEvent, AuditFilter
 from scheduler.domain.dag import Settlement
+from scheduler.domain.leadership import Duty, Term
 from scheduler.domain.provisioning import InstanceSpec, Observed, RunnerStatus, RunnerWork
 from scheduler.domain.registry import NodeTemplate, Runner, RunnerCredential, SessionTemplate
 from scheduler.domain.runner_protocol import AttemptState, ClaimedTask, ClaimRequest
@@ -131,7 +133,7 @@ class SessionRepository(Protocol):
 
 
 class TaskRepository(Protocol):
-    """Nodes as the runner protocol sees them: claims, attempts, leases, expiries, retries."""
+    """Nodes as the runner protocol sees them: claims, attempts, leases, results."""
 
     async def claim(self, request: ClaimRequest) -> list[ClaimedTask]: ...
     async def held(self, attempt_ids: Sequence[str]) -> dict[str, HeldNode]:
@@ -156,24 +158,34 @@ class TaskRepository(Protocol):
         ...
 
     async def attempt_states(self, attempt_ids: Sequence[str]) -> dict[str, AttemptState]: ...
+    async def next_deadline(self) -> datetime | None: ...
+
+
+class LeaderTaskRepository(TaskRepository, Protocol):
+    """What only the timekeeper's and the reconciler's leader does to tasks."""
+
     async def expire_leases_of(self, instance_ids: Sequence[str], now: datetime) -> int:
         """End the leases that instances (which died) hold, for the timekeeper to requeue."""
         ...
 
     async def expired(self, now: datetime, limit: int) -> list[ExpiredAttempt]: ...
     async def promote_due_retries(self, now: datetime, limit: int) -> int: ...
-    async def next_deadline(self) -> datetime | None: ...
 
 
 class ProvisioningRepository(Protocol):
     """What each Runner has and wants, and which of its instances drain."""
 
     async def work_by_runner(self) -> dict[str, RunnerWork]: ...
-    async def save_runner_status(self, statuses: Sequence[RunnerStatus], now: datetime) -> None: ...
     async def runner_status(self, names: Sequence[str]) -> dict[str, RunnerStatus]: ...
     async def claim_drain(
         self, instance_id: str, runner: str, reason: str, now: datetime
     ) -> bool: ...
+
+
+class LeaderProvisioningRepository(ProvisioningRepository, Protocol):
+    """What only the reconciler's leader records."""
+
+    async def save_runner_status(self, statuses: Sequence[RunnerStatus], now: datetime) -> None: ...
     async def forget_drains(self, instance_ids: Sequence[str]) -> None: ...
 
 
@@ -257,6 +269,15 @@ class UnitOfWork(Protocol):
     def artifacts(self) -> ArtifactRepository: ...
 
 
+class LeaderUnitOfWork(UnitOfWork, Protocol):
+    """A unit of work of a duty's leader: it commits only while the term is current."""
+
+    @property
+    def tasks(self) -> LeaderTaskRepository: ...
+    @property
+    def provisioning(self) -> LeaderProvisioningRepository: ...
+
+
 class Store(Protocol):
     def transaction(self) -> AbstractAsyncContextManager[UnitOfWork]:
         """A read-write unit of work, committed when the block ends normally."""
@@ -264,6 +285,12 @@ class Store(Protocol):
 
     def snapshot(self) -> AbstractAsyncContextManager[UnitOfWork]:
         """A read-only, repeatable-read unit of work: several reads, one point in time."""
+        ...
+
+    def fenced(self, term: Term) -> AbstractAsyncContextManager[LeaderUnitOfWork]:
+        """A read-write unit of work for the holder of ``term``: NotLeader at once if the term
+        is no longer the duty's current one; while it runs no other replica can take the duty
+        over, and it may not sit idle longer than the lease allows."""
         ...
 
 
@@ -292,24 +319,10 @@ class ChangeFeed(Protocol):
         ...
 
 
-class Duty(enum.Enum):
-    TIMEKEEPER = "keeps time (expires leases, requeues retries)"
-    PROVISIONING = "provisions runners"
-
-
-@dataclass(frozen=True, slots=True)
-class Term:
-    """One spell of leadership. ``lost`` is set once another replica may lead; ``epoch``
-    orders terms where the implementation counts them (a fencing token), else None."""
-
-    duty: Duty
-    lost: asyncio.Event
-    epoch: int | None = None
-
-
 class Leadership(Protocol):
     def lead(self, duty: Duty) -> AbstractAsyncContextManager[Term]:
-        """Wait until this replica holds ``duty``; held for as long as the block runs."""
+        """Wait until this replica holds ``duty``; held for as long as the block runs, unless
+        ``Term.lost`` is set first. Leaving the block steps down."""
         ...
 
 

@@ -1,38 +1,70 @@
-"""Run a duty on one replica at a time, for as long as this process lives."""
+"""Run a duty on one replica at a time, for as long as this process lives.
+
+While it leads, the duty's loop runs; a database error inside it is waited out (with backoff)
+without giving the duty up: only the lease decides who leads (``scheduler.domain.leadership``).
+When the term ends (taken over, the lease ran out, a fence refused a write), the loop stops
+acting, the step-down is logged with its reason, and the replica waits to lead again. Any
+other error leaves for the supervisor, which logs and restarts the whole loop.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Final
 
 from scheduler.domain.backoff import Backoff, Retries
-from scheduler.domain.errors import Aborted, Internal, Unavailable
-from scheduler.domain.ports import Duty, Leadership, Term
+from scheduler.domain.errors import Aborted, Unavailable
+from scheduler.domain.leadership import Duty, NotLeader, Term
+from scheduler.domain.ports import Leadership
 
 log = logging.getLogger(__name__)
 
-# What losing (or failing in) the database, or a backend's connection, looks like: the duty
-# is given up and taken again.
-DATABASE_ERRORS: Final = (Unavailable, Aborted, Internal, OSError)
+# What losing the database (or a backend's connection) looks like, or a concurrent change
+# winning: waited out and tried again. Anything else is a fault for the supervisor.
+TRANSIENT: Final = (Unavailable, Aborted, OSError)
 RETRY: Final = Backoff(timedelta(seconds=0.1), timedelta(seconds=5))
 
 
 async def lead_forever(
     leadership: Leadership, duty: Duty, lead: Callable[[Term], Awaitable[None]], *, what: str = ""
 ) -> None:
-    """Wait to hold ``duty``, run ``lead(term)`` while holding it; after it ends, or the
-    database fails, back off and wait for the duty again."""
+    """Wait to hold ``duty``; run ``lead(term)`` while holding it (it returns once
+    ``term.lost`` is set); then wait for the duty again."""
     retries = Retries(RETRY)
     text = duty.value + (f" ({what})" if what else "")
     while True:
         try:
             async with leadership.lead(duty) as term:
-                log.info("this replica %s", text)
+                log.info("this replica leads: it %s", text, extra={"term": term.describe()})
                 retries.reset()
-                await lead(term)
-        except DATABASE_ERRORS as exc:
-            log.warning("lost the database while it %s (%s); retrying", text, exc)
-        await asyncio.sleep(retries.wait())
+                await _while_held(term, lead, text)
+                log.warning(
+                    "this replica stepped down: it no longer %s (%s)",
+                    text,
+                    term.reason,
+                    extra={"term": term.describe()},
+                )
+            await asyncio.sleep(0)  # let the rest of the process run before waiting again
+        except TRANSIENT as exc:
+            log.warning("lost the database while waiting to lead (%s); retrying", exc)
+            await asyncio.sleep(retries.wait())
+
+
+async def _while_held(term: Term, lead: Callable[[Term], Awaitable[None]], text: str) -> None:
+    retries = Retries(RETRY)
+    while not term.lost.is_set():
+        try:
+            await lead(term)
+        except NotLeader as exc:
+            term.end(str(exc))
+        except TRANSIENT as exc:
+            wait = retries.wait()
+            log.warning("the database failed while this replica %s (%s); retrying", text, exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(term.lost.wait(), wait)
+        else:
+            retries.reset()

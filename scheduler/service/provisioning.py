@@ -7,12 +7,18 @@ becomes ready, the provisioner's watch sees an instance change — or when a fai
 ends; never on a polling interval. Scale-down is not decided here: an instance that stays
 idle for its Runner's idle period is drained by the runner protocol's dispatch, within a
 budget this pass records (live instances beyond the desired count).
+
+Only the replica that leads the duty acts, and every act is fenced by its term: the pass's
+records in one fenced transaction, and each instance created or deleted inside a fenced
+transaction of its own, held open across the call, so no takeover completes meanwhile. An
+instance created while the fence was lost (the transaction did not commit) is deleted again.
+The provisioner itself lives as long as the reconciler, not as long as a term: a replica that
+stops leading stops acting, and leaves the instances that exist alone.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 from collections import defaultdict
@@ -23,7 +29,9 @@ from typing import Final
 from scheduler.domain.access import SYSTEM
 from scheduler.domain.backoff import Backoff
 from scheduler.domain.clock import Clock
-from scheduler.domain.ports import Duty, Leadership, Provisioner, Store, Term
+from scheduler.domain.errors import Aborted, Unavailable
+from scheduler.domain.leadership import Duty, NotLeader, Term
+from scheduler.domain.ports import Leadership, Provisioner, Store
 from scheduler.domain.provisioning import (
     CrashBackoff,
     InstanceSpec,
@@ -39,9 +47,13 @@ from scheduler.domain.telemetry import NO_TELEMETRY, Telemetry
 from scheduler.service.leadership import lead_forever
 from scheduler.service.registry import Registry
 from scheduler.service.signals import Signals
+from scheduler.service.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
 
+LOOP: Final = "reconciler"
+# What ends a pass (the term is over, the database failed) rather than show on a Runner.
+_STOP: Final = (NotLeader, Unavailable, Aborted)
 SETTLE_GAP: Final = 0.25
 PROVEN_AFTER: Final = timedelta(seconds=10)
 CRASH_BACKOFF: Final = Backoff(timedelta(seconds=1), timedelta(minutes=5), spread=0)
@@ -80,45 +92,47 @@ class Reconciler:
         self._backoff: dict[str, CrashBackoff] = defaultdict(CrashBackoff)
         self._rng = random.Random()  # noqa: S311 (backoff jitter, not secrets)
         self._errors: dict[str, str] = {}
-        self._task: asyncio.Task[None] | None = None
+        self._supervisor: Supervisor | None = None
+        self._started = False
         self.passes = 0
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self.run(), name="reconciler")
+    def start(self, supervisor: Supervisor) -> None:
+        self._supervisor = supervisor
+        supervisor.start(LOOP, self.run)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        """Stop acting, then stop the provisioner (which may stop what it started)."""
+        if self._supervisor is not None:
+            await self._supervisor.stop(LOOP)
+        if self._started:
+            self._started = False
+            await self._provisioner.stop()
 
     def wake(self) -> None:
         self._wake.set()
 
     async def run(self) -> None:
-        """Provision whenever this replica leads, for as long as the process lives."""
+        """Watch instances for as long as the process lives; provision whenever this replica
+        leads."""
+        if not self._started:
+            await self._provisioner.start(self.wake)
+            self._started = True
         await lead_forever(
-            self._leadership, Duty.PROVISIONING, self._provision, what=self._provisioner.name
+            self._leadership, Duty.PROVISIONING, self._lead, what=self._provisioner.name
         )
 
-    async def _provision(self, term: Term) -> None:
-        await self._provisioner.start(self.wake)
-        try:
-            await self._lead(term.lost)
-        finally:
-            await self._provisioner.stop()
-
-    async def _lead(self, lost: asyncio.Event) -> None:
+    async def _lead(self, term: Term) -> None:
         # Ready work wakes a pass at once (scale-up latency matters). Any other change of a
         # Session (tasks finishing) may lower the desired count: that wakes a pass too, but
         # at most every SETTLE_GAP, so a busy scheduler does not reconcile per result.
+        lost = term.lost
         unsubscribe = self._signals.on_any_ready(self.wake)
         changed = self._signals.watch_any_session()
         try:
             while not lost.is_set():
                 self._wake.clear()
                 changed.clear()
-                next_at = await self.reconcile()
+                next_at = await self.reconcile(term)
                 timeout = None
                 if next_at is not None:
                     timeout = max((next_at - self._clock.now()).total_seconds(), 0.0) + 0.01
@@ -140,8 +154,9 @@ class Reconciler:
         await event.wait()
         await asyncio.sleep(gap)
 
-    async def reconcile(self) -> datetime | None:
-        """One pass over every Runner; when the next pass is due without a wake-up."""
+    async def reconcile(self, term: Term) -> datetime | None:
+        """One pass over every Runner, as the holder of ``term``; when the next pass is due
+        without a wake-up. NotLeader once the term is over."""
         self.passes += 1
         now = self._clock.now()
         async with self._store.transaction() as unit:
@@ -157,7 +172,7 @@ class Reconciler:
             load = work.get(runner.name, RunnerWork())
             desired = desired_instances(runner, load.queued, load.running)
             instances = observed.pop(runner.name, [])
-            error = await self._converge(runner, desired, instances, now, ended, exited)
+            error = await self._converge(term, runner, desired, instances, now, ended, exited)
             if error:
                 self._errors[runner.name] = error
             shown = self._errors.get(runner.name, "")
@@ -176,9 +191,9 @@ class Reconciler:
             # Instances of Runners that were deleted: nothing will ever claim for them.
             for instance in orphans:
                 if not instance.deleting:
-                    await self._delete(instance)
+                    await self._delete(term, instance)
                     ended.append(instance.name)
-        async with self._store.transaction() as unit:
+        async with self._store.fenced(term) as unit:
             await unit.provisioning.save_runner_status(statuses, now)
             await unit.provisioning.forget_drains(ended)
             expired = await unit.tasks.expire_leases_of(exited, now)
@@ -189,6 +204,7 @@ class Reconciler:
 
     async def _converge(
         self,
+        term: Term,
         runner: Runner,
         desired: int,
         instances: list[Observed],
@@ -212,10 +228,10 @@ class Reconciler:
                     now, self._settings.failure_backoff, self._rng
                 )
                 log.warning("runner %s: %s", runner.name, error)
-            error = await self._delete(instance) or error
+            error = await self._delete(term, instance) or error
             ended.append(instance.name)
         if steps.create and self._backoff[runner.name].allows(now):
-            error = await self._create(runner, steps.create, now) or error
+            error = await self._create(term, runner, steps.create, now) or error
         return error
 
     @staticmethod
@@ -227,7 +243,7 @@ class Reconciler:
         up = instance.created is not None and now - instance.created >= PROVEN_AFTER
         return instance.phase is Phase.RUNNING and instance.ready and up
 
-    async def _create(self, runner: Runner, count: int, now: datetime) -> str:
+    async def _create(self, term: Term, runner: Runner, count: int, now: datetime) -> str:
         try:
             if not await self._provisioner.has_credential(runner.name):
                 credential = await self._registry.issue_credential(
@@ -244,8 +260,10 @@ class Reconciler:
                 self._settings.instance_environment,
             )
             for _ in range(count):
-                created = await self._provisioner.create(spec)
+                created = await self._fenced_create(term, spec)
                 log.info("runner %s: created instance %s", runner.name, created.name)
+        except _STOP:
+            raise
         except Exception as exc:  # the backend's errors are shown on the Runner, then retried
             self._telemetry.provisioning_error(runner.name, "create")
             message = f"cannot create an instance: {exc}"
@@ -256,9 +274,32 @@ class Reconciler:
             return message
         return ""
 
-    async def _delete(self, instance: Observed) -> str:
+    async def _fenced_create(self, term: Term, spec: InstanceSpec) -> Observed:
+        """Create an instance while the term is held; delete it again if the fence did not
+        hold until the end (the term was lost meanwhile)."""
+        created: Observed | None = None
         try:
-            await self._provisioner.delete(instance)
+            async with self._store.fenced(term):
+                term.check()
+                created = await self._provisioner.create(spec)
+        except _STOP:
+            if created is not None:
+                log.warning(
+                    "instance %s was created as this replica's term ended; deleting it",
+                    created.name,
+                    extra={"term": term.describe()},
+                )
+                await self._provisioner.delete(created)
+            raise
+        return created
+
+    async def _delete(self, term: Term, instance: Observed) -> str:
+        try:
+            async with self._store.fenced(term):
+                term.check()
+                await self._provisioner.delete(instance)
+        except _STOP:
+            raise
         except Exception as exc:  # retried on the next pass, shown meanwhile
             self._telemetry.provisioning_error(instance.runner, "delete")
             return f"cannot delete instance {instance.name}: {exc}"

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import random
 from collections.abc import Awaitable, Callable, Coroutine
@@ -81,7 +82,11 @@ class Supervisor:
             raise ValueError(f"a loop named {name!r} is already supervised")
         loop = _Loop(name, run)
         self._loops[name] = loop
-        loop.task = asyncio.create_task(self._supervise(loop), name=name)
+        # A context of its own: a loop outlives the call that may have started it (its caller,
+        # its span).
+        loop.task = asyncio.create_task(
+            self._supervise(loop), name=name, context=contextvars.Context()
+        )
 
     def running(self, name: str) -> bool:
         loop = self._loops.get(name)

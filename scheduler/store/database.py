@@ -7,6 +7,9 @@ Deadlines are the exception: they reach the timekeeper by NOTIFY only, wherever 
 replica included), so that one written deadline wakes it once. The audit events a unit of work
 recorded are logged (logger ``scheduler.audit``) once it has committed. Everything the driver
 raises leaves as a domain error (``scheduler.store.errors``).
+
+A leader's unit of work (``fenced``) begins with the fence of its term
+(sql/queries/leadership.sql): NotLeader, and nothing written, if the term is over.
 """
 
 from __future__ import annotations
@@ -16,11 +19,13 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
+from datetime import timedelta
 from typing import Any
 
 import asyncpg
 
 from scheduler.domain.audit import AuditEvent
+from scheduler.domain.leadership import DEFAULT_DURATION, DEFAULT_RENEW_EVERY, NotLeader, Term
 from scheduler.domain.ports import ChangeFeed, Changes
 from scheduler.domain.telemetry import NO_TELEMETRY, PoolUsage, Telemetry
 from scheduler.store import notifications
@@ -86,11 +91,19 @@ class PgStore:
     """Every service call runs in one of its units of work."""
 
     def __init__(
-        self, pool: asyncpg.Pool, feed: ChangeFeed, telemetry: Telemetry = NO_TELEMETRY
+        self,
+        pool: asyncpg.Pool,
+        feed: ChangeFeed,
+        telemetry: Telemetry = NO_TELEMETRY,
+        *,
+        fence_idle_limit: timedelta = DEFAULT_DURATION - DEFAULT_RENEW_EVERY,
     ) -> None:
+        """``fence_idle_limit``: how long a leader's transaction may idle (the lease's
+        ``idle_limit``) before the database ends it."""
         self._pool = pool
         self._feed = feed
         self._telemetry = telemetry
+        self._idle_limit = f"{max(round(fence_idle_limit.total_seconds() * 1000), 1)}ms"
 
     @classmethod
     async def open(
@@ -100,12 +113,13 @@ class PgStore:
         *,
         max_size: int = 20,
         telemetry: Telemetry = NO_TELEMETRY,
+        fence_idle_limit: timedelta = DEFAULT_DURATION - DEFAULT_RENEW_EVERY,
     ) -> PgStore:
         with translated():
             pool: asyncpg.Pool = await asyncpg.create_pool(
                 dsn, min_size=2, max_size=max_size, init=_init_connection
             )
-        return cls(pool, feed, telemetry)
+        return cls(pool, feed, telemetry, fence_idle_limit=fence_idle_limit)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[PgUnitOfWork]:
@@ -113,6 +127,25 @@ class PgStore:
         with translated():
             async with self._pool.acquire() as conn, conn.transaction():
                 work = PgUnitOfWork(conn, self._telemetry)
+                yield work
+                await work.announce()
+        _log_audit(work.audit.recorded)
+        local = replace(work.changes, deadlines=[])
+        if local:
+            self._feed.changed(local)
+
+    @asynccontextmanager
+    async def fenced(self, term: Term) -> AsyncIterator[PgUnitOfWork]:
+        term.check()
+        if term.epoch is None:
+            raise NotLeader(f"a term without an epoch ({term.describe()}) fences nothing")
+        conn: Any
+        with translated():
+            async with self._pool.acquire() as conn, conn.transaction():
+                work = PgUnitOfWork(conn, self._telemetry)
+                if not await work.db.fetch("fence", term.duty.key, term.epoch, self._idle_limit):
+                    term.end("another replica took over, or its lease ran out")
+                    raise NotLeader(f"the term ({term.describe()}) is over")
                 yield work
                 await work.announce()
         _log_audit(work.audit.recorded)

@@ -23,6 +23,7 @@ from datetime import datetime, timedelta
 from typing import Any, Final
 
 import asyncpg
+from asyncpg.exceptions import InternalClientError
 
 from scheduler.domain.backoff import Backoff, Retries
 from scheduler.domain.ports import ChangeFeed, Changes
@@ -37,6 +38,14 @@ CHANNELS: Final = (READY_CHANNEL, SESSION_CHANNEL, CANCEL_CHANNEL, TICK_CHANNEL)
 # Attempt ids are 36 characters; 150 of them with commas stay well below 8000 bytes.
 _CANCEL_IDS_PER_NOTIFY: Final = 150
 RECONNECT: Final = Backoff(timedelta(seconds=0.1), timedelta(seconds=5))
+# A connection that cannot be made, or breaks (the driver's complaints about a connection in
+# a broken state included).
+_CONNECTION_ERRORS: Final = (
+    OSError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    InternalClientError,
+)
 
 
 def encode(changes: Changes) -> list[tuple[str, str]]:
@@ -116,7 +125,7 @@ class Listener:
             lost = asyncio.Event()
             try:
                 conn = await asyncpg.connect(self._dsn)
-            except (OSError, asyncpg.PostgresError) as exc:
+            except _CONNECTION_ERRORS as exc:
                 log.warning("LISTEN connection failed; retrying", extra={"error": str(exc)})
                 self._on_down()
                 await asyncio.sleep(retries.wait())
@@ -131,7 +140,7 @@ class Listener:
                 self._on_up()
                 await lost.wait()
                 log.warning("LISTEN connection lost; reconnecting")
-            except (OSError, asyncpg.PostgresError) as exc:
+            except _CONNECTION_ERRORS as exc:
                 log.warning("LISTEN connection broke; reconnecting", extra={"error": str(exc)})
             finally:
                 if self.connected.is_set():

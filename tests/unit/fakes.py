@@ -17,8 +17,9 @@ from typing import Any
 from scheduler.domain import dag
 from scheduler.domain.access import AccessToken
 from scheduler.domain.audit import AuditEvent, AuditFilter
-from scheduler.domain.errors import Aborted
-from scheduler.domain.ports import Changes, Duty, Term
+from scheduler.domain.errors import Aborted, Unavailable
+from scheduler.domain.leadership import Duty, NotLeader, Term
+from scheduler.domain.ports import Changes
 from scheduler.domain.provisioning import InstanceSpec, Observed, Phase, RunnerStatus, RunnerWork
 from scheduler.domain.registry import Runner, RunnerCredential
 from scheduler.domain.runner_protocol import AttemptState, ClaimedTask, ClaimRequest
@@ -232,7 +233,13 @@ class MemoryUnitOfWork:
 
 
 class MemoryStore:
-    """Units of work over shared in-memory repositories; counts what it is asked."""
+    """Units of work over shared in-memory repositories; counts what it is asked.
+
+    A fenced unit of work refuses a term that is over (``Term.lost``), as the database's fence
+    refuses an epoch that is not current, and fails to commit (Unavailable) if the term ended
+    while it ran, as the database ends a leader's transaction that outlasts the lease;
+    ``fenced_writes`` counts those that committed, per epoch.
+    """
 
     def __init__(self) -> None:
         self.registry = MemoryRegistry()
@@ -241,11 +248,22 @@ class MemoryStore:
         self.access = MemoryAccess()
         self.audit = MemoryAudit()
         self.transactions = 0
+        self.fenced_writes: dict[int | None, int] = {}
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[MemoryUnitOfWork]:
         self.transactions += 1
         yield self._work()
+
+    @asynccontextmanager
+    async def fenced(self, term: Term) -> AsyncIterator[MemoryUnitOfWork]:
+        if term.lost.is_set():
+            raise NotLeader(f"the term ({term.describe()}) is over")
+        self.transactions += 1
+        yield self._work()
+        if term.lost.is_set():
+            raise Unavailable("the database ended the transaction (fake)")
+        self.fenced_writes[term.epoch] = self.fenced_writes.get(term.epoch, 0) + 1
 
     @asynccontextmanager
     async def snapshot(self) -> AsyncIterator[MemoryUnitOfWork]:
@@ -258,16 +276,23 @@ class MemoryStore:
 
 
 class OneReplica:
-    """Leadership when there is only this replica: granted at once, never lost."""
+    """Leadership when there is only this replica: granted at once (a new epoch each time),
+    lost only when a test ends the term (``Term.end``)."""
 
     def __init__(self) -> None:
         self.terms: list[Term] = []
 
     @asynccontextmanager
     async def lead(self, duty: Duty) -> AsyncIterator[Term]:
-        term = Term(duty, asyncio.Event())
+        term = Term(duty, asyncio.Event(), epoch=len(self.terms) + 1, holder="this", since=T0)
         self.terms.append(term)
         yield term
+
+    def term(self, duty: Duty) -> Term:
+        """A term of ``duty`` as ``lead`` would grant it."""
+        term = Term(duty, asyncio.Event(), epoch=len(self.terms) + 1, holder="this", since=T0)
+        self.terms.append(term)
+        return term
 
 
 # --- the provisioner ---------------------------------------------------------------------------

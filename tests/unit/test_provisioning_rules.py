@@ -9,6 +9,7 @@ from datetime import timedelta
 import pytest
 
 from scheduler.domain.backoff import Backoff
+from scheduler.domain.leadership import Duty
 from scheduler.domain.limits import Limits
 from scheduler.domain.provisioning import (
     CrashBackoff,
@@ -93,9 +94,11 @@ class Rig:
         self.store = MemoryStore()
         self.store.registry.runners["w"] = runner()
         self.provisioner = FakeProvisioner(clock=self.clock.now)
+        self.leadership = OneReplica()
+        self.term = self.leadership.term(Duty.PROVISIONING)
         self.reconciler = Reconciler(
             self.store,  # type: ignore[arg-type]
-            OneReplica(),
+            self.leadership,
             self.provisioner,
             Registry(self.store, Limits()),  # type: ignore[arg-type]
             Signals(),
@@ -110,28 +113,28 @@ class Rig:
 async def test_a_pass_creates_instances_with_a_credential_and_records_the_status() -> None:
     rig = Rig()
     rig.work(queued=3)
-    assert await rig.reconciler.reconcile() is None
+    assert await rig.reconciler.reconcile(rig.term) is None
     assert rig.provisioner.created == ["w-0", "w-1"]
     assert rig.provisioner.credentials["w"].startswith("heatrc_")
     assert set(rig.store.registry.credentials.values()) == {"w"}
     status = rig.store.provisioning.statuses["w"]
     assert (status.desired, status.observed, status.ready, status.last_error) == (2, 2, 0, "")
-    assert await rig.reconciler.reconcile() is None
+    assert await rig.reconciler.reconcile(rig.term) is None
     assert len(rig.provisioner.created) == 2  # nothing missing: nothing more
 
 
 async def test_a_failed_instance_is_removed_reported_and_replaced_after_a_backoff() -> None:
     rig = Rig()
     rig.work(queued=1)
-    await rig.reconciler.reconcile()
+    await rig.reconciler.reconcile(rig.term)
     rig.provisioner.set_phase("w-0", Phase.FAILED, reason="exit code 7")
-    next_pass = await rig.reconciler.reconcile()
+    next_pass = await rig.reconciler.reconcile(rig.term)
     assert rig.provisioner.deleted == ["w-0"]
     assert next_pass == T0 + timedelta(seconds=1)
     assert "exit code 7" in rig.store.provisioning.statuses["w"].last_error
     assert rig.provisioner.created == ["w-0"]  # not yet: backing off
     rig.clock.advance(seconds=1)
-    await rig.reconciler.reconcile()
+    await rig.reconciler.reconcile(rig.term)
     assert rig.provisioner.created == ["w-0", "w-1"]
 
 
@@ -139,18 +142,18 @@ async def test_a_backend_that_refuses_is_reported_and_asked_again_later() -> Non
     rig = Rig()
     rig.work(queued=1)
     rig.provisioner.fail_creates = True
-    next_pass = await rig.reconciler.reconcile()
+    next_pass = await rig.reconciler.reconcile(rig.term)
     assert next_pass == T0 + timedelta(seconds=1)
     error = rig.store.provisioning.statuses["w"].last_error
     assert error == "cannot create an instance: the backend refused"
     rig.provisioner.fail_creates = False
     rig.clock.advance(seconds=1)
-    await rig.reconciler.reconcile()
+    await rig.reconciler.reconcile(rig.term)
     assert rig.provisioner.created == ["w-0"]
 
 
 async def test_instances_of_deleted_runners_are_removed() -> None:
     rig = Rig()
     rig.provisioner.instances["gone-0"] = Observed("gone-0", "gone", "uid", Phase.RUNNING)
-    await rig.reconciler.reconcile()
+    await rig.reconciler.reconcile(rig.term)
     assert rig.provisioner.deleted == ["gone-0"]

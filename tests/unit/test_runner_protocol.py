@@ -13,6 +13,7 @@ import pytest
 
 from scheduler.domain import credentials
 from scheduler.domain.errors import Aborted, PermissionDenied, Unauthenticated
+from scheduler.domain.health import Health
 from scheduler.domain.limits import Limits
 from scheduler.domain.runner_protocol import (
     LOST,
@@ -29,6 +30,7 @@ from scheduler.domain.sessions import NodeState
 from scheduler.domain.verdicts import Outcome, OutcomeKind, ResultStatus
 from scheduler.service.runner_protocol import ProtocolSettings, RunnerProtocol
 from scheduler.service.signals import Signals
+from scheduler.service.supervisor import Supervisor
 from tests.support import eventually
 from tests.unit.fakes import T0, FakeClock, MemoryStore, OneReplica
 from tests.unit.test_dag_rules import held
@@ -42,6 +44,8 @@ class Rig:
         self.clock = FakeClock()
         self.store = MemoryStore()
         self.signals = Signals()
+        self.health = Health(["heat.scheduler.v1.RunnerService"], self.clock)
+        self.supervisor = Supervisor(self.health)
         self.protocol = RunnerProtocol(
             self.store,  # type: ignore[arg-type]
             OneReplica(),
@@ -49,6 +53,7 @@ class Rig:
             self.clock,
             SETTINGS,
             Limits(max_output_bytes=100),
+            self.supervisor,
             rng=random.Random(5),  # noqa: S311 (jitter, not secrets)
         )
         self.store.registry.credentials[credentials.digest("heatrc_w")] = "w"
@@ -80,6 +85,7 @@ async def rig() -> AsyncIterator[Rig]:
     made = Rig()
     yield made
     await made.protocol.stop()
+    await made.supervisor.stop_all()
 
 
 async def next_item(stream: AsyncIterator[ClaimedTask | Drain]) -> ClaimedTask | Drain:

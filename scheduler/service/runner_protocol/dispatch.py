@@ -3,7 +3,8 @@
 One dispatcher per (Runner, template subset) holds the credits of its connected instances and
 claims for all of them in one statement when woken: a commit (here, or another replica's by
 NOTIFY) made work ready, or an instance granted credits. Nothing polls. Each dispatcher's
-loop is a task of its own (``Dispatcher.run``).
+loop (``Dispatcher.run``) runs under the supervisor, as do the one-off tasks (tasks given
+back, idle instances drained).
 
 An instance that holds nothing for its Runner's idle period is drained, within the budget
 the reconciler records (the live instances beyond the desired count).
@@ -16,8 +17,6 @@ until it is heard from again: each would only wait out its lease and burn an att
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import contextvars
 import logging
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
@@ -31,10 +30,11 @@ from scheduler.domain.limits import MAX_ATTEMPT_TIMEOUT, Limits
 from scheduler.domain.ports import Store
 from scheduler.domain.runner_protocol import ClaimedTask, ClaimRequest, Drain, allocate
 from scheduler.domain.telemetry import NO_TELEMETRY, Telemetry
-from scheduler.service.leadership import DATABASE_ERRORS
+from scheduler.service.leadership import TRANSIENT
 from scheduler.service.runner_protocol.leases import Leases
 from scheduler.service.runner_protocol.settings import ProtocolSettings
 from scheduler.service.signals import Signals
+from scheduler.service.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -85,9 +85,16 @@ class Dispatcher:
             owner.credits -= 1
         return owners
 
+    @property
+    def name(self) -> str:
+        """The name of its loop."""
+        subset = f" {','.join(self.templates)}" if self.templates else ""
+        return f"dispatch {self.runner}{subset}"
+
     async def run(self) -> None:
         """Claim whenever woken, for as long as there are credits and work."""
         retries = Retries(CLAIM_RETRY)
+        self.wake.set()  # (re)started: look at once
         while True:
             await self.wake.wait()
             self.wake.clear()
@@ -97,9 +104,11 @@ class Dispatcher:
                     break
                 try:
                     tasks, claimed = await self._dispatch.claim(self, owners)
-                except DATABASE_ERRORS as exc:
+                except BaseException as exc:
                     for owner in owners:
                         owner.credits += 1
+                    if not isinstance(exc, TRANSIENT):
+                        raise  # for the supervisor
                     log.warning("claim for runner %s failed: %s; retrying", self.runner, exc)
                     await asyncio.sleep(retries.wait())
                     self.wake.set()
@@ -125,6 +134,7 @@ class Dispatch:
         settings: ProtocolSettings,
         leases: Leases,
         limits: Limits,
+        supervisor: Supervisor,
         *,
         release: Callable[[ClaimedTask], Coroutine[Any, Any, object]],
         fail: Callable[[ClaimedTask, str], Coroutine[Any, Any, object]],
@@ -136,24 +146,19 @@ class Dispatch:
         self._limits = limits
         self._fail = fail
         self._telemetry = telemetry
+        self._supervisor = supervisor
         self._store = store
         self._signals = signals
         self._clock = clock
         self._leases = leases
         self._release = release
         self._dispatchers: dict[tuple[str, tuple[str, ...] | None], Dispatcher] = {}
-        self._loops: dict[Dispatcher, asyncio.Task[None]] = {}
         self._unsubscribe: dict[Dispatcher, Callable[[], None]] = {}
         self._instances: dict[str, Instance] = {}
-        self._background: set[asyncio.Task[object]] = set()
 
     async def stop(self) -> None:
-        loops = list(self._loops.values())
-        for task in loops:
-            task.cancel()
-        for task in loops:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        for dispatcher in self._dispatchers.values():
+            await self._supervisor.stop(dispatcher.name)
         for unsubscribe in self._unsubscribe.values():
             unsubscribe()
 
@@ -182,16 +187,14 @@ class Dispatch:
         if dispatcher is None:
             dispatcher = Dispatcher(self, runner, key[1])
             self._unsubscribe[dispatcher] = self._signals.on_ready(runner, dispatcher.wake.set)
-            # The loop serves every instance of the Runner: it runs in a context of its own, not
-            # in that of the call that happened to start it.
-            self._loops[dispatcher] = asyncio.create_task(
-                dispatcher.run(), name=f"dispatch-{runner}", context=contextvars.Context()
-            )
+            # The loop serves every instance of the Runner: the supervisor runs it in a context
+            # of its own, not in that of the call that happened to start it.
+            self._supervisor.start(dispatcher.name, dispatcher.run)
             self._dispatchers[key] = dispatcher
         dispatcher.instances[instance_id] = instance
         dispatcher.wake.set()
         if self.settings.drain_idle:
-            self._spawn(self._arm_idle(instance))
+            self._supervisor.spawn(f"arm idle {instance_id}", self._arm_idle(instance))
         return instance
 
     def now(self) -> datetime:
@@ -230,7 +233,7 @@ class Dispatch:
             item = await instance.outbox.get()
             if item is _HUNG_UP or instance.hung_up:
                 if isinstance(item, ClaimedTask):
-                    self._spawn(self._release(item))  # taken, but never to be sent
+                    self._give_back(item)  # taken, but never to be sent
                 return
             assert isinstance(item, ClaimedTask | Drain)
             yield item
@@ -243,7 +246,7 @@ class Dispatch:
     def disconnect(self, instance: Instance, *, unsent: ClaimedTask | None = None) -> None:
         instance.connected = False
         if unsent is not None:
-            self._spawn(self._release(unsent))
+            self._give_back(unsent)
         if instance.idle_timer is not None:
             instance.idle_timer.cancel()
             instance.idle_timer = None
@@ -256,7 +259,7 @@ class Dispatch:
         while not instance.outbox.empty():
             item = instance.outbox.get_nowait()
             if isinstance(item, ClaimedTask):
-                self._spawn(self._release(item))
+                self._give_back(item)
 
     def drain(self, instance_id: str, reason: str, deadline: datetime | None = None) -> bool:
         """Ask an instance to stop claiming and exit once it holds nothing."""
@@ -298,7 +301,7 @@ class Dispatch:
                     f" {self._limits.task_margin_bytes} for the rest of the task)"
                 )
                 log.warning("node %s of %s failed: %s", task.node_key, task.session, message)
-                self._spawn(self._fail(task, message))
+                self._supervisor.spawn(f"fail {task.attempt_id}", self._fail(task, message))
             else:
                 tasks.append(task)
         tasks = self._telemetry.dispatched(tasks, now)
@@ -313,7 +316,7 @@ class Dispatch:
         for task in tasks:
             instance = self._instances.get(task.owner)
             if instance is None or not instance.connected:
-                self._spawn(self._release(task))
+                self._give_back(task)
                 continue
             self._leases.hold(task.attempt_id, instance.instance_id)
             if not instance.held:
@@ -333,10 +336,8 @@ class Dispatch:
             instance.held.discard(attempt_id)
             self._idle(instance)
 
-    def _spawn(self, coro: Coroutine[Any, Any, object]) -> None:
-        task = asyncio.create_task(coro)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+    def _give_back(self, task: ClaimedTask) -> None:
+        self._supervisor.spawn(f"give back {task.attempt_id}", self._release(task))
 
     async def _arm_idle(self, instance: Instance) -> None:
         async with self._store.transaction() as work:
@@ -354,7 +355,9 @@ class Dispatch:
             instance.idle_timer.cancel()
         instance.idle_timer = asyncio.get_running_loop().call_later(
             instance.idle_period.total_seconds(),
-            lambda: self._spawn(self._drain_if_idle(instance)),
+            lambda: self._supervisor.spawn(
+                f"drain idle {instance.instance_id}", self._drain_if_idle(instance)
+            ),
         )
 
     async def _drain_if_idle(self, instance: Instance) -> None:

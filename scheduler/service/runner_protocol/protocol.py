@@ -5,8 +5,6 @@ the authorisation first. Behind it, each part has one job (``dispatch``, ``lease
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import random
 from collections.abc import AsyncIterator, Callable, Sequence
 
@@ -23,6 +21,9 @@ from scheduler.service.runner_protocol.results import Results
 from scheduler.service.runner_protocol.settings import ProtocolSettings
 from scheduler.service.runner_protocol.timekeeper import Timekeeper
 from scheduler.service.signals import Signals
+from scheduler.service.supervisor import Supervisor
+
+TIMEKEEPER = "timekeeper"
 
 
 class RunnerProtocol:
@@ -34,11 +35,14 @@ class RunnerProtocol:
         clock: Clock,
         settings: ProtocolSettings,
         limits: Limits,
+        supervisor: Supervisor,
         *,
         rng: random.Random | None = None,
         telemetry: Telemetry = NO_TELEMETRY,
     ) -> None:
+        """Its background loops (the timekeeper, the dispatchers) run under ``supervisor``."""
         rng = rng or random.Random()  # noqa: S311 (backoff jitter, not secrets)
+        self._supervisor = supervisor
         # Leases and the authorisation ask the dispatch about instances, which is built last:
         # it gives back to results what it cannot hand out, and results forget leases.
         self.authorisation = Authorisation(store, clock, lambda i: self.dispatch.runner_of(i))
@@ -67,27 +71,24 @@ class RunnerProtocol:
             settings,
             self.leases,
             limits,
+            supervisor,
             release=self.results.release,
             fail=self.results.fail,
             telemetry=telemetry,
         )
-        self.timekeeper = Timekeeper(store, leadership, clock, settings, expire=self.results.expire)
+        self.timekeeper = Timekeeper(store, leadership, clock, settings, self.results)
         self._unsubscribe = [
             signals.on_cancel(self.leases.cancelled),
             signals.on_deadline(self.timekeeper.deadline_written),
         ]
-        self._timekeeping: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         """The timekeeper's loop; the dispatchers' start with their first instance."""
-        self._timekeeping = asyncio.create_task(self.timekeeper.run(), name="timekeeper")
+        self._supervisor.start(TIMEKEEPER, self.timekeeper.run)
 
     async def stop(self) -> None:
         await self.dispatch.stop()
-        if self._timekeeping is not None:
-            self._timekeeping.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._timekeeping
+        await self._supervisor.stop(TIMEKEEPER)
         await self.results.stop()
         await self.leases.stop()
         for unsubscribe in self._unsubscribe:

@@ -1,5 +1,5 @@
-"""Results: outcomes posted by runners (and by the timekeeper, for expired attempts), settled
-by group commit.
+"""Results: outcomes posted by runners, settled by group commit, and the timekeeper's failures
+of expired attempts, settled in its own (fenced) unit of work.
 
 Whatever arrives while one settlement runs goes into the next: one transaction locks the nodes
 the batch names, reads the verdicts already recorded for its attempts (after the lock, so a
@@ -19,7 +19,7 @@ import logging
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Final
 
 from scheduler.domain import dag
@@ -27,6 +27,7 @@ from scheduler.domain.artifacts import file_problems, references_in
 from scheduler.domain.backoff import Backoff, Retries
 from scheduler.domain.clock import Clock
 from scheduler.domain.errors import Aborted, Internal, PermissionDenied
+from scheduler.domain.leadership import Term
 from scheduler.domain.limits import Limits
 from scheduler.domain.ports import Store, UnitOfWork
 from scheduler.domain.runner_protocol import ClaimedTask
@@ -60,6 +61,17 @@ CONFLICT_TRIES: Final = 5
 class _Posted:
     runner: str | None  # None: the scheduler itself (expiry, an instance gone)
     outcome: Outcome
+
+
+@dataclass(slots=True)
+class Judgement:
+    """What one unit of work decided: the answer to each attempt and the outcome that decided
+    it, and what telemetry hears once it has committed."""
+
+    answers: dict[str, Reply]
+    first: dict[str, Outcome]
+    settled: list[Settled]
+    answered: list[Answered]
 
 
 class Results:
@@ -101,9 +113,49 @@ class Results:
         outcome = Outcome(task.attempt_id, OutcomeKind.RELEASE, message="instance went away")
         await self._batcher.submit(_Posted(None, outcome))
 
-    async def expire(self, expired: Sequence[ExpiredAttempt]) -> None:
-        """Fail attempts whose lease or time ran out (retryable)."""
-        await self._batcher.submit_many([_Posted(None, expiry_outcome(e)) for e in expired])
+    async def expire_in(
+        self, work: UnitOfWork, expired: Sequence[ExpiredAttempt], now: datetime
+    ) -> Judgement:
+        """Fail attempts whose lease or time ran out (retryable), in the timekeeper's unit of
+        work; ``committed(judgement, now)`` once it has committed."""
+        items = [_Posted(None, expiry_outcome(e)) for e in expired]
+        return await self._judge(work, items, now)
+
+    async def expire_one_by_one(
+        self, term: Term, expired: Sequence[ExpiredAttempt], now: datetime
+    ) -> None:
+        """Fail expired attempts each in a fenced transaction of its own (after a batch of
+        them failed for a reason of the data): one whose failure cannot be stored fails
+        permanently, with the reason as its error."""
+        for attempt in expired:
+            item = _Posted(None, expiry_outcome(attempt))
+            try:
+                async with self._store.fenced(term) as work:
+                    judgement = await self._judge(work, [item], now)
+            except Internal as error:
+                log.warning(
+                    "the expiry of attempt %s cannot be stored: %s",
+                    attempt.attempt_id,
+                    error.message,
+                )
+                message = (
+                    f"the scheduler could not store this attempt's expiry ({error.message});"
+                    " the attempt failed"
+                )
+                outcome = Outcome(
+                    attempt.attempt_id, OutcomeKind.FAILURE, retryable=False, message=message
+                )
+                async with self._store.fenced(term) as work:
+                    judgement = await self._judge(work, [_Posted(None, outcome)], now)
+            self.committed(judgement, now)
+
+    def committed(self, judgement: Judgement, now: datetime) -> None:
+        """A judgement's unit of work committed: telemetry hears of it, and the settled
+        attempts' leases are forgotten."""
+        self._telemetry.settled(judgement.settled, judgement.answered, now)
+        for attempt_id, reply in judgement.answers.items():
+            if reply.status is not ResultStatus.FORBIDDEN:
+                self._leases.forget(attempt_id)
 
     async def fail(self, task: ClaimedTask, message: str) -> None:
         """Fail a claimed task that cannot be sent (permanently: every attempt would fail)."""
@@ -158,69 +210,65 @@ class Results:
 
     async def _settle(self, items: Sequence[_Posted]) -> list[Reply]:
         now = self._clock.now()
+        async with self._store.transaction() as work:
+            judgement = await self._judge(work, items, now)
+        self.committed(judgement, now)
+        answers, first = judgement.answers, judgement.first
+        return [self._answer(answers, first, i.outcome) for i in items]
+
+    async def _judge(self, work: UnitOfWork, items: Sequence[_Posted], now: datetime) -> Judgement:
+        """Judge the outcomes and apply what they mean, in ``work``."""
         ids = list(dict.fromkeys(i.outcome.attempt_id for i in items))
         answers: dict[str, Reply] = {}
         first: dict[str, Outcome] = {}  # the outcome that decided each attempt's answer
         answered: list[Answered] = []
         settled: list[Settled] = []
-        async with self._store.transaction() as work:
-            # Lock first: a verdict is read, and decided, only while its node is held.
-            held = await work.tasks.held(ids)
-            earlier = await work.tasks.earlier_verdicts(ids)
-            owners = await self._owners(work, [i for i in items if i.outcome.attempt_id in held])
-            judged: list[dag.Judged] = []
-            for item in items:
-                attempt_id = item.outcome.attempt_id
-                if attempt_id in answers:
-                    continue
-                first[attempt_id] = item.outcome
-                if attempt_id in earlier:
-                    answers[attempt_id] = repeated(earlier[attempt_id], item.outcome)
-                    answered.append(
-                        Answered(item.runner, item.outcome.kind, answers[attempt_id].status)
-                    )
-                    continue
-                node = held.get(attempt_id)
-                if node is None:
-                    answers[attempt_id] = STALE_UNKNOWN
-                    answered.append(Answered(item.runner, item.outcome.kind, STALE_UNKNOWN.status))
-                    continue
-                forbidden = self._authorisation.may_settle(item.runner, node)
-                if forbidden is not None:
-                    answers[attempt_id] = Reply(ResultStatus.FORBIDDEN, forbidden)
-                    answered.append(
-                        Answered(item.runner, item.outcome.kind, ResultStatus.FORBIDDEN)
-                    )
-                    continue
-                verdict = judge(
-                    node,
-                    item.outcome,
-                    now=now,
-                    rng=self._rng,
-                    max_output_bytes=self._limits.max_output_bytes,
-                    bad_files=(
-                        file_problems(item.outcome.outputs, owners, node.session_id)
-                        if item.outcome.kind is OutcomeKind.SUCCESS
-                        else ""
-                    ),
+        # Lock first: a verdict is read, and decided, only while its node is held.
+        held = await work.tasks.held(ids)
+        earlier = await work.tasks.earlier_verdicts(ids)
+        owners = await self._owners(work, [i for i in items if i.outcome.attempt_id in held])
+        judged: list[dag.Judged] = []
+        for item in items:
+            attempt_id = item.outcome.attempt_id
+            if attempt_id in answers:
+                continue
+            first[attempt_id] = item.outcome
+            if attempt_id in earlier:
+                reply = answers[attempt_id] = repeated(earlier[attempt_id], item.outcome)
+                answered.append(Answered(item.runner, item.outcome.kind, reply.status))
+                continue
+            node = held.get(attempt_id)
+            if node is None:
+                answers[attempt_id] = STALE_UNKNOWN
+                answered.append(Answered(item.runner, item.outcome.kind, STALE_UNKNOWN.status))
+                continue
+            forbidden = self._authorisation.may_settle(item.runner, node)
+            if forbidden is not None:
+                answers[attempt_id] = Reply(ResultStatus.FORBIDDEN, forbidden)
+                answered.append(Answered(item.runner, item.outcome.kind, ResultStatus.FORBIDDEN))
+                continue
+            verdict = judge(
+                node,
+                item.outcome,
+                now=now,
+                rng=self._rng,
+                max_output_bytes=self._limits.max_output_bytes,
+                bad_files=(
+                    file_problems(item.outcome.outputs, owners, node.session_id)
+                    if item.outcome.kind is OutcomeKind.SUCCESS
+                    else ""
+                ),
+            )
+            answers[attempt_id] = verdict.reply
+            posted = item.runner is not None
+            judged.append(
+                dag.Judged(
+                    node, item.outcome, verdict, remembered(item.outcome, posted_by_runner=posted)
                 )
-                answers[attempt_id] = verdict.reply
-                posted = item.runner is not None
-                judged.append(
-                    dag.Judged(
-                        node,
-                        item.outcome,
-                        verdict,
-                        remembered(item.outcome, posted_by_runner=posted),
-                    )
-                )
-                settled.append(_settled(judged[-1], posted_by_runner=posted))
-            await work.tasks.settle(dag.settle(judged), now)
-        self._telemetry.settled(settled, answered, now)
-        for attempt_id, reply in answers.items():
-            if reply.status is not ResultStatus.FORBIDDEN:
-                self._leases.forget(attempt_id)
-        return [self._answer(answers, first, i.outcome) for i in items]
+            )
+            settled.append(_settled(judged[-1], posted_by_runner=posted))
+        await work.tasks.settle(dag.settle(judged), now)
+        return Judgement(answers, first, settled, answered)
 
     @staticmethod
     def _answer(answers: dict[str, Reply], first: dict[str, Outcome], outcome: Outcome) -> Reply:

@@ -1,6 +1,10 @@
 """The timekeeper: on one replica at a time, it fails attempts whose lease or time ran out and
 requeues retries whose backoff passed, sleeping until the earliest such deadline.
 
+It reads the next deadline in a plain transaction and writes only when one has passed, in one
+fenced transaction of its term (expiries and retry promotions together), so a replica that
+lost the duty writes nothing, and an idle scheduler makes no periodic write here.
+
 Claims only write leases later than now + lease_duration, so sleeping at most that long covers
 them without a wake-up; an earlier deadline (a retry's backoff, a short attempt timeout)
 arrives through ``deadline_written``, from this replica or, by NOTIFY, from another.
@@ -10,14 +14,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Final
 
 from scheduler.domain.clock import Clock
-from scheduler.domain.ports import Duty, Leadership, Store, Term
-from scheduler.domain.verdicts import ExpiredAttempt
+from scheduler.domain.errors import Internal
+from scheduler.domain.leadership import Duty, Term
+from scheduler.domain.ports import Leadership, Store
 from scheduler.service.leadership import lead_forever
+from scheduler.service.runner_protocol.results import Results
 from scheduler.service.runner_protocol.settings import ProtocolSettings
 
 log = logging.getLogger(__name__)
@@ -32,15 +37,14 @@ class Timekeeper:
         leadership: Leadership,
         clock: Clock,
         settings: ProtocolSettings,
-        *,
-        expire: Callable[[Sequence[ExpiredAttempt]], Awaitable[None]],
+        results: Results,
     ) -> None:
-        """``expire(attempts)`` settles attempts whose lease or time ran out."""
+        """``results`` settles attempts whose lease or time ran out."""
         self._store = store
         self._leadership = leadership
         self._clock = clock
         self._settings = settings
-        self._expire = expire
+        self._results = results
         self._tick = asyncio.Event()
         self._sleep_until: datetime | None = None
 
@@ -56,16 +60,15 @@ class Timekeeper:
     async def _lead(self, term: Term) -> None:
         while not term.lost.is_set():
             self._tick.clear()
-            now = self._clock.now()
-            busy = await self._expired(now) | await self._requeue(now)
-            if busy:
-                continue
             async with self._store.transaction() as work:
                 at = await work.tasks.next_deadline()
             now = self._clock.now()
+            if at is not None and at <= now:
+                await self._keep_time(term, now)
+                continue
             wait = self._settings.lease_duration.total_seconds()
             if at is not None:
-                wait = min(wait, max((at - now).total_seconds(), 0.0) + 0.001)
+                wait = min(wait, (at - now).total_seconds() + 0.001)
             self._sleep_until = now + timedelta(seconds=wait)
             waiters = [asyncio.create_task(e.wait()) for e in (self._tick, term.lost)]
             try:
@@ -75,16 +78,28 @@ class Timekeeper:
                 for waiter in waiters:
                     waiter.cancel()
 
-    async def _expired(self, now: datetime) -> bool:
-        async with self._store.transaction() as work:
-            expired = await work.tasks.expired(now, BATCH)
-        if not expired:
-            return False
-        await self._expire(expired)
-        log.info("expired attempts", extra={"count": len(expired)})
-        return len(expired) == BATCH
-
-    async def _requeue(self, now: datetime) -> bool:
-        async with self._store.transaction() as work:
-            count = await work.tasks.promote_due_retries(now, BATCH)
-        return count == BATCH
+    async def _keep_time(self, term: Term, now: datetime) -> None:
+        """Expire what ran out and requeue what is due, in one transaction of the term; if
+        that fails for a reason of the data, expire one attempt at a time (a bad one is failed
+        alone, never stops the others), then requeue."""
+        judgement = None
+        try:
+            async with self._store.fenced(term) as work:
+                expired = await work.tasks.expired(now, BATCH)
+                if expired:
+                    judgement = await self._results.expire_in(work, expired, now)
+                promoted = await work.tasks.promote_due_retries(now, BATCH)
+        except Internal as error:
+            log.warning("expiring a batch of attempts failed (%s); one by one", error.message)
+            judgement = None
+            async with self._store.fenced(term) as work:
+                expired = await work.tasks.expired(now, BATCH)
+            await self._results.expire_one_by_one(term, expired, now)
+            async with self._store.fenced(term) as work:
+                promoted = await work.tasks.promote_due_retries(now, BATCH)
+        if judgement is not None:
+            self._results.committed(judgement, now)
+        if expired:
+            log.info("expired attempts", extra={"count": len(expired), "epoch": term.epoch})
+        if promoted:
+            log.debug("requeued retries", extra={"count": promoted, "epoch": term.epoch})
