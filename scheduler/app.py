@@ -76,6 +76,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("scheduler")
 
 EMBEDDED_DATABASE = "heat"
+EMBEDDED_CONDITION = "embedded PostgreSQL"
 SERVICE_NAMES = (
     registry_service_pb2.DESCRIPTOR.services_by_name["RegistryService"].full_name,
     session_service_pb2.DESCRIPTOR.services_by_name["SessionService"].full_name,
@@ -191,6 +192,15 @@ async def running(
         stack.push_async_callback(supervisor.stop_all)  # whatever is left, last
         dsn, embedded = await stack.enter_async_context(_database(settings))
         await migrate_database(dsn)
+        if embedded is not None:
+            supervisor.start(
+                "embedded postgres",
+                lambda: embedded.keep_running(
+                    down=lambda why: model.set(EMBEDDED_CONDITION, ok=False, reason=why),
+                    up=lambda: model.set(EMBEDDED_CONDITION, ok=True),
+                ),
+            )
+            stack.push_async_callback(supervisor.stop, "embedded postgres")
         limits = Limits(
             max_dag_nodes=settings.max_dag_nodes,
             max_output_bytes=settings.max_output_bytes,

@@ -13,6 +13,7 @@ import socket
 import stat
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Final, Self
@@ -138,7 +139,9 @@ class EmbeddedPostgres:
             await conn.close()
         return self.dsn_for(name)
 
-    async def start(self) -> None:
+    async def start(self, *, same_port: bool = False) -> None:
+        """Start the server (``same_port``: on the port it had, or fail, so DSNs handed out
+        stay valid)."""
         if self._running:
             return
         await asyncio.to_thread(self._prepare_data_dir)
@@ -157,7 +160,7 @@ class EmbeddedPostgres:
         await self._clear_leftovers()
         self._socket_dir = await asyncio.to_thread(self._make_socket_dir)
         try:
-            await self._pg_ctl_start()
+            await self._pg_ctl_start(same_port=same_port)
             if upgrade:
                 await self._set_password()
         except BaseException:
@@ -183,6 +186,31 @@ class EmbeddedPostgres:
                 raise EmbeddedPostgresError(f"pg_ctl stop failed (exit {code}):\n{output}")
         self._running = False
         await asyncio.to_thread(self._remove_socket_dir)
+
+    async def keep_running(self, down: Callable[[str], None], up: Callable[[], None]) -> None:
+        """Keep the started server running, for as long as this runs: when it dies, start it
+        again on the same port. ``down(reason)`` once it is found dead, ``up()`` once it
+        accepts connections again.
+
+        A connection held to the server says when it goes (no polling); the postmaster's PID
+        then says whether it died or only ended that connection. A failed restart raises, for
+        the caller to try again later (the scheduler's supervisor, with backoff).
+        """
+        while True:
+            if await asyncio.to_thread(self._live_postmaster) is None:
+                down("the embedded PostgreSQL is not running; restarting it")
+                log.warning("the embedded PostgreSQL on %s died; restarting it", self.data_dir)
+                self._running = False
+                await asyncio.to_thread(self._remove_socket_dir)
+                await self.start(same_port=True)
+            conn = await asyncpg.connect(self.dsn)
+            up()
+            ended = asyncio.Event()
+            conn.add_termination_listener(lambda _c, ended=ended: ended.set())
+            try:
+                await ended.wait()
+            finally:
+                conn.terminate()
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -384,13 +412,15 @@ class EmbeddedPostgres:
         # pg_ctl hands this string to /bin/sh, hence the quoting.
         return " ".join(f"-c {shlex.quote(f'{k}={v}')}" for k, v in settings.items())
 
-    async def _pg_ctl_start(self) -> None:
+    async def _pg_ctl_start(self, *, same_port: bool = False) -> None:
         assert self._socket_dir is not None
         for attempt in range(1, _PORT_ATTEMPTS + 1):
             if self.host is None:
                 port = self.port  # a socket only: its folder is ours, no port can be taken
             elif self._requested_port is not None:
                 port = self._requested_port
+            elif same_port and self._port is not None:
+                port = self._port
             elif attempt == 1 and self._port is not None:
                 # A restart keeps the previous port if it can, so DSNs handed out stay valid.
                 port = self._port
@@ -410,6 +440,7 @@ class EmbeddedPostgres:
             if (
                 self._requested_port is None
                 and self.host is not None
+                and not same_port
                 and attempt < _PORT_ATTEMPTS
                 and "could not bind" in server_log
             ):
