@@ -41,6 +41,7 @@ from heat.scheduler.v1 import registry_service_pb2_grpc
 
 from scheduler import app
 from scheduler.domain.ports import Provisioner
+from scheduler.service.supervisor import SupervisionSettings
 from scheduler.settings import Settings
 from scheduler.telemetry import SchedulerTelemetry
 
@@ -257,12 +258,14 @@ async def serving(
     backend: Provisioner | None = None,
     credentials: grpc.ChannelCredentials | None = None,
     telemetry: SchedulerTelemetry | None = None,
+    supervision: SupervisionSettings | None = None,
     **overrides: Any,
 ) -> AsyncIterator[Scheduler]:
     """A scheduler served in-process on ``dsn`` (loopback, a free port, no provisioner unless
     the overrides say otherwise) and a channel to it that calls as admin (over TLS with
     ``credentials``); ``backend`` replaces the provisioner the settings name, ``telemetry``
-    the telemetry the environment configures."""
+    the telemetry the environment configures, ``supervision`` the supervisor's timings. An
+    empty ``dsn`` runs an embedded PostgreSQL (under the ``data_dir`` override)."""
     files = None
     if "artifact_store" not in overrides:
         files = tempfile.mkdtemp(prefix="heat-artifacts-")
@@ -278,7 +281,9 @@ async def serving(
         }
     )
     try:
-        async with serving_settings(settings, backend, credentials, telemetry) as served:
+        async with serving_settings(
+            settings, backend, credentials, telemetry, supervision
+        ) as served:
             yield served
     finally:
         if files is not None:
@@ -291,8 +296,11 @@ async def serving_settings(
     backend: Provisioner | None = None,
     credentials: grpc.ChannelCredentials | None = None,
     telemetry: SchedulerTelemetry | None = None,
+    supervision: SupervisionSettings | None = None,
 ) -> AsyncIterator[Scheduler]:
-    async with app.running(settings, provisioner=backend, telemetry=telemetry) as running:
+    async with app.running(
+        settings, provisioner=backend, telemetry=telemetry, supervision=supervision
+    ) as running:
         address = f"127.0.0.1:{running.port}"
         async with authorized_channel(address, credentials=credentials) as channel:
             yield Scheduler(
@@ -429,7 +437,8 @@ class TcpProxy:
     ``freeze()`` is a partition that leaves every connection half-open: nothing is forwarded
     in either direction and nothing is closed, new connections are accepted and held, so the
     ends see silence, as when a network drops packets. ``thaw()`` heals it: what was held goes
-    through, as TCP's retransmissions would deliver it. ``cut()`` closes every connection.
+    through, as TCP's retransmissions would deliver it. ``cut()`` closes every connection;
+    ``down()`` does that and refuses new ones until ``up()``, as a server that went away.
     """
 
     def __init__(self, target_host: str, target_port: int) -> None:
@@ -437,6 +446,7 @@ class TcpProxy:
         self._loop = asyncio.new_event_loop()
         self._flowing: asyncio.Event | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        self._refusing = False
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._server: asyncio.Server | None = None
         self.port = 0
@@ -469,6 +479,19 @@ class TcpProxy:
     def thaw(self) -> None:
         self._call(lambda: self._flow().set())
 
+    def down(self) -> None:
+        def refuse() -> None:
+            self._refusing = True
+
+        self._call(refuse)
+        self.cut()
+
+    def up(self) -> None:
+        def accept() -> None:
+            self._refusing = False
+
+        self._call(accept)
+
     def cut(self) -> None:
         def close_all() -> None:
             for writer in list(self._writers):
@@ -499,6 +522,9 @@ class TcpProxy:
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._refusing:
+            writer.transport.abort()
+            return
         self._writers.add(writer)
         try:
             await self._flow().wait()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any, TypeAlias, TypeVar
 
 import grpc
@@ -159,9 +159,11 @@ class RunnerServicer(pb_grpc.RunnerServiceServicer):
             out.put_nowait(_END)
 
         try:
-            async for item in _drain_queue(out, read_attaching()):
-                assert isinstance(item, HeartbeatReply)
-                yield convert.heartbeat_message(item)
+            # Closed with the stream, not whenever it is collected: its helpers end with it.
+            async with contextlib.aclosing(_drain_queue(out, read_attaching())) as replies:
+                async for item in replies:
+                    assert isinstance(item, HeartbeatReply)
+                    yield convert.heartbeat_message(item)
         finally:
             for undo in detach.values():
                 undo()
@@ -206,12 +208,13 @@ class RunnerServicer(pb_grpc.RunnerServiceServicer):
             out.put_nowait(_END)
 
         try:
-            async for item in _drain_queue(out, read()):
-                room.release()
-                if isinstance(item, BaseException):
-                    raise item
-                assert isinstance(item, pb.PostResultResponse)
-                yield item
+            async with contextlib.aclosing(_drain_queue(out, read())) as replies:
+                async for item in replies:
+                    room.release()
+                    if isinstance(item, BaseException):
+                        raise item
+                    assert isinstance(item, pb.PostResultResponse)
+                    yield item
         finally:
             # The call ended (or was cancelled): outcomes still being settled are not dropped
             # half-way (settlement runs on in the batcher), but nobody waits for their answer.
@@ -243,7 +246,9 @@ class RunnerServicer(pb_grpc.RunnerServiceServicer):
         return pb.WriteArtifactResponse(artifact=artifact_message(stored, self._artifacts))
 
 
-async def _drain_queue(queue: asyncio.Queue[Any], producer: Awaitable[None]) -> AsyncIterator[Any]:
+async def _drain_queue(
+    queue: asyncio.Queue[Any], producer: Awaitable[None]
+) -> AsyncGenerator[Any, None]:
     """Items of ``queue`` until the producer puts the end marker; its errors end the stream."""
     task = asyncio.ensure_future(producer)
     getter: asyncio.Task[Any] | None = None
