@@ -33,7 +33,7 @@ async def lead_forever(
     leadership: Leadership, duty: Duty, lead: Callable[[Term], Awaitable[None]], *, what: str = ""
 ) -> None:
     """Wait to hold ``duty``; run ``lead(term)`` while holding it (it returns once
-    ``term.lost`` is set); then wait for the duty again."""
+    ``term.lost`` is set, or is stopped then); then wait for the duty again."""
     retries = Retries(RETRY)
     text = duty.value + (f" ({what})" if what else "")
     while True:
@@ -42,12 +42,6 @@ async def lead_forever(
                 log.info("this replica leads: it %s", text, extra={"term": term.describe()})
                 retries.reset()
                 await _while_held(term, lead, text)
-                log.warning(
-                    "this replica stepped down: it no longer %s (%s)",
-                    text,
-                    term.reason,
-                    extra={"term": term.describe()},
-                )
             await asyncio.sleep(0)  # let the rest of the process run before waiting again
         except TRANSIENT as exc:
             log.warning("lost the database while waiting to lead (%s); retrying", exc)
@@ -55,16 +49,43 @@ async def lead_forever(
 
 
 async def _while_held(term: Term, lead: Callable[[Term], Awaitable[None]], text: str) -> None:
+    """Run ``lead(term)`` until the term ends, waiting out database errors; the moment the
+    term ends, say so and stop the loop, even in the middle of a call (to a database that
+    does not answer, say: a fenced write would be refused anyway)."""
     retries = Retries(RETRY)
-    while not term.lost.is_set():
-        try:
-            await lead(term)
-        except NotLeader as exc:
-            term.end(str(exc))
-        except TRANSIENT as exc:
-            wait = retries.wait()
-            log.warning("the database failed while this replica %s (%s); retrying", text, exc)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(term.lost.wait(), wait)
-        else:
-            retries.reset()
+    lost = asyncio.ensure_future(term.lost.wait())
+    try:
+        while not term.lost.is_set():
+            work = asyncio.ensure_future(lead(term))
+            await asyncio.wait({work, lost}, return_when=asyncio.FIRST_COMPLETED)
+            if not work.done():
+                _stepped_down(term, text)
+                work.cancel()
+                await asyncio.wait({work})
+                failed = None if work.cancelled() else work.exception()
+                if failed is not None and not isinstance(failed, (NotLeader, *TRANSIENT)):
+                    raise failed
+                return
+            try:
+                work.result()
+            except NotLeader as exc:
+                term.end(str(exc))
+            except TRANSIENT as exc:
+                wait = retries.wait()
+                log.warning("the database failed while this replica %s (%s); retrying", text, exc)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(lost), wait)
+            else:
+                retries.reset()
+        _stepped_down(term, text)
+    finally:
+        lost.cancel()
+
+
+def _stepped_down(term: Term, text: str) -> None:
+    log.warning(
+        "this replica stepped down: it no longer %s (%s)",
+        text,
+        term.reason,
+        extra={"term": term.describe()},
+    )

@@ -282,7 +282,7 @@ class Reconciler:
             async with self._store.fenced(term):
                 term.check()
                 created = await self._provisioner.create(spec)
-        except _STOP:
+        except (*_STOP, asyncio.CancelledError):
             if created is not None:
                 log.warning(
                     "instance %s was created as this replica's term ended; deleting it",
