@@ -86,7 +86,8 @@ class Listener:
     after every (re)connection: waiters re-check whatever they might have missed. The
     connection also says whether PostgreSQL can be reached: ``on_up`` runs after every
     (re)connection, ``on_down`` when it goes or cannot be made (the server stopped,
-    restarted, or is unreachable).
+    restarted, or is unreachable). ``run`` is a background loop (the app runs it under its
+    supervisor).
     """
 
     def __init__(
@@ -101,17 +102,7 @@ class Listener:
         self._feed = feed
         self._on_up = on_up
         self._on_down = on_down
-        self._task: asyncio.Task[None] | None = None
         self.connected = asyncio.Event()
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self.run(), name="pg-listener")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
 
     def _dispatch(self, _conn: Any, _pid: int, channel: str, payload: object) -> None:
         changes = decode(channel, str(payload))

@@ -46,10 +46,16 @@ async def test_a_loop_broken_by_the_database_is_restarted_and_health_follows_it(
             # A real fault: the column the timekeeper's deadline query reads is gone.
             await admin.execute("ALTER TABLE nodes RENAME COLUMN not_before TO not_before_gone")
             await eventually(lambda: not model.serving(), timeout=30)
-            answer = await health.Check(health_pb2.HealthCheckRequest())
-            assert answer.status == health_pb2.HealthCheckResponse.NOT_SERVING
+            call = health.Check(health_pb2.HealthCheckRequest())
+            assert (await call).status == health_pb2.HealthCheckResponse.NOT_SERVING
             (problem,) = model.problems()
             assert problem.name == condition("timekeeper") and "UndefinedColumn" in problem.reason
+            # The answer says why, and who leads, in its trailing metadata.
+            trailers = list(await call.trailing_metadata() or ())
+            said = dict(trailers)
+            assert said["heat-replica"] == sc.running.leadership.holder
+            assert "loop timekeeper (since " in said["heat-problem"]
+            assert said["heat-leader-timekeeper"].startswith(sc.running.leadership.holder)
             await admin.execute("ALTER TABLE nodes RENAME COLUMN not_before_gone TO not_before")
             await eventually(model.serving, timeout=30)
         finally:
