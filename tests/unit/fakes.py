@@ -17,14 +17,14 @@ from typing import Any
 from scheduler.domain import dag
 from scheduler.domain.access import AccessToken
 from scheduler.domain.audit import AuditEvent, AuditFilter
-from scheduler.domain.errors import Aborted, Unavailable
+from scheduler.domain.errors import Aborted, Internal, Unavailable
 from scheduler.domain.leadership import Duty, NotLeader, Term
 from scheduler.domain.ports import Changes
 from scheduler.domain.provisioning import InstanceSpec, Observed, Phase, RunnerStatus, RunnerWork
 from scheduler.domain.registry import Runner, RunnerCredential
 from scheduler.domain.runner_protocol import AttemptState, ClaimedTask, ClaimRequest
 from scheduler.domain.sessions import NodeState
-from scheduler.domain.verdicts import EarlierVerdict, ExpiredAttempt, HeldNode
+from scheduler.domain.verdicts import EarlierVerdict, ExpiredAttempt, ExpiryReason, HeldNode
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -80,6 +80,9 @@ class MemoryTasks:
     extended: list[tuple[str, list[str]]] = field(default_factory=list)
     conflicts: int = 0  # settlements that lose to a concurrent change before one wins
     changes: Changes = field(default_factory=Changes)
+    # Attempts whose retry the database refuses to store (a value of another era): a settlement
+    # that would put one in retry_wait fails as PostgreSQL's statement would (Internal).
+    unstorable_retries: set[str] = field(default_factory=set)
 
     def running(self, node: HeldNode, lease: datetime) -> None:
         self.nodes[node.attempt_id] = node
@@ -103,6 +106,9 @@ class MemoryTasks:
         if self.conflicts:
             self.conflicts -= 1
             raise Aborted("a concurrent change won (fake); retry")
+        for write in settlement.writes:
+            if write.node.attempt_id in self.unstorable_retries and write.not_before is not None:
+                raise Internal("a database statement failed (DatetimeFieldOverflow, fake)")
         self.settlements.append(settlement)
         for write in settlement.writes:
             self.nodes[write.node.attempt_id] = replace(write.node, state=write.state)
@@ -136,7 +142,11 @@ class MemoryTasks:
         return 0
 
     async def expired(self, now: datetime, limit: int) -> list[ExpiredAttempt]:
-        return []
+        return [
+            ExpiredAttempt(a, ExpiryReason.LEASE, timedelta(hours=1))
+            for a, lease in sorted(self.leases.items())
+            if lease <= now and self.nodes[a].state is NodeState.RUNNING
+        ][:limit]
 
     async def promote_due_retries(self, now: datetime, limit: int) -> int:
         return 0

@@ -22,10 +22,12 @@ from scheduler.domain.leadership import (
     takeover_wait,
 )
 from scheduler.domain.provisioning import InstanceSpec, Observed, RunnerWork
+from scheduler.domain.sessions import NodeState
 from scheduler.service.leadership import lead_forever
 from tests.support import eventually
 from tests.unit.fakes import T0, FakeProvisioner, OneReplica
 from tests.unit.test_provisioning_rules import Rig
+from tests.unit.test_runner_protocol import Rig as ProtocolRig
 
 SETTINGS = LeaseSettings(timedelta(seconds=10), timedelta(seconds=2))
 
@@ -179,3 +181,36 @@ async def test_a_pass_within_the_term_counts_its_writes_against_it() -> None:
     await rig.reconciler.reconcile(rig.term)
     # One fenced transaction per instance created, one for the pass's records.
     assert rig.store.fenced_writes == {rig.term.epoch: 2}
+
+
+# --- the timekeeper writes only within its term, and a bad row never stops it ------------------
+
+
+async def test_an_expiry_the_database_refuses_fails_its_attempt_alone() -> None:
+    rig = ProtocolRig()
+    rig.running("a-1")
+    rig.running("a-2")
+    rig.store.tasks.unstorable_retries = {"a-1"}
+    rig.clock.advance(seconds=31)  # past both leases
+    term = OneReplica().term(Duty.TIMEKEEPER)
+    await rig.protocol.timekeeper._keep_time(term, rig.clock.now())
+    nodes = rig.store.tasks.nodes
+    assert nodes["a-2"].state is NodeState.RETRY_WAIT  # retried as ever
+    assert nodes["a-1"].state is NodeState.FAILED  # failed alone, with the reason
+    (failed,) = [
+        w for st in rig.store.tasks.settlements for w in st.writes if w.node.attempt_id == "a-1"
+    ]
+    assert failed.error is not None
+    assert "could not store this attempt's expiry" in failed.error.message
+
+
+async def test_a_timekeeper_whose_term_ended_expires_nothing() -> None:
+    rig = ProtocolRig()
+    rig.running("a-1")
+    rig.clock.advance(seconds=31)
+    term = OneReplica().term(Duty.TIMEKEEPER)
+    term.end("b took over (epoch 2)")
+    with pytest.raises(NotLeader):
+        await rig.protocol.timekeeper._keep_time(term, rig.clock.now())
+    assert rig.store.tasks.nodes["a-1"].state is NodeState.RUNNING
+    assert rig.store.fenced_writes == {}
