@@ -39,7 +39,7 @@ from scheduler.domain.clock import SystemClock
 from scheduler.domain.errors import SchedulerError
 from scheduler.domain.health import Health
 from scheduler.domain.leadership import LeaderView, LeaseSettings
-from scheduler.domain.limits import Limits
+from scheduler.domain.limits import VALIDATION_BUDGET, Limits
 from scheduler.domain.ports import BlobStore, Provisioner
 from scheduler.domain.provisioning import InstanceSpec
 from scheduler.domain.registry import Runner
@@ -76,6 +76,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("scheduler")
 
 EMBEDDED_DATABASE = "heat"
+IDLE_MARGIN = timedelta(seconds=5)
 EMBEDDED_CONDITION = "embedded PostgreSQL"
 SERVICE_NAMES = (
     registry_service_pb2.DESCRIPTOR.services_by_name["RegistryService"].full_name,
@@ -215,6 +216,8 @@ async def running(
             signals,
             max_size=settings.db_pool_size,
             telemetry=report,
+            # A request's checks may run inside its transaction for up to their budget.
+            idle_limit=max(lease.idle_limit, VALIDATION_BUDGET + IDLE_MARGIN),
             fence_idle_limit=lease.idle_limit,
         )
         stack.push_async_callback(store.close)

@@ -87,6 +87,10 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
         await conn.set_type_codec(kind, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
+def _milliseconds(duration: timedelta) -> str:
+    return f"{max(round(duration.total_seconds() * 1000), 1)}ms"
+
+
 class PgStore:
     """Every service call runs in one of its units of work."""
 
@@ -98,12 +102,12 @@ class PgStore:
         *,
         fence_idle_limit: timedelta = DEFAULT_DURATION - DEFAULT_RENEW_EVERY,
     ) -> None:
-        """``fence_idle_limit``: how long a leader's transaction may idle (the lease's
-        ``idle_limit``) before the database ends it."""
+        """``fence_idle_limit``: how long a leader's transaction may sit idle before the
+        database ends it (the leadership lease's ``idle_limit``)."""
         self._pool = pool
         self._feed = feed
         self._telemetry = telemetry
-        self._idle_limit = f"{max(round(fence_idle_limit.total_seconds() * 1000), 1)}ms"
+        self._fence_idle_limit = _milliseconds(fence_idle_limit)
 
     @classmethod
     async def open(
@@ -113,11 +117,20 @@ class PgStore:
         *,
         max_size: int = 20,
         telemetry: Telemetry = NO_TELEMETRY,
+        idle_limit: timedelta = DEFAULT_DURATION,
         fence_idle_limit: timedelta = DEFAULT_DURATION - DEFAULT_RENEW_EVERY,
     ) -> PgStore:
+        """A pool on ``dsn``. A transaction that sits idle longer than ``idle_limit`` (a
+        leader's: ``fence_idle_limit``) is ended by the database, so a replica that is paused,
+        or cut off with its connections left half-open, holds no row lock other replicas wait
+        on for longer than that, and a leader's never holds a takeover back past its lease."""
         with translated():
             pool: asyncpg.Pool = await asyncpg.create_pool(
-                dsn, min_size=2, max_size=max_size, init=_init_connection
+                dsn,
+                min_size=2,
+                max_size=max_size,
+                init=_init_connection,
+                server_settings={"idle_in_transaction_session_timeout": _milliseconds(idle_limit)},
             )
         return cls(pool, feed, telemetry, fence_idle_limit=fence_idle_limit)
 
@@ -143,7 +156,8 @@ class PgStore:
         with translated():
             async with self._pool.acquire() as conn, conn.transaction():
                 work = PgUnitOfWork(conn, self._telemetry)
-                if not await work.db.fetch("fence", term.duty.key, term.epoch, self._idle_limit):
+                fence = (term.duty.key, term.epoch, self._fence_idle_limit)
+                if not await work.db.fetch("fence", *fence):
                     term.end("another replica took over, or its lease ran out")
                     raise NotLeader(f"the term ({term.describe()}) is over")
                 yield work
