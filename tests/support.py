@@ -442,8 +442,10 @@ class TcpProxy:
     ``down()`` does that and refuses new ones until ``up()``, as a server that went away.
     """
 
-    def __init__(self, target_host: str, target_port: int) -> None:
+    def __init__(self, target_host: str, target_port: int, *, unix_socket: str = "") -> None:
+        """Forward to ``target_host:target_port``, or to the Unix socket at ``unix_socket``."""
         self._target = (target_host, target_port)
+        self._unix_socket = unix_socket
         self._loop = asyncio.new_event_loop()
         self._flowing: asyncio.Event | None = None
         self._writers: set[asyncio.StreamWriter] = set()
@@ -455,13 +457,19 @@ class TcpProxy:
     @classmethod
     def to_dsn(cls, dsn: str) -> tuple[TcpProxy, str]:
         """A started proxy to the server of ``dsn``, and the DSN that goes through it."""
-        from urllib.parse import urlsplit, urlunsplit
+        from urllib.parse import parse_qs, urlsplit, urlunsplit
 
         parts = urlsplit(dsn)
-        proxy = cls(parts.hostname or "127.0.0.1", parts.port or 5432)
+        query = parse_qs(parts.query)
+        if "host" in query:  # a Unix socket's folder (and its port)
+            port = query.get("port", ["5432"])[0]
+            proxy = cls("", 0, unix_socket=f"{query['host'][0]}/.s.PGSQL.{port}")
+        else:
+            proxy = cls(parts.hostname or "127.0.0.1", parts.port or 5432)
         proxy.start()
-        netloc = f"{parts.username}@127.0.0.1:{proxy.port}" if parts.username else ""
-        return proxy, urlunsplit(parts._replace(netloc=netloc or f"127.0.0.1:{proxy.port}"))
+        user, at, _ = parts.netloc.rpartition("@")
+        netloc = f"{user}{at}127.0.0.1:{proxy.port}"
+        return proxy, urlunsplit(parts._replace(netloc=netloc, query=""))
 
     def start(self) -> None:
         self._thread.start()
@@ -542,7 +550,10 @@ class TcpProxy:
         self._writers.add(writer)
         try:
             await self._flow().wait()
-            up_reader, up_writer = await asyncio.open_connection(*self._target)
+            if self._unix_socket:
+                up_reader, up_writer = await asyncio.open_unix_connection(self._unix_socket)
+            else:
+                up_reader, up_writer = await asyncio.open_connection(*self._target)
         except OSError:
             writer.transport.abort()
             return

@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-import grpc
 import pytest
 from google.protobuf import json_format
 from heat.scheduler.v1 import registry_service_pb2 as rpb
@@ -152,7 +151,7 @@ class Replicas:
                 }
             ],
         }  # fmt: skip
-        with grpc.insecure_channel(served.address) as channel:
+        with served.channel() as channel:
             rpb_grpc.RegistryServiceStub(channel).ApplyManifest(
                 json_format.ParseDict({"manifest": manifest}, rpb.ApplyManifestRequest())
             )
@@ -162,7 +161,7 @@ class Replicas:
             {"key": f"n{i}", "nodeTemplate": "echo", "config": {"sleep": sleep}}
             for i in range(count)
         ]
-        with grpc.insecure_channel(served.address) as channel:
+        with served.channel() as channel:
             created = spb_grpc.SessionServiceStub(channel).CreateSession(
                 json_format.ParseDict({"dag": {"nodes": nodes}}, spb.CreateSessionRequest())
             )
@@ -170,7 +169,7 @@ class Replicas:
         return name
 
     def finished(self, served: Served, name: str, timeout: float = 60) -> s.Session:
-        with grpc.insecure_channel(served.address) as channel:
+        with served.channel() as channel:
             stub = spb_grpc.SessionServiceStub(channel)
             watch = stub.WatchSession(spb.WatchSessionRequest(name=name), timeout=timeout)
             for item in watch:

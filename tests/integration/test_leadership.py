@@ -9,6 +9,7 @@ import sys
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import ClassVar
 
 import asyncpg
 import pytest
@@ -35,9 +36,13 @@ async def store(dsn: str, lease: LeaseSettings = LEASE) -> AsyncIterator[PgStore
 
 
 class Replica:
-    """A replica's leadership of DUTY, held in a task until ``leave()``."""
+    """A replica's leadership of DUTY, held in a task until ``leave()`` (every replica a test
+    made leaves after it, whatever happened)."""
+
+    made: ClassVar[list[Replica]] = []
 
     def __init__(self, dsn: str, name: str, lease: LeaseSettings = LEASE) -> None:
+        Replica.made.append(self)
         self.views: list[LeaderView] = []  # who leads, each time this replica learns it
         self.leadership = LeaseLeadership(dsn, name, lease, seen=self.views.append)
         self.term: Term | None = None
@@ -58,6 +63,13 @@ class Replica:
         self._leave.set()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self._task, 10)
+
+
+@pytest.fixture(autouse=True)
+async def _replicas_leave() -> AsyncIterator[None]:
+    yield
+    while Replica.made:
+        await Replica.made.pop().leave()
 
 
 @pytest.fixture
