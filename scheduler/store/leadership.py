@@ -29,6 +29,7 @@ from datetime import timedelta
 from typing import Any, Final
 
 import asyncpg
+from asyncpg.exceptions import InternalClientError
 
 from scheduler.domain.backoff import Backoff, Retries
 from scheduler.domain.errors import Unavailable
@@ -105,7 +106,7 @@ class _Link:
         except TimeoutError:
             self.broken()  # the server did not answer in time: the connection is not to be trusted
             raise Unavailable("the database did not answer a lock wait in time") from None
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, InternalClientError) as exc:
             self.broken()
             raise Unavailable(f"the leadership connection failed ({type(exc).__name__})") from exc
 

@@ -116,7 +116,12 @@ async def test_instances_follow_the_work_and_go_away_when_idle(
         await eventually(lambda: not provisioner.observed(), timeout=30)
         gone_at = datetime.now(UTC)
         elapsed = time.monotonic() - started
-        runner = (await sc.registry.GetRunner(rpb.GetRunnerRequest(name="w"))).runner
+        # The pass that removed the last instance records the status as it ends.
+        for _ in range(200):
+            runner = (await sc.registry.GetRunner(rpb.GetRunnerRequest(name="w"))).runner
+            if not runner.status.observed_pods:
+                break
+            await asyncio.sleep(0.05)
         assert runner.status.observed_pods == 0 and runner.status.desired_pods == 0
         assert not runner.status.last_provisioning_error
         print(
