@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Final, Protocol
 
+from scheduler.domain.leadership import Term
 from scheduler.domain.runner_protocol import ClaimedTask
 from scheduler.domain.sessions import NO_TRACE, NodeState, TraceContext
 from scheduler.domain.verdicts import HeldNode, OutcomeKind, ResultStatus
@@ -99,6 +100,11 @@ class Telemetry(Protocol):
         """Creating (``create``) or deleting (``delete``) an instance failed."""
         ...
 
+    def leading(self, term: Term) -> None:
+        """This replica began ``term``: it leads the term's duty until ``term.lost`` is set
+        (read whenever the metrics are, so the loss shows without a further call)."""
+        ...
+
     def statement(self, name: str) -> AbstractContextManager[object]:
         """Around one named SQL statement (a database span when a traced span is current)."""
         ...
@@ -124,6 +130,9 @@ class NoTelemetry:
         return None
 
     def provisioning_error(self, runner: str, operation: str) -> None:
+        return None
+
+    def leading(self, term: Term) -> None:
         return None
 
     def statement(self, name: str) -> AbstractContextManager[object]:

@@ -20,6 +20,7 @@ from scheduler.domain.backoff import Backoff, Retries
 from scheduler.domain.errors import Aborted, Unavailable
 from scheduler.domain.leadership import Duty, NotLeader, Term
 from scheduler.domain.ports import Leadership
+from scheduler.domain.telemetry import NO_TELEMETRY, Telemetry
 
 log = logging.getLogger(__name__)
 
@@ -30,16 +31,23 @@ RETRY: Final = Backoff(timedelta(seconds=0.1), timedelta(seconds=5))
 
 
 async def lead_forever(
-    leadership: Leadership, duty: Duty, lead: Callable[[Term], Awaitable[None]], *, what: str = ""
+    leadership: Leadership,
+    duty: Duty,
+    lead: Callable[[Term], Awaitable[None]],
+    *,
+    what: str = "",
+    telemetry: Telemetry = NO_TELEMETRY,
 ) -> None:
     """Wait to hold ``duty``; run ``lead(term)`` while holding it (it returns once
-    ``term.lost`` is set, or is stopped then); then wait for the duty again."""
+    ``term.lost`` is set, or is stopped then); then wait for the duty again. Telemetry hears
+    of every term (the leadership metrics)."""
     retries = Retries(RETRY)
     text = duty.value + (f" ({what})" if what else "")
     while True:
         try:
             async with leadership.lead(duty) as term:
                 log.info("this replica leads: it %s", text, extra={"term": term.describe()})
+                telemetry.leading(term)
                 retries.reset()
                 await _while_held(term, lead, text)
             await asyncio.sleep(0)  # let the rest of the process run before waiting again

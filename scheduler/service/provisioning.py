@@ -118,7 +118,11 @@ class Reconciler:
             await self._provisioner.start(self.wake)
             self._started = True
         await lead_forever(
-            self._leadership, Duty.PROVISIONING, self._lead, what=self._provisioner.name
+            self._leadership,
+            Duty.PROVISIONING,
+            self._lead,
+            what=self._provisioner.name,
+            telemetry=self._telemetry,
         )
 
     async def _lead(self, term: Term) -> None:

@@ -15,6 +15,7 @@ from typing import Final
 
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
 
+from scheduler.domain.leadership import Duty, Term
 from scheduler.domain.provisioning import RunnerStatus
 from scheduler.domain.sessions import SessionState
 from scheduler.domain.telemetry import PoolUsage
@@ -32,11 +33,15 @@ INSTANCES_READY: Final = "heat.runner.instance.ready"
 INSTANCE_FAILURES: Final = "heat.runner.instance.failures"
 PROVISIONING_ERRORS: Final = "heat.provisioning.errors"
 RPC_DURATION: Final = "rpc.server.call.duration"
+LEADERSHIP_HELD: Final = "heat.leadership.held"
+LEADERSHIP_TERM_START: Final = "heat.leadership.term.start_time"
 DB_CONNECTIONS: Final = "db.client.connection.count"
 DB_CONNECTIONS_MAX: Final = "db.client.connection.max"
 
 # Attribute keys.
 RUNNER: Final = "heat.runner"
+DUTY: Final = "heat.leadership.duty"
+EPOCH: Final = "heat.leadership.epoch"
 POOL_NAME: Final = "heat-scheduler"
 
 # Seconds: from a millisecond (a claim) to an hour (a long attempt).
@@ -59,6 +64,7 @@ class Instruments:
         self.sampled = Sampled()
         self._lock = threading.Lock()  # the exporters read from their own threads
         self.pool_usage: Callable[[], PoolUsage] | None = None
+        self._terms: dict[Duty, Term] = {}  # this replica's latest term of each duty
         self.dispatch_duration = meter.create_histogram(
             DISPATCH_DURATION,
             unit="s",
@@ -121,6 +127,19 @@ class Instruments:
             meter.create_observable_gauge(
                 name, [self._runner_gauge(part)], unit="{instance}", description=text
             )
+        meter.create_observable_gauge(
+            LEADERSHIP_HELD,
+            [self._held],
+            unit="{term}",
+            description="1 while this replica leads the duty, else 0.",
+        )
+        meter.create_observable_gauge(
+            LEADERSHIP_TERM_START,
+            [self._term_start],
+            unit="s",
+            description="When this replica's current term of the duty began (Unix time, by "
+            "the database's clock), with its epoch; none while it does not lead.",
+        )
         meter.create_observable_up_down_counter(
             DB_CONNECTIONS,
             [self._connections],
@@ -137,6 +156,30 @@ class Instruments:
     def sample(self, sampled: Sampled) -> None:
         with self._lock:
             self.sampled = sampled
+
+    def leading(self, term: Term) -> None:
+        with self._lock:
+            self._terms[term.duty] = term
+
+    def _held_terms(self) -> list[Term]:
+        """The terms this replica holds now. ``lost`` is an asyncio.Event set on the event
+        loop; reading its flag from an exporter's thread sees it set or not, nothing between."""
+        with self._lock:
+            terms = list(self._terms.values())
+        return [t for t in terms if not t.lost.is_set()]
+
+    def _held(self, options: CallbackOptions) -> Iterable[Observation]:
+        held = {t.duty for t in self._held_terms()}
+        for duty in Duty:
+            yield Observation(int(duty in held), {DUTY: duty.key})
+
+    def _term_start(self, options: CallbackOptions) -> Iterable[Observation]:
+        for term in self._held_terms():
+            if term.since is not None:
+                labels: dict[str, str | int] = {DUTY: term.duty.key}
+                if term.epoch is not None:
+                    labels[EPOCH] = term.epoch
+                yield Observation(term.since.timestamp(), labels)
 
     def _current(self) -> Sampled:
         with self._lock:

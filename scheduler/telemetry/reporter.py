@@ -24,6 +24,7 @@ from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+from scheduler.domain.leadership import Term
 from scheduler.domain.runner_protocol import ClaimedTask
 from scheduler.domain.sessions import NO_TRACE, NodeState, TraceContext
 from scheduler.domain.telemetry import Answered, Settled, dispatch_span_id
@@ -238,6 +239,10 @@ class Reporter:
             self._instruments.provisioning_errors.add(
                 1, {RUNNER: runner, "heat.provisioning.operation": operation}
             )
+
+    def leading(self, term: Term) -> None:
+        if self._instruments is not None:
+            self._instruments.leading(term)
 
 
 def _outcome(item: Settled) -> str:

@@ -11,11 +11,13 @@ once for the process (``runner_spans``) and records only while a test holds it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
+import asyncpg
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -33,7 +35,7 @@ from scheduler.telemetry import SchedulerTelemetry, TelemetryConfig
 from scheduler.telemetry.config import Sampling
 from tests.integration.fake_scheduler import serving as runtime_serving
 from tests.integration.test_protocol import Claimer, dag, failed, post, setup_registry, success
-from tests.support import Scheduler, serving
+from tests.support import Scheduler, eventually, serving
 
 CALLER_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 CALLER_SPAN = "00f067aa0ba902b7"
@@ -360,6 +362,50 @@ async def test_metrics_move_as_tasks_run_fail_retry_and_expire(db_dsn: str) -> N
         )
         >= 3
     )
+
+
+TIMEKEEPER = {"heat.leadership.duty": "timekeeper"}
+PROVISIONING = {"heat.leadership.duty": "provisioning"}
+
+
+def term_starts(t: Traced, duty: str) -> list[tuple[int, float]]:
+    """(epoch, start as Unix time) of this replica's current term of ``duty``, if it leads."""
+    return [
+        (attributes["heat.leadership.epoch"], value)
+        for attributes, value in t.metrics().get("heat.leadership.term.start_time", [])
+        if attributes["heat.leadership.duty"] == duty
+    ]
+
+
+async def test_the_leadership_metrics_follow_a_term_from_one_replica_to_the_next(
+    db_dsn: str,
+) -> None:
+    first_served = contextlib.AsyncExitStack()
+    try:
+        first = await first_served.enter_async_context(traced(db_dsn))
+        await eventually(lambda: total(first.metrics(), "heat.leadership.held", **TIMEKEEPER))
+        conn = await asyncpg.connect(db_dsn)
+        try:
+            row = await conn.fetchrow("SELECT * FROM leadership WHERE duty = 'timekeeper'")
+        finally:
+            await conn.close()
+        assert row is not None
+        assert term_starts(first, "timekeeper") == [(row["epoch"], row["start_time"].timestamp())]
+        # Without a provisioner nobody provisions, and the metrics say so.
+        assert total(first.metrics(), "heat.leadership.held", **PROVISIONING) == 0
+        async with traced(db_dsn) as second:
+            notes = second.scheduler.running.model.notes
+            await eventually(lambda: "leader timekeeper" in notes(), timeout=30)
+            assert total(second.metrics(), "heat.leadership.held", **TIMEKEEPER) == 0
+            assert term_starts(second, "timekeeper") == []
+            await first_served.aclose()  # the leader leaves: its term ends, the next begins
+            await eventually(
+                lambda: total(second.metrics(), "heat.leadership.held", **TIMEKEEPER), timeout=30
+            )
+            ((epoch, start),) = term_starts(second, "timekeeper")
+            assert epoch == row["epoch"] + 1 and start >= row["start_time"].timestamp()
+    finally:
+        await first_served.aclose()
 
 
 async def test_the_health_watch_stream_works_under_the_interceptor(db_dsn: str) -> None:

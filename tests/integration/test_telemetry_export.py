@@ -22,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from scheduler.telemetry import SchedulerTelemetry, TelemetryConfig
 from tests.otlp import Receiver
-from tests.support import serving
+from tests.support import eventually, serving
 
 WORKER = Path(__file__).resolve().parents[1] / "e2e" / "worker.py"
 MANIFEST = {
@@ -118,6 +118,7 @@ async def test_the_prometheus_endpoint_serves_the_metrics(db_dsn: str) -> None:
         )
         assert telemetry.sampler is not None and telemetry.metrics_port
         await telemetry.sampler.refresh()
+        await eventually(lambda: "leader timekeeper" in s.running.model.notes())
         url = f"http://127.0.0.1:{telemetry.metrics_port}/metrics"
 
         def scrape() -> str:
@@ -141,3 +142,9 @@ async def test_the_prometheus_endpoint_serves_the_metrics(db_dsn: str) -> None:
         for sample in rpc.samples
     )
     assert {"db_client_connection_count", "db_client_connection_max"} <= set(families)
+    held = {
+        x.labels["heat_leadership_duty"]: x.value for x in families["heat_leadership_held"].samples
+    }
+    assert held == {"timekeeper": 1.0, "provisioning": 0.0}  # the only replica; no provisioner
+    (term,) = families["heat_leadership_term_start_time_seconds"].samples
+    assert term.labels == {"heat_leadership_duty": "timekeeper", "heat_leadership_epoch": "1"}

@@ -15,6 +15,7 @@ SECONDS = {
     instruments.DISPATCH_DURATION,
     instruments.ATTEMPT_DURATION,
     instruments.RPC_DURATION,
+    instruments.LEADERSHIP_TERM_START,
 }
 COUNTERS = {
     instruments.RESULTS,
@@ -24,12 +25,14 @@ COUNTERS = {
     instruments.PROVISIONING_ERRORS,
 }
 
+ATTRIBUTES = {instruments.RUNNER, instruments.DUTY, instruments.EPOCH}
+
 
 def prometheus_names() -> dict[str, str]:
     """Prometheus name -> OpenTelemetry name, as the endpoint shows them."""
     names = {}
     for key, value in vars(instruments).items():
-        if key.isupper() and isinstance(value, str) and "." in value and key != "RUNNER":
+        if key.isupper() and isinstance(value, str) and "." in value and value not in ATTRIBUTES:
             name = value.replace(".", "_")
             if value in SECONDS:
                 name += "_seconds"

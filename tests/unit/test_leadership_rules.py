@@ -8,8 +8,10 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
+from typing import Any
 
 import pytest
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from scheduler.domain.errors import Unavailable
 from scheduler.domain.leadership import (
@@ -24,6 +26,7 @@ from scheduler.domain.leadership import (
 from scheduler.domain.provisioning import InstanceSpec, Observed, RunnerWork
 from scheduler.domain.sessions import NodeState
 from scheduler.service.leadership import lead_forever
+from scheduler.telemetry import SchedulerTelemetry, TelemetryConfig
 from tests.support import eventually
 from tests.unit.fakes import T0, FakeProvisioner, OneReplica
 from tests.unit.test_provisioning_rules import Rig
@@ -136,6 +139,60 @@ async def lead_forever_once(
     task = asyncio.create_task(lead_forever(leadership, Duty.TIMEKEEPER, lead))
     await eventually(lambda: leadership.terms and leadership.terms[0].lost.is_set())
     task.cancel()
+
+
+def leadership_metrics(reader: InMemoryMetricReader) -> dict[str, list[tuple[dict[str, Any], Any]]]:
+    """The heat.leadership.* points as [(attributes, value)] by metric name."""
+    out: dict[str, list[tuple[dict[str, Any], Any]]] = {}
+    data = reader.get_metrics_data()
+    for resource in data.resource_metrics if data else ():
+        for scope in resource.scope_metrics:
+            for metric in scope.metrics:
+                if metric.name.startswith("heat.leadership."):
+                    points = out.setdefault(metric.name, [])
+                    for point in metric.data.data_points:
+                        points.append((dict(point.attributes or {}), getattr(point, "value", None)))
+    return out
+
+
+async def test_the_metrics_say_which_duty_this_replica_leads_since_when_and_in_which_term() -> None:
+    reader = InMemoryMetricReader()
+    telemetry = SchedulerTelemetry(TelemetryConfig(), metric_readers=[reader])
+    leadership = OneReplica()
+
+    async def lead(term: Term) -> None:
+        await term.lost.wait()
+
+    task = asyncio.create_task(
+        lead_forever(leadership, Duty.TIMEKEEPER, lead, telemetry=telemetry.reporter)
+    )
+    try:
+        await eventually(lambda: len(leadership.terms) == 1)
+        assert leadership_metrics(reader) == {
+            "heat.leadership.held": [
+                ({"heat.leadership.duty": "timekeeper"}, 1),
+                ({"heat.leadership.duty": "provisioning"}, 0),
+            ],
+            "heat.leadership.term.start_time": [
+                ({"heat.leadership.duty": "timekeeper", "heat.leadership.epoch": 1}, T0.timestamp())
+            ],
+        }
+        # The moment the term ends the metrics say so, before the replica has done anything.
+        leadership.terms[0].end("b took over (epoch 2)")
+        assert leadership_metrics(reader) == {
+            "heat.leadership.held": [
+                ({"heat.leadership.duty": "timekeeper"}, 0),
+                ({"heat.leadership.duty": "provisioning"}, 0),
+            ]
+        }
+        await eventually(lambda: len(leadership.terms) == 2)
+        started = leadership_metrics(reader)["heat.leadership.term.start_time"]
+        assert started == [
+            ({"heat.leadership.duty": "timekeeper", "heat.leadership.epoch": 2}, T0.timestamp())
+        ]
+    finally:
+        task.cancel()
+        await telemetry.shutdown()
 
 
 # --- the reconciler acts only within its term -----------------------------------------------

@@ -76,7 +76,9 @@ class RunnerProtocol:
             fail=self.results.fail,
             telemetry=telemetry,
         )
-        self.timekeeper = Timekeeper(store, leadership, clock, settings, self.results)
+        self.timekeeper = Timekeeper(
+            store, leadership, clock, settings, self.results, telemetry=telemetry
+        )
         self._unsubscribe = [
             signals.on_cancel(self.leases.cancelled),
             signals.on_deadline(self.timekeeper.deadline_written),

@@ -21,6 +21,7 @@ from scheduler.domain.clock import Clock
 from scheduler.domain.errors import Internal
 from scheduler.domain.leadership import Duty, Term
 from scheduler.domain.ports import Leadership, Store
+from scheduler.domain.telemetry import NO_TELEMETRY, Telemetry
 from scheduler.service.leadership import lead_forever
 from scheduler.service.runner_protocol.results import Results
 from scheduler.service.runner_protocol.settings import ProtocolSettings
@@ -38,19 +39,23 @@ class Timekeeper:
         clock: Clock,
         settings: ProtocolSettings,
         results: Results,
+        *,
+        telemetry: Telemetry = NO_TELEMETRY,
     ) -> None:
-        """``results`` settles attempts whose lease or time ran out."""
+        """``results`` settles attempts whose lease or time ran out; ``telemetry`` hears of
+        this replica's terms."""
         self._store = store
         self._leadership = leadership
         self._clock = clock
         self._settings = settings
         self._results = results
+        self._telemetry = telemetry
         self._tick = asyncio.Event()
         self._sleep_until: datetime | None = None
 
     async def run(self) -> None:
         """Keep time whenever this replica leads, for as long as the process lives."""
-        await lead_forever(self._leadership, Duty.TIMEKEEPER, self._lead)
+        await lead_forever(self._leadership, Duty.TIMEKEEPER, self._lead, telemetry=self._telemetry)
 
     def deadline_written(self, at: datetime | None) -> None:
         """Somebody wrote a deadline: wake the timekeeper if it sleeps past it."""
