@@ -11,7 +11,8 @@ per duty it leads or waits for:
   without waiting for the lease). A holder without the lock (it took over from a holder that
   was paused with the lock) is waited out with a timer.
 - leading, it renews the lease every ``renew_every`` (one UPDATE: the only periodic write),
-  takes the advisory lock when it can, and ends its term (``Term.end``) when a renewal finds
+  holds the advisory lock (taken with the term, or at a renewal once a former holder's
+  connection lets go of it), and ends its term (``Term.end``) when a renewal finds
   the term taken over, or when its own count of the lease runs out before a renewal gets
   through (a timer on a known deadline). Leaving the block ends the lease at once.
 
@@ -177,6 +178,10 @@ class LeaseLeadership:
             row = rows[0] if rows else None
             dead_holder = row is not None and link.locked and row["holder_pid"] is not None
             if row is None or row["expire_time"] <= row["now"] or dead_holder:
+                if not link.locked:
+                    # Held from the term's first moment, so that replicas arriving now wait on
+                    # it (and see this one step down or die at once), not on a timer.
+                    await link.try_lock()
                 await link.fetch("set_lock_timeout", _ms(self.settings.duration.total_seconds()))
                 sent = loop.time()
                 taken = await link.fetch(

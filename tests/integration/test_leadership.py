@@ -137,6 +137,20 @@ async def test_a_renewed_lease_stays_and_a_step_down_hands_it_over_at_once(
     await b.leave()
 
 
+async def test_a_term_holds_its_lock_from_its_first_moment_so_a_step_down_is_seen_at_once(
+    db_dsn: str, admin: asyncpg.Connection
+) -> None:
+    slow = LeaseSettings(timedelta(seconds=60), timedelta(seconds=20))  # no renewal in the test
+    a = Replica(db_dsn, "a", slow)
+    await a.leads()
+    assert await admin.fetchval("SELECT holder_pid FROM leadership") is not None
+    b = Replica(db_dsn, "b", slow)
+    await lock_waiters(admin, 1)  # b waits on a's lock, not on a 60 s timer
+    await a.leave()
+    taken = await asyncio.wait_for(b.leads(), 10)
+    assert (taken.epoch, taken.holder) == (2, "b")
+
+
 async def test_a_term_that_ran_out_is_noticed_and_its_fenced_writes_are_refused(
     db_dsn: str, admin: asyncpg.Connection
 ) -> None:
@@ -214,7 +228,7 @@ async def test_a_holder_that_dies_is_replaced_at_once(
         assert a.stdout is not None
         line = await asyncio.wait_for(a.stdout.readline(), 30)
         assert line.decode().strip() == "leading 1"
-        await locked_holder(admin)  # a's first renewal took the lock; b will wait on it
+        await locked_holder(admin)  # a holds the lock; b will wait on it
         b = Replica(db_dsn, "b", LeaseSettings(timedelta(seconds=30), timedelta(seconds=0.25)))
         await lock_waiters(admin, 1)
         a.kill()
