@@ -191,6 +191,8 @@ class Replicas:
             if served.process.poll() is None:
                 served.process.send_signal(signal.SIGCONT)
                 served.stop()
+        for served in self.served:  # shown when the test failed (pytest shows what it captured)
+            print(f"--- replica {name_of(served)}:\n" + "".join(served.lines[-400:]))
         for pid in self.orphans:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
