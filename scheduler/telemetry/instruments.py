@@ -42,6 +42,7 @@ DB_CONNECTIONS_MAX: Final = "db.client.connection.max"
 RUNNER: Final = "heat.runner"
 DUTY: Final = "heat.leadership.duty"
 EPOCH: Final = "heat.leadership.epoch"
+HOLDER: Final = "heat.leadership.holder"
 POOL_NAME: Final = "heat-scheduler"
 
 # Seconds: from a millisecond (a claim) to an hour (a long attempt).
@@ -138,7 +139,8 @@ class Instruments:
             [self._term_start],
             unit="s",
             description="When this replica's current term of the duty began (Unix time, by "
-            "the database's clock), with its epoch; none while it does not lead.",
+            "the database's clock), with its epoch and this replica's name; none while it does "
+            "not lead.",
         )
         meter.create_observable_up_down_counter(
             DB_CONNECTIONS,
@@ -179,6 +181,8 @@ class Instruments:
                 labels: dict[str, str | int] = {DUTY: term.duty.key}
                 if term.epoch is not None:
                     labels[EPOCH] = term.epoch
+                if term.holder:
+                    labels[HOLDER] = term.holder
                 yield Observation(term.since.timestamp(), labels)
 
     def _current(self) -> Sampled:

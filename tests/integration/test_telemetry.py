@@ -368,10 +368,11 @@ TIMEKEEPER = {"heat.leadership.duty": "timekeeper"}
 PROVISIONING = {"heat.leadership.duty": "provisioning"}
 
 
-def term_starts(t: Traced, duty: str) -> list[tuple[int, float]]:
-    """(epoch, start as Unix time) of this replica's current term of ``duty``, if it leads."""
+def term_starts(t: Traced, duty: str) -> list[tuple[int, float, str]]:
+    """(epoch, start as Unix time, holder) of this replica's current term of ``duty``, if it
+    leads."""
     return [
-        (attributes["heat.leadership.epoch"], value)
+        (attributes["heat.leadership.epoch"], value, attributes["heat.leadership.holder"])
         for attributes, value in t.metrics().get("heat.leadership.term.start_time", [])
         if attributes["heat.leadership.duty"] == duty
     ]
@@ -390,7 +391,9 @@ async def test_the_leadership_metrics_follow_a_term_from_one_replica_to_the_next
         finally:
             await conn.close()
         assert row is not None
-        assert term_starts(first, "timekeeper") == [(row["epoch"], row["start_time"].timestamp())]
+        assert term_starts(first, "timekeeper") == [
+            (row["epoch"], row["start_time"].timestamp(), row["holder"])
+        ]
         # Without a provisioner nobody provisions, and the metrics say so.
         assert total(first.metrics(), "heat.leadership.held", **PROVISIONING) == 0
         async with traced(db_dsn) as second:
@@ -402,7 +405,7 @@ async def test_the_leadership_metrics_follow_a_term_from_one_replica_to_the_next
             await eventually(
                 lambda: total(second.metrics(), "heat.leadership.held", **TIMEKEEPER), timeout=30
             )
-            ((epoch, start),) = term_starts(second, "timekeeper")
+            ((epoch, start, _holder),) = term_starts(second, "timekeeper")
             assert epoch == row["epoch"] + 1 and start >= row["start_time"].timestamp()
     finally:
         await first_served.aclose()

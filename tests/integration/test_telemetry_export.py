@@ -147,4 +147,8 @@ async def test_the_prometheus_endpoint_serves_the_metrics(db_dsn: str) -> None:
     }
     assert held == {"timekeeper": 1.0, "provisioning": 0.0}  # the only replica; no provisioner
     (term,) = families["heat_leadership_term_start_time_seconds"].samples
-    assert term.labels == {"heat_leadership_duty": "timekeeper", "heat_leadership_epoch": "1"}
+    assert term.labels == {
+        "heat_leadership_duty": "timekeeper",
+        "heat_leadership_epoch": "1",
+        "heat_leadership_holder": s.running.leadership.holder,
+    }

@@ -25,7 +25,7 @@ COUNTERS = {
     instruments.PROVISIONING_ERRORS,
 }
 
-ATTRIBUTES = {instruments.RUNNER, instruments.DUTY, instruments.EPOCH}
+ATTRIBUTES = {instruments.RUNNER, instruments.DUTY, instruments.EPOCH, instruments.HOLDER}
 
 
 def prometheus_names() -> dict[str, str]:

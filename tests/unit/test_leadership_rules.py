@@ -141,6 +141,9 @@ async def lead_forever_once(
     task.cancel()
 
 
+TERM = {"heat.leadership.duty": "timekeeper", "heat.leadership.holder": "this"}
+
+
 def leadership_metrics(reader: InMemoryMetricReader) -> dict[str, list[tuple[dict[str, Any], Any]]]:
     """The heat.leadership.* points as [(attributes, value)] by metric name."""
     out: dict[str, list[tuple[dict[str, Any], Any]]] = {}
@@ -174,7 +177,7 @@ async def test_the_metrics_say_which_duty_this_replica_leads_since_when_and_in_w
                 ({"heat.leadership.duty": "provisioning"}, 0),
             ],
             "heat.leadership.term.start_time": [
-                ({"heat.leadership.duty": "timekeeper", "heat.leadership.epoch": 1}, T0.timestamp())
+                ({**TERM, "heat.leadership.epoch": 1}, T0.timestamp())
             ],
         }
         # The moment the term ends the metrics say so, before the replica has done anything.
@@ -187,9 +190,7 @@ async def test_the_metrics_say_which_duty_this_replica_leads_since_when_and_in_w
         }
         await eventually(lambda: len(leadership.terms) == 2)
         started = leadership_metrics(reader)["heat.leadership.term.start_time"]
-        assert started == [
-            ({"heat.leadership.duty": "timekeeper", "heat.leadership.epoch": 2}, T0.timestamp())
-        ]
+        assert started == [({**TERM, "heat.leadership.epoch": 2}, T0.timestamp())]
     finally:
         task.cancel()
         await telemetry.shutdown()
