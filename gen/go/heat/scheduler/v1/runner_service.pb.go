@@ -239,8 +239,19 @@ type ClaimStart struct {
 	NodeTemplates []string `protobuf:"bytes,4,rep,name=node_templates,json=nodeTemplates,proto3" json:"node_templates,omitempty"`
 	// Version of the runtime library, for operators.
 	RuntimeVersion string `protobuf:"bytes,5,opt,name=runtime_version,json=runtimeVersion,proto3" json:"runtime_version,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// The most tasks the scheduler may push in one message (ClaimTaskResponse
+	// with `tasks`). 0 or 1: one Task per message. Honoured only when the
+	// scheduler's ClaimStarted says so.
+	MaxTasksPerMessage int32 `protobuf:"varint,6,opt,name=max_tasks_per_message,json=maxTasksPerMessage,proto3" json:"max_tasks_per_message,omitempty"`
+	// Ask that a result returns its task's credit: a success or failure posted
+	// on PostResult for a task pushed on this stream frees that credit, so the
+	// instance sends no ClaimCredit for it (only for tasks it stops without
+	// posting, e.g. cancelled or lost; a hand-back returns none). Honoured
+	// only when the scheduler's ClaimStarted says so; until then credits are
+	// returned as ClaimCredit.
+	CreditsWithResults bool `protobuf:"varint,7,opt,name=credits_with_results,json=creditsWithResults,proto3" json:"credits_with_results,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *ClaimStart) Reset() {
@@ -308,6 +319,20 @@ func (x *ClaimStart) GetRuntimeVersion() string {
 	return ""
 }
 
+func (x *ClaimStart) GetMaxTasksPerMessage() int32 {
+	if x != nil {
+		return x.MaxTasksPerMessage
+	}
+	return 0
+}
+
+func (x *ClaimStart) GetCreditsWithResults() bool {
+	if x != nil {
+		return x.CreditsWithResults
+	}
+	return false
+}
+
 // Grants more credits.
 type ClaimCredit struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -363,6 +388,8 @@ type ClaimTaskResponse struct {
 	//
 	//	*ClaimTaskResponse_Task
 	//	*ClaimTaskResponse_Drain
+	//	*ClaimTaskResponse_Started
+	//	*ClaimTaskResponse_Tasks
 	Response      isClaimTaskResponse_Response `protobuf_oneof:"response"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -423,6 +450,24 @@ func (x *ClaimTaskResponse) GetDrain() *DrainRequest {
 	return nil
 }
 
+func (x *ClaimTaskResponse) GetStarted() *ClaimStarted {
+	if x != nil {
+		if x, ok := x.Response.(*ClaimTaskResponse_Started); ok {
+			return x.Started
+		}
+	}
+	return nil
+}
+
+func (x *ClaimTaskResponse) GetTasks() *TaskBatch {
+	if x != nil {
+		if x, ok := x.Response.(*ClaimTaskResponse_Tasks); ok {
+			return x.Tasks
+		}
+	}
+	return nil
+}
+
 type isClaimTaskResponse_Response interface {
 	isClaimTaskResponse_Response()
 }
@@ -437,9 +482,138 @@ type ClaimTaskResponse_Drain struct {
 	Drain *DrainRequest `protobuf:"bytes,2,opt,name=drain,proto3,oneof"`
 }
 
+type ClaimTaskResponse_Started struct {
+	// What the scheduler grants of what ClaimStart asked for; the first
+	// message of the stream, sent only when ClaimStart asked for batches or
+	// for credits returned with results.
+	Started *ClaimStarted `protobuf:"bytes,3,opt,name=started,proto3,oneof"`
+}
+
+type ClaimTaskResponse_Tasks struct {
+	// Several tasks, each leased to this instance and using one credit; only
+	// to an instance whose ClaimStarted granted batches.
+	Tasks *TaskBatch `protobuf:"bytes,4,opt,name=tasks,proto3,oneof"`
+}
+
 func (*ClaimTaskResponse_Task) isClaimTaskResponse_Response() {}
 
 func (*ClaimTaskResponse_Drain) isClaimTaskResponse_Response() {}
+
+func (*ClaimTaskResponse_Started) isClaimTaskResponse_Response() {}
+
+func (*ClaimTaskResponse_Tasks) isClaimTaskResponse_Response() {}
+
+// The scheduler's answer to a ClaimStart that asked for more than the first
+// version of the protocol.
+type ClaimStarted struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The most tasks one TaskBatch carries; 1: tasks come one per message.
+	MaxTasksPerMessage int32 `protobuf:"varint,1,opt,name=max_tasks_per_message,json=maxTasksPerMessage,proto3" json:"max_tasks_per_message,omitempty"`
+	// Outcomes posted for this stream's tasks return their credits.
+	CreditsWithResults bool `protobuf:"varint,2,opt,name=credits_with_results,json=creditsWithResults,proto3" json:"credits_with_results,omitempty"`
+	// PostResult takes several outcomes in one message (PostResultRequest.batch)
+	// and answers them in one (PostResultResponse.batch).
+	ResultBatches bool `protobuf:"varint,3,opt,name=result_batches,json=resultBatches,proto3" json:"result_batches,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ClaimStarted) Reset() {
+	*x = ClaimStarted{}
+	mi := &file_heat_scheduler_v1_runner_service_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ClaimStarted) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ClaimStarted) ProtoMessage() {}
+
+func (x *ClaimStarted) ProtoReflect() protoreflect.Message {
+	mi := &file_heat_scheduler_v1_runner_service_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ClaimStarted.ProtoReflect.Descriptor instead.
+func (*ClaimStarted) Descriptor() ([]byte, []int) {
+	return file_heat_scheduler_v1_runner_service_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *ClaimStarted) GetMaxTasksPerMessage() int32 {
+	if x != nil {
+		return x.MaxTasksPerMessage
+	}
+	return 0
+}
+
+func (x *ClaimStarted) GetCreditsWithResults() bool {
+	if x != nil {
+		return x.CreditsWithResults
+	}
+	return false
+}
+
+func (x *ClaimStarted) GetResultBatches() bool {
+	if x != nil {
+		return x.ResultBatches
+	}
+	return false
+}
+
+// Tasks pushed together.
+type TaskBatch struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The tasks, each leased to this instance.
+	Tasks         []*Task `protobuf:"bytes,1,rep,name=tasks,proto3" json:"tasks,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TaskBatch) Reset() {
+	*x = TaskBatch{}
+	mi := &file_heat_scheduler_v1_runner_service_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TaskBatch) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TaskBatch) ProtoMessage() {}
+
+func (x *TaskBatch) ProtoReflect() protoreflect.Message {
+	mi := &file_heat_scheduler_v1_runner_service_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TaskBatch.ProtoReflect.Descriptor instead.
+func (*TaskBatch) Descriptor() ([]byte, []int) {
+	return file_heat_scheduler_v1_runner_service_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *TaskBatch) GetTasks() []*Task {
+	if x != nil {
+		return x.Tasks
+	}
+	return nil
+}
 
 // A task: one attempt of one node, leased to one instance.
 type Task struct {
@@ -479,7 +653,7 @@ type Task struct {
 
 func (x *Task) Reset() {
 	*x = Task{}
-	mi := &file_heat_scheduler_v1_runner_service_proto_msgTypes[4]
+	mi := &file_heat_scheduler_v1_runner_service_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -491,7 +665,7 @@ func (x *Task) String() string {
 func (*Task) ProtoMessage() {}
 
 func (x *Task) ProtoReflect() protoreflect.Message {
-	mi := &file_heat_scheduler_v1_runner_service_proto_msgTypes[4]
+	mi := &file_heat_scheduler_v1_runner_service_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -504,7 +678,7 @@ func (x *Task) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Task.ProtoReflect.Descriptor instead.
 func (*Task) Descriptor() ([]byte, []int) {
-	return file_heat_scheduler_v1_runner_service_proto_rawDescGZIP(), []int{4}
+	return file_heat_scheduler_v1_runner_service_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Task) GetAttemptId() string {
@@ -604,7 +778,7 @@ type DrainRequest struct {
 
 func (x *DrainRequest) Reset() {
 	*x = DrainRequest{}
-	mi := &file_heat_scheduler_v1_runner_service_proto_msgTypes[5]
+	mi := &file_heat_scheduler_v1_runner_service_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -616,7 +790,7 @@ func (x *DrainRequest) String() string {
 func (*DrainRequest) ProtoMessage() {}
 
 func (x *DrainRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_heat_scheduler_v1_runner_service_proto_msgTypes[5]
+	mi := &file_heat_scheduler_v1_runner_service_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -629,7 +803,7 @@ func (x *DrainRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainRequest.ProtoReflect.Descriptor instead.
 func (*DrainRequest) Descriptor() ([]byte, []int) {
-	return file_heat_scheduler_v1_runner_service_proto_rawDescGZIP(), []int{5}
+	return file_heat_scheduler_v1_runner_service_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *DrainRequest) GetReason() string {
@@ -659,7 +833,7 @@ type HeartbeatRequest struct {
 
 func (x *HeartbeatRequest) Reset() {
 	*x = HeartbeatRequest{}
-	mi := &file_heat_scheduler_v1_runner_service_proto_msgTypes[6]
+	mi := &file_heat_scheduler_v1_runner_service_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -671,7 +845,7 @@ func (x *HeartbeatRequest) String() string {
 func (*HeartbeatRequest) ProtoMessage() {}
 
 func (x *HeartbeatRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_heat_scheduler_v1_runner_service_proto_msgTypes[6]
+	mi := &file_heat_scheduler_v1_runner_service_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -684,7 +858,7 @@ func (x *HeartbeatRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeartbeatRequest.ProtoReflect.Descriptor instead.
 func (*HeartbeatRequest) Descriptor() ([]byte, []int) {
-	return file_heat_scheduler_v1_runner_service_proto_rawDescGZIP(), []int{6}
+	return file_heat_scheduler_v1_runner_service_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *HeartbeatRequest) GetInstanceId() string {
@@ -721,7 +895,7 @@ type HeartbeatResponse struct {
 
 func (x *HeartbeatResponse) Reset() {
 	*x = HeartbeatResponse{}
-	mi := &file_heat_scheduler_v1_runner_service_proto_msgTypes[7]
+	mi := &file_heat_scheduler_v1_runner_service_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -733,7 +907,7 @@ func (x *HeartbeatResponse) String() string {
 func (*HeartbeatResponse) ProtoMessage() {}
 
 func (x *HeartbeatResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_heat_scheduler_v1_runner_service_proto_msgTypes[7]
+	mi := &file_heat_scheduler_v1_runner_service_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -746,7 +920,7 @@ func (x *HeartbeatResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeartbeatResponse.ProtoReflect.Descriptor instead.
 func (*HeartbeatResponse) Descriptor() ([]byte, []int) {
-	return file_heat_scheduler_v1_runner_service_proto_rawDescGZIP(), []int{7}
+	return file_heat_scheduler_v1_runner_service_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *HeartbeatResponse) GetLeases() []*Lease {
@@ -797,7 +971,7 @@ type Lease struct {
 
 func (x *Lease) Reset() {
 	*x = Lease{}
-	mi := &file_heat_scheduler_v1_runner_service_proto_msgTypes[8]
+	mi := &file_heat_scheduler_v1_runner_service_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -809,7 +983,7 @@ func (x *Lease) String() string {
 func (*Lease) ProtoMessage() {}
 
 func (x *Lease) ProtoReflect() protoreflect.Message {
-	mi := &file_heat_scheduler_v1_runner_service_proto_msgTypes[8]
+	mi := &file_heat_scheduler_v1_runner_service_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -822,7 +996,7 @@ func (x *Lease) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Lease.ProtoReflect.Descriptor instead.
 func (*Lease) Descriptor() ([]byte, []int) {
-	return file_heat_scheduler_v1_runner_service_proto_rawDescGZIP(), []int{8}
+	return file_heat_scheduler_v1_runner_service_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Lease) GetAttemptId() string {
@@ -852,7 +1026,7 @@ type TaskCancellation struct {
 
 func (x *TaskCancellation) Reset() {
 	*x = TaskCancellation{}
-	mi := &file_heat_scheduler_v1_runner_service_proto_msgTypes[9]
+	mi := &file_heat_scheduler_v1_runner_service_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -864,7 +1038,7 @@ func (x *TaskCancellation) String() string {
 func (*TaskCancellation) ProtoMessage() {}
 
 func (x *TaskCancellation) ProtoReflect() protoreflect.Message {
-	mi := &file_heat_scheduler_v1_runner_service_proto_msgTypes[9]
+	mi := &file_heat_scheduler_v1_runner_service_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -877,7 +1051,7 @@ func (x *TaskCancellation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskCancellation.ProtoReflect.Descriptor instead.
 func (*TaskCancellation) Descriptor() ([]byte, []int) {
-	return file_heat_scheduler_v1_runner_service_proto_rawDescGZIP(), []int{9}
+	return file_heat_scheduler_v1_runner_service_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *TaskCancellation) GetAttemptId() string {
@@ -906,14 +1080,19 @@ type PostResultRequest struct {
 	//	*PostResultRequest_Success
 	//	*PostResultRequest_Failure
 	//	*PostResultRequest_Release
-	Outcome       isPostResultRequest_Outcome `protobuf_oneof:"outcome"`
+	Outcome isPostResultRequest_Outcome `protobuf_oneof:"outcome"`
+	// Several outcomes in one message, each an entry with its own attempt_id
+	// and outcome (and no batch of its own); attempt_id and outcome are then
+	// left empty. One PostResultResponse answers them all, in its batch. Only
+	// to a scheduler that said it takes them (ClaimStarted.result_batches).
+	Batch         []*PostResultRequest `protobuf:"bytes,5,rep,name=batch,proto3" json:"batch,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *PostResultRequest) Reset() {
 	*x = PostResultRequest{}
-	mi := &file_heat_scheduler_v1_runner_service_proto_msgTypes[10]
+	mi := &file_heat_scheduler_v1_runner_service_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -925,7 +1104,7 @@ func (x *PostResultRequest) String() string {
 func (*PostResultRequest) ProtoMessage() {}
 
 func (x *PostResultRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_heat_scheduler_v1_runner_service_proto_msgTypes[10]
+	mi := &file_heat_scheduler_v1_runner_service_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -938,7 +1117,7 @@ func (x *PostResultRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PostResultRequest.ProtoReflect.Descriptor instead.
 func (*PostResultRequest) Descriptor() ([]byte, []int) {
-	return file_heat_scheduler_v1_runner_service_proto_rawDescGZIP(), []int{10}
+	return file_heat_scheduler_v1_runner_service_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *PostResultRequest) GetAttemptId() string {
@@ -978,6 +1157,13 @@ func (x *PostResultRequest) GetRelease() *TaskRelease {
 		if x, ok := x.Outcome.(*PostResultRequest_Release); ok {
 			return x.Release
 		}
+	}
+	return nil
+}
+
+func (x *PostResultRequest) GetBatch() []*PostResultRequest {
+	if x != nil {
+		return x.Batch
 	}
 	return nil
 }
@@ -1022,7 +1208,7 @@ type TaskSuccess struct {
 
 func (x *TaskSuccess) Reset() {
 	*x = TaskSuccess{}
-	mi := &file_heat_scheduler_v1_runner_service_proto_msgTypes[11]
+	mi := &file_heat_scheduler_v1_runner_service_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1034,7 +1220,7 @@ func (x *TaskSuccess) String() string {
 func (*TaskSuccess) ProtoMessage() {}
 
 func (x *TaskSuccess) ProtoReflect() protoreflect.Message {
-	mi := &file_heat_scheduler_v1_runner_service_proto_msgTypes[11]
+	mi := &file_heat_scheduler_v1_runner_service_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1047,7 +1233,7 @@ func (x *TaskSuccess) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskSuccess.ProtoReflect.Descriptor instead.
 func (*TaskSuccess) Descriptor() ([]byte, []int) {
-	return file_heat_scheduler_v1_runner_service_proto_rawDescGZIP(), []int{11}
+	return file_heat_scheduler_v1_runner_service_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *TaskSuccess) GetOutputs() *structpb.Value {
@@ -1072,7 +1258,7 @@ type TaskFailure struct {
 
 func (x *TaskFailure) Reset() {
 	*x = TaskFailure{}
-	mi := &file_heat_scheduler_v1_runner_service_proto_msgTypes[12]
+	mi := &file_heat_scheduler_v1_runner_service_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1084,7 +1270,7 @@ func (x *TaskFailure) String() string {
 func (*TaskFailure) ProtoMessage() {}
 
 func (x *TaskFailure) ProtoReflect() protoreflect.Message {
-	mi := &file_heat_scheduler_v1_runner_service_proto_msgTypes[12]
+	mi := &file_heat_scheduler_v1_runner_service_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1097,7 +1283,7 @@ func (x *TaskFailure) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskFailure.ProtoReflect.Descriptor instead.
 func (*TaskFailure) Descriptor() ([]byte, []int) {
-	return file_heat_scheduler_v1_runner_service_proto_rawDescGZIP(), []int{12}
+	return file_heat_scheduler_v1_runner_service_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *TaskFailure) GetKind() FailureKind {
@@ -1132,7 +1318,7 @@ type TaskRelease struct {
 
 func (x *TaskRelease) Reset() {
 	*x = TaskRelease{}
-	mi := &file_heat_scheduler_v1_runner_service_proto_msgTypes[13]
+	mi := &file_heat_scheduler_v1_runner_service_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1144,7 +1330,7 @@ func (x *TaskRelease) String() string {
 func (*TaskRelease) ProtoMessage() {}
 
 func (x *TaskRelease) ProtoReflect() protoreflect.Message {
-	mi := &file_heat_scheduler_v1_runner_service_proto_msgTypes[13]
+	mi := &file_heat_scheduler_v1_runner_service_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1157,7 +1343,7 @@ func (x *TaskRelease) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskRelease.ProtoReflect.Descriptor instead.
 func (*TaskRelease) Descriptor() ([]byte, []int) {
-	return file_heat_scheduler_v1_runner_service_proto_rawDescGZIP(), []int{13}
+	return file_heat_scheduler_v1_runner_service_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *TaskRelease) GetReason() string {
@@ -1175,14 +1361,18 @@ type PostResultResponse struct {
 	// The verdict.
 	Status ResultStatus `protobuf:"varint,2,opt,name=status,proto3,enum=heat.scheduler.v1.ResultStatus" json:"status,omitempty"`
 	// Why, for a rejection.
-	Message       string `protobuf:"bytes,3,opt,name=message,proto3" json:"message,omitempty"`
+	Message string `protobuf:"bytes,3,opt,name=message,proto3" json:"message,omitempty"`
+	// The verdicts on a batch of outcomes, one entry per entry of the
+	// request's batch, in the same order; attempt_id, status and message are
+	// then left empty.
+	Batch         []*PostResultResponse `protobuf:"bytes,4,rep,name=batch,proto3" json:"batch,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *PostResultResponse) Reset() {
 	*x = PostResultResponse{}
-	mi := &file_heat_scheduler_v1_runner_service_proto_msgTypes[14]
+	mi := &file_heat_scheduler_v1_runner_service_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1194,7 +1384,7 @@ func (x *PostResultResponse) String() string {
 func (*PostResultResponse) ProtoMessage() {}
 
 func (x *PostResultResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_heat_scheduler_v1_runner_service_proto_msgTypes[14]
+	mi := &file_heat_scheduler_v1_runner_service_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1207,7 +1397,7 @@ func (x *PostResultResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PostResultResponse.ProtoReflect.Descriptor instead.
 func (*PostResultResponse) Descriptor() ([]byte, []int) {
-	return file_heat_scheduler_v1_runner_service_proto_rawDescGZIP(), []int{14}
+	return file_heat_scheduler_v1_runner_service_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *PostResultResponse) GetAttemptId() string {
@@ -1231,6 +1421,13 @@ func (x *PostResultResponse) GetMessage() string {
 	return ""
 }
 
+func (x *PostResultResponse) GetBatch() []*PostResultResponse {
+	if x != nil {
+		return x.Batch
+	}
+	return nil
+}
+
 // Request of ReadArtifact.
 type ReadArtifactRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1244,7 +1441,7 @@ type ReadArtifactRequest struct {
 
 func (x *ReadArtifactRequest) Reset() {
 	*x = ReadArtifactRequest{}
-	mi := &file_heat_scheduler_v1_runner_service_proto_msgTypes[15]
+	mi := &file_heat_scheduler_v1_runner_service_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1256,7 +1453,7 @@ func (x *ReadArtifactRequest) String() string {
 func (*ReadArtifactRequest) ProtoMessage() {}
 
 func (x *ReadArtifactRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_heat_scheduler_v1_runner_service_proto_msgTypes[15]
+	mi := &file_heat_scheduler_v1_runner_service_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1269,7 +1466,7 @@ func (x *ReadArtifactRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadArtifactRequest.ProtoReflect.Descriptor instead.
 func (*ReadArtifactRequest) Descriptor() ([]byte, []int) {
-	return file_heat_scheduler_v1_runner_service_proto_rawDescGZIP(), []int{15}
+	return file_heat_scheduler_v1_runner_service_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ReadArtifactRequest) GetAttemptId() string {
@@ -1302,7 +1499,7 @@ type ReadArtifactResponse struct {
 
 func (x *ReadArtifactResponse) Reset() {
 	*x = ReadArtifactResponse{}
-	mi := &file_heat_scheduler_v1_runner_service_proto_msgTypes[16]
+	mi := &file_heat_scheduler_v1_runner_service_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1314,7 +1511,7 @@ func (x *ReadArtifactResponse) String() string {
 func (*ReadArtifactResponse) ProtoMessage() {}
 
 func (x *ReadArtifactResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_heat_scheduler_v1_runner_service_proto_msgTypes[16]
+	mi := &file_heat_scheduler_v1_runner_service_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1327,7 +1524,7 @@ func (x *ReadArtifactResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadArtifactResponse.ProtoReflect.Descriptor instead.
 func (*ReadArtifactResponse) Descriptor() ([]byte, []int) {
-	return file_heat_scheduler_v1_runner_service_proto_rawDescGZIP(), []int{16}
+	return file_heat_scheduler_v1_runner_service_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ReadArtifactResponse) GetPart() isReadArtifactResponse_Part {
@@ -1390,7 +1587,7 @@ type ArtifactWrite struct {
 
 func (x *ArtifactWrite) Reset() {
 	*x = ArtifactWrite{}
-	mi := &file_heat_scheduler_v1_runner_service_proto_msgTypes[17]
+	mi := &file_heat_scheduler_v1_runner_service_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1402,7 +1599,7 @@ func (x *ArtifactWrite) String() string {
 func (*ArtifactWrite) ProtoMessage() {}
 
 func (x *ArtifactWrite) ProtoReflect() protoreflect.Message {
-	mi := &file_heat_scheduler_v1_runner_service_proto_msgTypes[17]
+	mi := &file_heat_scheduler_v1_runner_service_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1415,7 +1612,7 @@ func (x *ArtifactWrite) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ArtifactWrite.ProtoReflect.Descriptor instead.
 func (*ArtifactWrite) Descriptor() ([]byte, []int) {
-	return file_heat_scheduler_v1_runner_service_proto_rawDescGZIP(), []int{17}
+	return file_heat_scheduler_v1_runner_service_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ArtifactWrite) GetAttemptId() string {
@@ -1462,7 +1659,7 @@ type WriteArtifactRequest struct {
 
 func (x *WriteArtifactRequest) Reset() {
 	*x = WriteArtifactRequest{}
-	mi := &file_heat_scheduler_v1_runner_service_proto_msgTypes[18]
+	mi := &file_heat_scheduler_v1_runner_service_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1474,7 +1671,7 @@ func (x *WriteArtifactRequest) String() string {
 func (*WriteArtifactRequest) ProtoMessage() {}
 
 func (x *WriteArtifactRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_heat_scheduler_v1_runner_service_proto_msgTypes[18]
+	mi := &file_heat_scheduler_v1_runner_service_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1487,7 +1684,7 @@ func (x *WriteArtifactRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WriteArtifactRequest.ProtoReflect.Descriptor instead.
 func (*WriteArtifactRequest) Descriptor() ([]byte, []int) {
-	return file_heat_scheduler_v1_runner_service_proto_rawDescGZIP(), []int{18}
+	return file_heat_scheduler_v1_runner_service_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *WriteArtifactRequest) GetPart() isWriteArtifactRequest_Part {
@@ -1544,7 +1741,7 @@ type WriteArtifactResponse struct {
 
 func (x *WriteArtifactResponse) Reset() {
 	*x = WriteArtifactResponse{}
-	mi := &file_heat_scheduler_v1_runner_service_proto_msgTypes[19]
+	mi := &file_heat_scheduler_v1_runner_service_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1556,7 +1753,7 @@ func (x *WriteArtifactResponse) String() string {
 func (*WriteArtifactResponse) ProtoMessage() {}
 
 func (x *WriteArtifactResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_heat_scheduler_v1_runner_service_proto_msgTypes[19]
+	mi := &file_heat_scheduler_v1_runner_service_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1569,7 +1766,7 @@ func (x *WriteArtifactResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WriteArtifactResponse.ProtoReflect.Descriptor instead.
 func (*WriteArtifactResponse) Descriptor() ([]byte, []int) {
-	return file_heat_scheduler_v1_runner_service_proto_rawDescGZIP(), []int{19}
+	return file_heat_scheduler_v1_runner_service_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *WriteArtifactResponse) GetArtifact() *Artifact {
@@ -1587,7 +1784,7 @@ const file_heat_scheduler_v1_runner_service_proto_rawDesc = "" +
 	"\x10ClaimTaskRequest\x125\n" +
 	"\x05start\x18\x01 \x01(\v2\x1d.heat.scheduler.v1.ClaimStartH\x00R\x05start\x128\n" +
 	"\x06credit\x18\x02 \x01(\v2\x1e.heat.scheduler.v1.ClaimCreditH\x00R\x06creditB\t\n" +
-	"\arequest\"\xaf\x01\n" +
+	"\arequest\"\x94\x02\n" +
 	"\n" +
 	"ClaimStart\x12\x16\n" +
 	"\x06runner\x18\x01 \x01(\tR\x06runner\x12\x1f\n" +
@@ -1595,14 +1792,24 @@ const file_heat_scheduler_v1_runner_service_proto_rawDesc = "" +
 	"instanceId\x12\x18\n" +
 	"\acredits\x18\x03 \x01(\x05R\acredits\x12%\n" +
 	"\x0enode_templates\x18\x04 \x03(\tR\rnodeTemplates\x12'\n" +
-	"\x0fruntime_version\x18\x05 \x01(\tR\x0eruntimeVersion\"'\n" +
+	"\x0fruntime_version\x18\x05 \x01(\tR\x0eruntimeVersion\x121\n" +
+	"\x15max_tasks_per_message\x18\x06 \x01(\x05R\x12maxTasksPerMessage\x120\n" +
+	"\x14credits_with_results\x18\a \x01(\bR\x12creditsWithResults\"'\n" +
 	"\vClaimCredit\x12\x18\n" +
-	"\acredits\x18\x01 \x01(\x05R\acredits\"\x87\x01\n" +
+	"\acredits\x18\x01 \x01(\x05R\acredits\"\xfa\x01\n" +
 	"\x11ClaimTaskResponse\x12-\n" +
 	"\x04task\x18\x01 \x01(\v2\x17.heat.scheduler.v1.TaskH\x00R\x04task\x127\n" +
-	"\x05drain\x18\x02 \x01(\v2\x1f.heat.scheduler.v1.DrainRequestH\x00R\x05drainB\n" +
+	"\x05drain\x18\x02 \x01(\v2\x1f.heat.scheduler.v1.DrainRequestH\x00R\x05drain\x12;\n" +
+	"\astarted\x18\x03 \x01(\v2\x1f.heat.scheduler.v1.ClaimStartedH\x00R\astarted\x124\n" +
+	"\x05tasks\x18\x04 \x01(\v2\x1c.heat.scheduler.v1.TaskBatchH\x00R\x05tasksB\n" +
 	"\n" +
-	"\bresponse\"\xf8\x05\n" +
+	"\bresponse\"\x9a\x01\n" +
+	"\fClaimStarted\x121\n" +
+	"\x15max_tasks_per_message\x18\x01 \x01(\x05R\x12maxTasksPerMessage\x120\n" +
+	"\x14credits_with_results\x18\x02 \x01(\bR\x12creditsWithResults\x12%\n" +
+	"\x0eresult_batches\x18\x03 \x01(\bR\rresultBatches\":\n" +
+	"\tTaskBatch\x12-\n" +
+	"\x05tasks\x18\x01 \x03(\v2\x17.heat.scheduler.v1.TaskR\x05tasks\"\xf8\x05\n" +
 	"\x04Task\x12\x1d\n" +
 	"\n" +
 	"attempt_id\x18\x01 \x01(\tR\tattemptId\x12\x18\n" +
@@ -1647,13 +1854,14 @@ const file_heat_scheduler_v1_runner_service_proto_rawDesc = "" +
 	"\x10TaskCancellation\x12\x1d\n" +
 	"\n" +
 	"attempt_id\x18\x01 \x01(\tR\tattemptId\x12\x16\n" +
-	"\x06reason\x18\x02 \x01(\tR\x06reason\"\xf1\x01\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\"\xad\x02\n" +
 	"\x11PostResultRequest\x12\x1d\n" +
 	"\n" +
 	"attempt_id\x18\x01 \x01(\tR\tattemptId\x12:\n" +
 	"\asuccess\x18\x02 \x01(\v2\x1e.heat.scheduler.v1.TaskSuccessH\x00R\asuccess\x12:\n" +
 	"\afailure\x18\x03 \x01(\v2\x1e.heat.scheduler.v1.TaskFailureH\x00R\afailure\x12:\n" +
-	"\arelease\x18\x04 \x01(\v2\x1e.heat.scheduler.v1.TaskReleaseH\x00R\areleaseB\t\n" +
+	"\arelease\x18\x04 \x01(\v2\x1e.heat.scheduler.v1.TaskReleaseH\x00R\arelease\x12:\n" +
+	"\x05batch\x18\x05 \x03(\v2$.heat.scheduler.v1.PostResultRequestR\x05batchB\t\n" +
 	"\aoutcome\"?\n" +
 	"\vTaskSuccess\x120\n" +
 	"\aoutputs\x18\x01 \x01(\v2\x16.google.protobuf.ValueR\aoutputs\"\x8e\x01\n" +
@@ -1662,12 +1870,13 @@ const file_heat_scheduler_v1_runner_service_proto_rawDesc = "" +
 	"\amessage\x18\x02 \x01(\tR\amessage\x121\n" +
 	"\adetails\x18\x03 \x01(\v2\x17.google.protobuf.StructR\adetails\"%\n" +
 	"\vTaskRelease\x12\x16\n" +
-	"\x06reason\x18\x01 \x01(\tR\x06reason\"\x86\x01\n" +
+	"\x06reason\x18\x01 \x01(\tR\x06reason\"\xc3\x01\n" +
 	"\x12PostResultResponse\x12\x1d\n" +
 	"\n" +
 	"attempt_id\x18\x01 \x01(\tR\tattemptId\x127\n" +
 	"\x06status\x18\x02 \x01(\x0e2\x1f.heat.scheduler.v1.ResultStatusR\x06status\x12\x18\n" +
-	"\amessage\x18\x03 \x01(\tR\amessage\"H\n" +
+	"\amessage\x18\x03 \x01(\tR\amessage\x12;\n" +
+	"\x05batch\x18\x04 \x03(\v2%.heat.scheduler.v1.PostResultResponseR\x05batch\"H\n" +
 	"\x13ReadArtifactRequest\x12\x1d\n" +
 	"\n" +
 	"attempt_id\x18\x01 \x01(\tR\tattemptId\x12\x12\n" +
@@ -1721,7 +1930,7 @@ func file_heat_scheduler_v1_runner_service_proto_rawDescGZIP() []byte {
 }
 
 var file_heat_scheduler_v1_runner_service_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_heat_scheduler_v1_runner_service_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
+var file_heat_scheduler_v1_runner_service_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
 var file_heat_scheduler_v1_runner_service_proto_goTypes = []any{
 	(FailureKind)(0),              // 0: heat.scheduler.v1.FailureKind
 	(ResultStatus)(0),             // 1: heat.scheduler.v1.ResultStatus
@@ -1729,74 +1938,81 @@ var file_heat_scheduler_v1_runner_service_proto_goTypes = []any{
 	(*ClaimStart)(nil),            // 3: heat.scheduler.v1.ClaimStart
 	(*ClaimCredit)(nil),           // 4: heat.scheduler.v1.ClaimCredit
 	(*ClaimTaskResponse)(nil),     // 5: heat.scheduler.v1.ClaimTaskResponse
-	(*Task)(nil),                  // 6: heat.scheduler.v1.Task
-	(*DrainRequest)(nil),          // 7: heat.scheduler.v1.DrainRequest
-	(*HeartbeatRequest)(nil),      // 8: heat.scheduler.v1.HeartbeatRequest
-	(*HeartbeatResponse)(nil),     // 9: heat.scheduler.v1.HeartbeatResponse
-	(*Lease)(nil),                 // 10: heat.scheduler.v1.Lease
-	(*TaskCancellation)(nil),      // 11: heat.scheduler.v1.TaskCancellation
-	(*PostResultRequest)(nil),     // 12: heat.scheduler.v1.PostResultRequest
-	(*TaskSuccess)(nil),           // 13: heat.scheduler.v1.TaskSuccess
-	(*TaskFailure)(nil),           // 14: heat.scheduler.v1.TaskFailure
-	(*TaskRelease)(nil),           // 15: heat.scheduler.v1.TaskRelease
-	(*PostResultResponse)(nil),    // 16: heat.scheduler.v1.PostResultResponse
-	(*ReadArtifactRequest)(nil),   // 17: heat.scheduler.v1.ReadArtifactRequest
-	(*ReadArtifactResponse)(nil),  // 18: heat.scheduler.v1.ReadArtifactResponse
-	(*ArtifactWrite)(nil),         // 19: heat.scheduler.v1.ArtifactWrite
-	(*WriteArtifactRequest)(nil),  // 20: heat.scheduler.v1.WriteArtifactRequest
-	(*WriteArtifactResponse)(nil), // 21: heat.scheduler.v1.WriteArtifactResponse
-	nil,                           // 22: heat.scheduler.v1.Task.InputsEntry
-	nil,                           // 23: heat.scheduler.v1.Task.TraceContextEntry
-	(*structpb.Struct)(nil),       // 24: google.protobuf.Struct
-	(*timestamppb.Timestamp)(nil), // 25: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),   // 26: google.protobuf.Duration
-	(*structpb.Value)(nil),        // 27: google.protobuf.Value
-	(*Artifact)(nil),              // 28: heat.scheduler.v1.Artifact
+	(*ClaimStarted)(nil),          // 6: heat.scheduler.v1.ClaimStarted
+	(*TaskBatch)(nil),             // 7: heat.scheduler.v1.TaskBatch
+	(*Task)(nil),                  // 8: heat.scheduler.v1.Task
+	(*DrainRequest)(nil),          // 9: heat.scheduler.v1.DrainRequest
+	(*HeartbeatRequest)(nil),      // 10: heat.scheduler.v1.HeartbeatRequest
+	(*HeartbeatResponse)(nil),     // 11: heat.scheduler.v1.HeartbeatResponse
+	(*Lease)(nil),                 // 12: heat.scheduler.v1.Lease
+	(*TaskCancellation)(nil),      // 13: heat.scheduler.v1.TaskCancellation
+	(*PostResultRequest)(nil),     // 14: heat.scheduler.v1.PostResultRequest
+	(*TaskSuccess)(nil),           // 15: heat.scheduler.v1.TaskSuccess
+	(*TaskFailure)(nil),           // 16: heat.scheduler.v1.TaskFailure
+	(*TaskRelease)(nil),           // 17: heat.scheduler.v1.TaskRelease
+	(*PostResultResponse)(nil),    // 18: heat.scheduler.v1.PostResultResponse
+	(*ReadArtifactRequest)(nil),   // 19: heat.scheduler.v1.ReadArtifactRequest
+	(*ReadArtifactResponse)(nil),  // 20: heat.scheduler.v1.ReadArtifactResponse
+	(*ArtifactWrite)(nil),         // 21: heat.scheduler.v1.ArtifactWrite
+	(*WriteArtifactRequest)(nil),  // 22: heat.scheduler.v1.WriteArtifactRequest
+	(*WriteArtifactResponse)(nil), // 23: heat.scheduler.v1.WriteArtifactResponse
+	nil,                           // 24: heat.scheduler.v1.Task.InputsEntry
+	nil,                           // 25: heat.scheduler.v1.Task.TraceContextEntry
+	(*structpb.Struct)(nil),       // 26: google.protobuf.Struct
+	(*timestamppb.Timestamp)(nil), // 27: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),   // 28: google.protobuf.Duration
+	(*structpb.Value)(nil),        // 29: google.protobuf.Value
+	(*Artifact)(nil),              // 30: heat.scheduler.v1.Artifact
 }
 var file_heat_scheduler_v1_runner_service_proto_depIdxs = []int32{
 	3,  // 0: heat.scheduler.v1.ClaimTaskRequest.start:type_name -> heat.scheduler.v1.ClaimStart
 	4,  // 1: heat.scheduler.v1.ClaimTaskRequest.credit:type_name -> heat.scheduler.v1.ClaimCredit
-	6,  // 2: heat.scheduler.v1.ClaimTaskResponse.task:type_name -> heat.scheduler.v1.Task
-	7,  // 3: heat.scheduler.v1.ClaimTaskResponse.drain:type_name -> heat.scheduler.v1.DrainRequest
-	24, // 4: heat.scheduler.v1.Task.config:type_name -> google.protobuf.Struct
-	22, // 5: heat.scheduler.v1.Task.inputs:type_name -> heat.scheduler.v1.Task.InputsEntry
-	24, // 6: heat.scheduler.v1.Task.parameters:type_name -> google.protobuf.Struct
-	25, // 7: heat.scheduler.v1.Task.lease_deadline:type_name -> google.protobuf.Timestamp
-	25, // 8: heat.scheduler.v1.Task.attempt_deadline:type_name -> google.protobuf.Timestamp
-	23, // 9: heat.scheduler.v1.Task.trace_context:type_name -> heat.scheduler.v1.Task.TraceContextEntry
-	26, // 10: heat.scheduler.v1.Task.heartbeat_interval:type_name -> google.protobuf.Duration
-	25, // 11: heat.scheduler.v1.DrainRequest.deadline:type_name -> google.protobuf.Timestamp
-	10, // 12: heat.scheduler.v1.HeartbeatResponse.leases:type_name -> heat.scheduler.v1.Lease
-	11, // 13: heat.scheduler.v1.HeartbeatResponse.cancellations:type_name -> heat.scheduler.v1.TaskCancellation
-	7,  // 14: heat.scheduler.v1.HeartbeatResponse.drain:type_name -> heat.scheduler.v1.DrainRequest
-	26, // 15: heat.scheduler.v1.HeartbeatResponse.heartbeat_interval:type_name -> google.protobuf.Duration
-	25, // 16: heat.scheduler.v1.Lease.deadline:type_name -> google.protobuf.Timestamp
-	13, // 17: heat.scheduler.v1.PostResultRequest.success:type_name -> heat.scheduler.v1.TaskSuccess
-	14, // 18: heat.scheduler.v1.PostResultRequest.failure:type_name -> heat.scheduler.v1.TaskFailure
-	15, // 19: heat.scheduler.v1.PostResultRequest.release:type_name -> heat.scheduler.v1.TaskRelease
-	27, // 20: heat.scheduler.v1.TaskSuccess.outputs:type_name -> google.protobuf.Value
-	0,  // 21: heat.scheduler.v1.TaskFailure.kind:type_name -> heat.scheduler.v1.FailureKind
-	24, // 22: heat.scheduler.v1.TaskFailure.details:type_name -> google.protobuf.Struct
-	1,  // 23: heat.scheduler.v1.PostResultResponse.status:type_name -> heat.scheduler.v1.ResultStatus
-	28, // 24: heat.scheduler.v1.ReadArtifactResponse.artifact:type_name -> heat.scheduler.v1.Artifact
-	19, // 25: heat.scheduler.v1.WriteArtifactRequest.write:type_name -> heat.scheduler.v1.ArtifactWrite
-	28, // 26: heat.scheduler.v1.WriteArtifactResponse.artifact:type_name -> heat.scheduler.v1.Artifact
-	27, // 27: heat.scheduler.v1.Task.InputsEntry.value:type_name -> google.protobuf.Value
-	2,  // 28: heat.scheduler.v1.RunnerService.ClaimTask:input_type -> heat.scheduler.v1.ClaimTaskRequest
-	8,  // 29: heat.scheduler.v1.RunnerService.Heartbeat:input_type -> heat.scheduler.v1.HeartbeatRequest
-	12, // 30: heat.scheduler.v1.RunnerService.PostResult:input_type -> heat.scheduler.v1.PostResultRequest
-	17, // 31: heat.scheduler.v1.RunnerService.ReadArtifact:input_type -> heat.scheduler.v1.ReadArtifactRequest
-	20, // 32: heat.scheduler.v1.RunnerService.WriteArtifact:input_type -> heat.scheduler.v1.WriteArtifactRequest
-	5,  // 33: heat.scheduler.v1.RunnerService.ClaimTask:output_type -> heat.scheduler.v1.ClaimTaskResponse
-	9,  // 34: heat.scheduler.v1.RunnerService.Heartbeat:output_type -> heat.scheduler.v1.HeartbeatResponse
-	16, // 35: heat.scheduler.v1.RunnerService.PostResult:output_type -> heat.scheduler.v1.PostResultResponse
-	18, // 36: heat.scheduler.v1.RunnerService.ReadArtifact:output_type -> heat.scheduler.v1.ReadArtifactResponse
-	21, // 37: heat.scheduler.v1.RunnerService.WriteArtifact:output_type -> heat.scheduler.v1.WriteArtifactResponse
-	33, // [33:38] is the sub-list for method output_type
-	28, // [28:33] is the sub-list for method input_type
-	28, // [28:28] is the sub-list for extension type_name
-	28, // [28:28] is the sub-list for extension extendee
-	0,  // [0:28] is the sub-list for field type_name
+	8,  // 2: heat.scheduler.v1.ClaimTaskResponse.task:type_name -> heat.scheduler.v1.Task
+	9,  // 3: heat.scheduler.v1.ClaimTaskResponse.drain:type_name -> heat.scheduler.v1.DrainRequest
+	6,  // 4: heat.scheduler.v1.ClaimTaskResponse.started:type_name -> heat.scheduler.v1.ClaimStarted
+	7,  // 5: heat.scheduler.v1.ClaimTaskResponse.tasks:type_name -> heat.scheduler.v1.TaskBatch
+	8,  // 6: heat.scheduler.v1.TaskBatch.tasks:type_name -> heat.scheduler.v1.Task
+	26, // 7: heat.scheduler.v1.Task.config:type_name -> google.protobuf.Struct
+	24, // 8: heat.scheduler.v1.Task.inputs:type_name -> heat.scheduler.v1.Task.InputsEntry
+	26, // 9: heat.scheduler.v1.Task.parameters:type_name -> google.protobuf.Struct
+	27, // 10: heat.scheduler.v1.Task.lease_deadline:type_name -> google.protobuf.Timestamp
+	27, // 11: heat.scheduler.v1.Task.attempt_deadline:type_name -> google.protobuf.Timestamp
+	25, // 12: heat.scheduler.v1.Task.trace_context:type_name -> heat.scheduler.v1.Task.TraceContextEntry
+	28, // 13: heat.scheduler.v1.Task.heartbeat_interval:type_name -> google.protobuf.Duration
+	27, // 14: heat.scheduler.v1.DrainRequest.deadline:type_name -> google.protobuf.Timestamp
+	12, // 15: heat.scheduler.v1.HeartbeatResponse.leases:type_name -> heat.scheduler.v1.Lease
+	13, // 16: heat.scheduler.v1.HeartbeatResponse.cancellations:type_name -> heat.scheduler.v1.TaskCancellation
+	9,  // 17: heat.scheduler.v1.HeartbeatResponse.drain:type_name -> heat.scheduler.v1.DrainRequest
+	28, // 18: heat.scheduler.v1.HeartbeatResponse.heartbeat_interval:type_name -> google.protobuf.Duration
+	27, // 19: heat.scheduler.v1.Lease.deadline:type_name -> google.protobuf.Timestamp
+	15, // 20: heat.scheduler.v1.PostResultRequest.success:type_name -> heat.scheduler.v1.TaskSuccess
+	16, // 21: heat.scheduler.v1.PostResultRequest.failure:type_name -> heat.scheduler.v1.TaskFailure
+	17, // 22: heat.scheduler.v1.PostResultRequest.release:type_name -> heat.scheduler.v1.TaskRelease
+	14, // 23: heat.scheduler.v1.PostResultRequest.batch:type_name -> heat.scheduler.v1.PostResultRequest
+	29, // 24: heat.scheduler.v1.TaskSuccess.outputs:type_name -> google.protobuf.Value
+	0,  // 25: heat.scheduler.v1.TaskFailure.kind:type_name -> heat.scheduler.v1.FailureKind
+	26, // 26: heat.scheduler.v1.TaskFailure.details:type_name -> google.protobuf.Struct
+	1,  // 27: heat.scheduler.v1.PostResultResponse.status:type_name -> heat.scheduler.v1.ResultStatus
+	18, // 28: heat.scheduler.v1.PostResultResponse.batch:type_name -> heat.scheduler.v1.PostResultResponse
+	30, // 29: heat.scheduler.v1.ReadArtifactResponse.artifact:type_name -> heat.scheduler.v1.Artifact
+	21, // 30: heat.scheduler.v1.WriteArtifactRequest.write:type_name -> heat.scheduler.v1.ArtifactWrite
+	30, // 31: heat.scheduler.v1.WriteArtifactResponse.artifact:type_name -> heat.scheduler.v1.Artifact
+	29, // 32: heat.scheduler.v1.Task.InputsEntry.value:type_name -> google.protobuf.Value
+	2,  // 33: heat.scheduler.v1.RunnerService.ClaimTask:input_type -> heat.scheduler.v1.ClaimTaskRequest
+	10, // 34: heat.scheduler.v1.RunnerService.Heartbeat:input_type -> heat.scheduler.v1.HeartbeatRequest
+	14, // 35: heat.scheduler.v1.RunnerService.PostResult:input_type -> heat.scheduler.v1.PostResultRequest
+	19, // 36: heat.scheduler.v1.RunnerService.ReadArtifact:input_type -> heat.scheduler.v1.ReadArtifactRequest
+	22, // 37: heat.scheduler.v1.RunnerService.WriteArtifact:input_type -> heat.scheduler.v1.WriteArtifactRequest
+	5,  // 38: heat.scheduler.v1.RunnerService.ClaimTask:output_type -> heat.scheduler.v1.ClaimTaskResponse
+	11, // 39: heat.scheduler.v1.RunnerService.Heartbeat:output_type -> heat.scheduler.v1.HeartbeatResponse
+	18, // 40: heat.scheduler.v1.RunnerService.PostResult:output_type -> heat.scheduler.v1.PostResultResponse
+	20, // 41: heat.scheduler.v1.RunnerService.ReadArtifact:output_type -> heat.scheduler.v1.ReadArtifactResponse
+	23, // 42: heat.scheduler.v1.RunnerService.WriteArtifact:output_type -> heat.scheduler.v1.WriteArtifactResponse
+	38, // [38:43] is the sub-list for method output_type
+	33, // [33:38] is the sub-list for method input_type
+	33, // [33:33] is the sub-list for extension type_name
+	33, // [33:33] is the sub-list for extension extendee
+	0,  // [0:33] is the sub-list for field type_name
 }
 
 func init() { file_heat_scheduler_v1_runner_service_proto_init() }
@@ -1812,17 +2028,19 @@ func file_heat_scheduler_v1_runner_service_proto_init() {
 	file_heat_scheduler_v1_runner_service_proto_msgTypes[3].OneofWrappers = []any{
 		(*ClaimTaskResponse_Task)(nil),
 		(*ClaimTaskResponse_Drain)(nil),
+		(*ClaimTaskResponse_Started)(nil),
+		(*ClaimTaskResponse_Tasks)(nil),
 	}
-	file_heat_scheduler_v1_runner_service_proto_msgTypes[10].OneofWrappers = []any{
+	file_heat_scheduler_v1_runner_service_proto_msgTypes[12].OneofWrappers = []any{
 		(*PostResultRequest_Success)(nil),
 		(*PostResultRequest_Failure)(nil),
 		(*PostResultRequest_Release)(nil),
 	}
-	file_heat_scheduler_v1_runner_service_proto_msgTypes[16].OneofWrappers = []any{
+	file_heat_scheduler_v1_runner_service_proto_msgTypes[18].OneofWrappers = []any{
 		(*ReadArtifactResponse_Artifact)(nil),
 		(*ReadArtifactResponse_Data)(nil),
 	}
-	file_heat_scheduler_v1_runner_service_proto_msgTypes[18].OneofWrappers = []any{
+	file_heat_scheduler_v1_runner_service_proto_msgTypes[20].OneofWrappers = []any{
 		(*WriteArtifactRequest_Write)(nil),
 		(*WriteArtifactRequest_Data)(nil),
 	}
@@ -1832,7 +2050,7 @@ func file_heat_scheduler_v1_runner_service_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_heat_scheduler_v1_runner_service_proto_rawDesc), len(file_heat_scheduler_v1_runner_service_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   22,
+			NumMessages:   24,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

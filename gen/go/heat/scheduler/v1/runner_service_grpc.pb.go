@@ -37,13 +37,17 @@ const (
 type RunnerServiceClient interface {
 	// The instance states who it is and how many tasks it can take
 	// (credits); the scheduler pushes one task per credit the moment one is
-	// ready. Closing the stream stops claiming.
+	// ready. Closing the stream stops claiming. An instance may ask for tasks
+	// in batches and for credits returned with results (ClaimStart); the
+	// scheduler says what it grants in its first message (ClaimStarted).
 	ClaimTask(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[ClaimTaskRequest, ClaimTaskResponse], error)
 	// The instance lists the leases it holds; each reply extends them and
 	// carries cancellations, lost leases and drain requests.
 	Heartbeat(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[HeartbeatRequest, HeartbeatResponse], error)
 	// The instance posts outcomes; each is acknowledged. Posting the same
-	// outcome again gives the same answer and changes nothing.
+	// outcome again gives the same answer and changes nothing. Where the
+	// scheduler takes them (ClaimStarted.result_batches), several outcomes
+	// travel in one message and are acknowledged in one.
 	PostResult(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[PostResultRequest, PostResultResponse], error)
 	// Streams an artefact of the Session of a task the instance holds: its
 	// metadata first, then its content in chunks. The task's lease
@@ -146,13 +150,17 @@ type RunnerService_WriteArtifactClient = grpc.ClientStreamingClient[WriteArtifac
 type RunnerServiceServer interface {
 	// The instance states who it is and how many tasks it can take
 	// (credits); the scheduler pushes one task per credit the moment one is
-	// ready. Closing the stream stops claiming.
+	// ready. Closing the stream stops claiming. An instance may ask for tasks
+	// in batches and for credits returned with results (ClaimStart); the
+	// scheduler says what it grants in its first message (ClaimStarted).
 	ClaimTask(grpc.BidiStreamingServer[ClaimTaskRequest, ClaimTaskResponse]) error
 	// The instance lists the leases it holds; each reply extends them and
 	// carries cancellations, lost leases and drain requests.
 	Heartbeat(grpc.BidiStreamingServer[HeartbeatRequest, HeartbeatResponse]) error
 	// The instance posts outcomes; each is acknowledged. Posting the same
-	// outcome again gives the same answer and changes nothing.
+	// outcome again gives the same answer and changes nothing. Where the
+	// scheduler takes them (ClaimStarted.result_batches), several outcomes
+	// travel in one message and are acknowledged in one.
 	PostResult(grpc.BidiStreamingServer[PostResultRequest, PostResultResponse]) error
 	// Streams an artefact of the Session of a task the instance holds: its
 	// metadata first, then its content in chunks. The task's lease

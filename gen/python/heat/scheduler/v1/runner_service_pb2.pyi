@@ -122,6 +122,8 @@ class ClaimStart(_message.Message):
     CREDITS_FIELD_NUMBER: _builtins.int
     NODE_TEMPLATES_FIELD_NUMBER: _builtins.int
     RUNTIME_VERSION_FIELD_NUMBER: _builtins.int
+    MAX_TASKS_PER_MESSAGE_FIELD_NUMBER: _builtins.int
+    CREDITS_WITH_RESULTS_FIELD_NUMBER: _builtins.int
     runner: _builtins.str
     """Name of the Runner the instance belongs to; must match its credential."""
     instance_id: _builtins.str
@@ -130,6 +132,19 @@ class ClaimStart(_message.Message):
     """Tasks the scheduler may push before further credits arrive."""
     runtime_version: _builtins.str
     """Version of the runtime library, for operators."""
+    max_tasks_per_message: _builtins.int
+    """The most tasks the scheduler may push in one message (ClaimTaskResponse
+    with `tasks`). 0 or 1: one Task per message. Honoured only when the
+    scheduler's ClaimStarted says so.
+    """
+    credits_with_results: _builtins.bool
+    """Ask that a result returns its task's credit: a success or failure posted
+    on PostResult for a task pushed on this stream frees that credit, so the
+    instance sends no ClaimCredit for it (only for tasks it stops without
+    posting, e.g. cancelled or lost; a hand-back returns none). Honoured
+    only when the scheduler's ClaimStarted says so; until then credits are
+    returned as ClaimCredit.
+    """
     @_builtins.property
     def node_templates(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Node Templates the instance can process; empty means all of its
@@ -144,10 +159,12 @@ class ClaimStart(_message.Message):
         credits: _builtins.int = ...,
         node_templates: _abc.Iterable[_builtins.str] | None = ...,
         runtime_version: _builtins.str = ...,
+        max_tasks_per_message: _builtins.int = ...,
+        credits_with_results: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["credits", b"credits", "instance_id", b"instance_id", "node_templates", b"node_templates", "runner", b"runner", "runtime_version", b"runtime_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["credits", b"credits", "credits_with_results", b"credits_with_results", "instance_id", b"instance_id", "max_tasks_per_message", b"max_tasks_per_message", "node_templates", b"node_templates", "runner", b"runner", "runtime_version", b"runtime_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -183,6 +200,8 @@ class ClaimTaskResponse(_message.Message):
 
     TASK_FIELD_NUMBER: _builtins.int
     DRAIN_FIELD_NUMBER: _builtins.int
+    STARTED_FIELD_NUMBER: _builtins.int
+    TASKS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def task(self) -> Global___Task:
         """A task, leased to this instance; uses one credit."""
@@ -191,21 +210,94 @@ class ClaimTaskResponse(_message.Message):
     def drain(self) -> Global___DrainRequest:
         """Stop claiming: finish or hand back what you hold, then exit."""
 
+    @_builtins.property
+    def started(self) -> Global___ClaimStarted:
+        """What the scheduler grants of what ClaimStart asked for; the first
+        message of the stream, sent only when ClaimStart asked for batches or
+        for credits returned with results.
+        """
+
+    @_builtins.property
+    def tasks(self) -> Global___TaskBatch:
+        """Several tasks, each leased to this instance and using one credit; only
+        to an instance whose ClaimStarted granted batches.
+        """
+
     def __init__(
         self,
         *,
         task: Global___Task | None = ...,
         drain: Global___DrainRequest | None = ...,
+        started: Global___ClaimStarted | None = ...,
+        tasks: Global___TaskBatch | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["drain", b"drain", "response", b"response", "task", b"task"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["drain", b"drain", "response", b"response", "started", b"started", "task", b"task", "tasks", b"tasks"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["drain", b"drain", "response", b"response", "task", b"task"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["drain", b"drain", "response", b"response", "started", b"started", "task", b"task", "tasks", b"tasks"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_response: _TypeAlias = _typing.Literal["task", "drain"]  # noqa: Y015
+    _WhichOneofReturnType_response: _TypeAlias = _typing.Literal["task", "drain", "started", "tasks"]  # noqa: Y015
     _WhichOneofArgType_response: _TypeAlias = _typing.Literal["response", b"response"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_response) -> _WhichOneofReturnType_response | None: ...
 
 Global___ClaimTaskResponse: _TypeAlias = ClaimTaskResponse  # noqa: Y015
+
+@_typing.final
+class ClaimStarted(_message.Message):
+    """The scheduler's answer to a ClaimStart that asked for more than the first
+    version of the protocol.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MAX_TASKS_PER_MESSAGE_FIELD_NUMBER: _builtins.int
+    CREDITS_WITH_RESULTS_FIELD_NUMBER: _builtins.int
+    RESULT_BATCHES_FIELD_NUMBER: _builtins.int
+    max_tasks_per_message: _builtins.int
+    """The most tasks one TaskBatch carries; 1: tasks come one per message."""
+    credits_with_results: _builtins.bool
+    """Outcomes posted for this stream's tasks return their credits."""
+    result_batches: _builtins.bool
+    """PostResult takes several outcomes in one message (PostResultRequest.batch)
+    and answers them in one (PostResultResponse.batch).
+    """
+    def __init__(
+        self,
+        *,
+        max_tasks_per_message: _builtins.int = ...,
+        credits_with_results: _builtins.bool = ...,
+        result_batches: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["credits_with_results", b"credits_with_results", "max_tasks_per_message", b"max_tasks_per_message", "result_batches", b"result_batches"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ClaimStarted: _TypeAlias = ClaimStarted  # noqa: Y015
+
+@_typing.final
+class TaskBatch(_message.Message):
+    """Tasks pushed together."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TASKS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def tasks(self) -> _containers.RepeatedCompositeFieldContainer[Global___Task]:
+        """The tasks, each leased to this instance."""
+
+    def __init__(
+        self,
+        *,
+        tasks: _abc.Iterable[Global___Task] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["tasks", b"tasks"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TaskBatch: _TypeAlias = TaskBatch  # noqa: Y015
 
 @_typing.final
 class Task(_message.Message):
@@ -507,6 +599,7 @@ class PostResultRequest(_message.Message):
     SUCCESS_FIELD_NUMBER: _builtins.int
     FAILURE_FIELD_NUMBER: _builtins.int
     RELEASE_FIELD_NUMBER: _builtins.int
+    BATCH_FIELD_NUMBER: _builtins.int
     attempt_id: _builtins.str
     """The attempt, from Task.attempt_id."""
     @_builtins.property
@@ -523,6 +616,14 @@ class PostResultRequest(_message.Message):
         does not count as an attempt.
         """
 
+    @_builtins.property
+    def batch(self) -> _containers.RepeatedCompositeFieldContainer[Global___PostResultRequest]:
+        """Several outcomes in one message, each an entry with its own attempt_id
+        and outcome (and no batch of its own); attempt_id and outcome are then
+        left empty. One PostResultResponse answers them all, in its batch. Only
+        to a scheduler that said it takes them (ClaimStarted.result_batches).
+        """
+
     def __init__(
         self,
         *,
@@ -530,10 +631,11 @@ class PostResultRequest(_message.Message):
         success: Global___TaskSuccess | None = ...,
         failure: Global___TaskFailure | None = ...,
         release: Global___TaskRelease | None = ...,
+        batch: _abc.Iterable[Global___PostResultRequest] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["failure", b"failure", "outcome", b"outcome", "release", b"release", "success", b"success"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt_id", b"attempt_id", "failure", b"failure", "outcome", b"outcome", "release", b"release", "success", b"success"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt_id", b"attempt_id", "batch", b"batch", "failure", b"failure", "outcome", b"outcome", "release", b"release", "success", b"success"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_outcome: _TypeAlias = _typing.Literal["success", "failure", "release"]  # noqa: Y015
     _WhichOneofArgType_outcome: _TypeAlias = _typing.Literal["outcome", b"outcome"]  # noqa: Y015
@@ -632,22 +734,31 @@ class PostResultResponse(_message.Message):
     ATTEMPT_ID_FIELD_NUMBER: _builtins.int
     STATUS_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
+    BATCH_FIELD_NUMBER: _builtins.int
     attempt_id: _builtins.str
     """The attempt the verdict is about."""
     status: Global___ResultStatus.ValueType
     """The verdict."""
     message: _builtins.str
     """Why, for a rejection."""
+    @_builtins.property
+    def batch(self) -> _containers.RepeatedCompositeFieldContainer[Global___PostResultResponse]:
+        """The verdicts on a batch of outcomes, one entry per entry of the
+        request's batch, in the same order; attempt_id, status and message are
+        then left empty.
+        """
+
     def __init__(
         self,
         *,
         attempt_id: _builtins.str = ...,
         status: Global___ResultStatus.ValueType = ...,
         message: _builtins.str = ...,
+        batch: _abc.Iterable[Global___PostResultResponse] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt_id", b"attempt_id", "message", b"message", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt_id", b"attempt_id", "batch", b"batch", "message", b"message", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -75,7 +75,9 @@ class RunnerServiceServicer:
     def ClaimTask(self, request_iterator, context):
         """The instance states who it is and how many tasks it can take
         (credits); the scheduler pushes one task per credit the moment one is
-        ready. Closing the stream stops claiming.
+        ready. Closing the stream stops claiming. An instance may ask for tasks
+        in batches and for credits returned with results (ClaimStart); the
+        scheduler says what it grants in its first message (ClaimStarted).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -91,7 +93,9 @@ class RunnerServiceServicer:
 
     def PostResult(self, request_iterator, context):
         """The instance posts outcomes; each is acknowledged. Posting the same
-        outcome again gives the same answer and changes nothing.
+        outcome again gives the same answer and changes nothing. Where the
+        scheduler takes them (ClaimStarted.result_batches), several outcomes
+        travel in one message and are acknowledged in one.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

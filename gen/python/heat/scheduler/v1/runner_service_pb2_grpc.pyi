@@ -40,7 +40,9 @@ class RunnerServiceStub:
     ClaimTask: _grpc.StreamStreamMultiCallable[_runner_service_pb2.ClaimTaskRequest, _runner_service_pb2.ClaimTaskResponse]
     """The instance states who it is and how many tasks it can take
     (credits); the scheduler pushes one task per credit the moment one is
-    ready. Closing the stream stops claiming.
+    ready. Closing the stream stops claiming. An instance may ask for tasks
+    in batches and for credits returned with results (ClaimStart); the
+    scheduler says what it grants in its first message (ClaimStarted).
     """
     Heartbeat: _grpc.StreamStreamMultiCallable[_runner_service_pb2.HeartbeatRequest, _runner_service_pb2.HeartbeatResponse]
     """The instance lists the leases it holds; each reply extends them and
@@ -48,7 +50,9 @@ class RunnerServiceStub:
     """
     PostResult: _grpc.StreamStreamMultiCallable[_runner_service_pb2.PostResultRequest, _runner_service_pb2.PostResultResponse]
     """The instance posts outcomes; each is acknowledged. Posting the same
-    outcome again gives the same answer and changes nothing.
+    outcome again gives the same answer and changes nothing. Where the
+    scheduler takes them (ClaimStarted.result_batches), several outcomes
+    travel in one message and are acknowledged in one.
     """
     ReadArtifact: _grpc.UnaryStreamMultiCallable[_runner_service_pb2.ReadArtifactRequest, _runner_service_pb2.ReadArtifactResponse]
     """Streams an artefact of the Session of a task the instance holds: its
@@ -74,7 +78,9 @@ class RunnerServiceAsyncStub(RunnerServiceStub):
     ClaimTask: _aio.StreamStreamMultiCallable[_runner_service_pb2.ClaimTaskRequest, _runner_service_pb2.ClaimTaskResponse]  # type: ignore[assignment]
     """The instance states who it is and how many tasks it can take
     (credits); the scheduler pushes one task per credit the moment one is
-    ready. Closing the stream stops claiming.
+    ready. Closing the stream stops claiming. An instance may ask for tasks
+    in batches and for credits returned with results (ClaimStart); the
+    scheduler says what it grants in its first message (ClaimStarted).
     """
     Heartbeat: _aio.StreamStreamMultiCallable[_runner_service_pb2.HeartbeatRequest, _runner_service_pb2.HeartbeatResponse]  # type: ignore[assignment]
     """The instance lists the leases it holds; each reply extends them and
@@ -82,7 +88,9 @@ class RunnerServiceAsyncStub(RunnerServiceStub):
     """
     PostResult: _aio.StreamStreamMultiCallable[_runner_service_pb2.PostResultRequest, _runner_service_pb2.PostResultResponse]  # type: ignore[assignment]
     """The instance posts outcomes; each is acknowledged. Posting the same
-    outcome again gives the same answer and changes nothing.
+    outcome again gives the same answer and changes nothing. Where the
+    scheduler takes them (ClaimStarted.result_batches), several outcomes
+    travel in one message and are acknowledged in one.
     """
     ReadArtifact: _aio.UnaryStreamMultiCallable[_runner_service_pb2.ReadArtifactRequest, _runner_service_pb2.ReadArtifactResponse]  # type: ignore[assignment]
     """Streams an artefact of the Session of a task the instance holds: its
@@ -111,7 +119,9 @@ class RunnerServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_runner_service_pb2.ClaimTaskResponse], _abc.AsyncIterator[_runner_service_pb2.ClaimTaskResponse]]:
         """The instance states who it is and how many tasks it can take
         (credits); the scheduler pushes one task per credit the moment one is
-        ready. Closing the stream stops claiming.
+        ready. Closing the stream stops claiming. An instance may ask for tasks
+        in batches and for credits returned with results (ClaimStart); the
+        scheduler says what it grants in its first message (ClaimStarted).
         """
 
     @_abc_1.abstractmethod
@@ -131,7 +141,9 @@ class RunnerServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_runner_service_pb2.PostResultResponse], _abc.AsyncIterator[_runner_service_pb2.PostResultResponse]]:
         """The instance posts outcomes; each is acknowledged. Posting the same
-        outcome again gives the same answer and changes nothing.
+        outcome again gives the same answer and changes nothing. Where the
+        scheduler takes them (ClaimStarted.result_batches), several outcomes
+        travel in one message and are acknowledged in one.
         """
 
     @_abc_1.abstractmethod

@@ -89,6 +89,27 @@ export declare type ClaimStart = Message<"heat.scheduler.v1.ClaimStart"> & {
    * @generated from field: string runtime_version = 5;
    */
   runtimeVersion: string;
+
+  /**
+   * The most tasks the scheduler may push in one message (ClaimTaskResponse
+   * with `tasks`). 0 or 1: one Task per message. Honoured only when the
+   * scheduler's ClaimStarted says so.
+   *
+   * @generated from field: int32 max_tasks_per_message = 6;
+   */
+  maxTasksPerMessage: number;
+
+  /**
+   * Ask that a result returns its task's credit: a success or failure posted
+   * on PostResult for a task pushed on this stream frees that credit, so the
+   * instance sends no ClaimCredit for it (only for tasks it stops without
+   * posting, e.g. cancelled or lost; a hand-back returns none). Honoured
+   * only when the scheduler's ClaimStarted says so; until then credits are
+   * returned as ClaimCredit.
+   *
+   * @generated from field: bool credits_with_results = 7;
+   */
+  creditsWithResults: boolean;
 };
 
 /**
@@ -144,6 +165,25 @@ export declare type ClaimTaskResponse = Message<"heat.scheduler.v1.ClaimTaskResp
      */
     value: DrainRequest;
     case: "drain";
+  } | {
+    /**
+     * What the scheduler grants of what ClaimStart asked for; the first
+     * message of the stream, sent only when ClaimStart asked for batches or
+     * for credits returned with results.
+     *
+     * @generated from field: heat.scheduler.v1.ClaimStarted started = 3;
+     */
+    value: ClaimStarted;
+    case: "started";
+  } | {
+    /**
+     * Several tasks, each leased to this instance and using one credit; only
+     * to an instance whose ClaimStarted granted batches.
+     *
+     * @generated from field: heat.scheduler.v1.TaskBatch tasks = 4;
+     */
+    value: TaskBatch;
+    case: "tasks";
   } | { case: undefined; value?: undefined };
 };
 
@@ -152,6 +192,62 @@ export declare type ClaimTaskResponse = Message<"heat.scheduler.v1.ClaimTaskResp
  * Use `create(ClaimTaskResponseSchema)` to create a new message.
  */
 export declare const ClaimTaskResponseSchema: GenMessage<ClaimTaskResponse>;
+
+/**
+ * The scheduler's answer to a ClaimStart that asked for more than the first
+ * version of the protocol.
+ *
+ * @generated from message heat.scheduler.v1.ClaimStarted
+ */
+export declare type ClaimStarted = Message<"heat.scheduler.v1.ClaimStarted"> & {
+  /**
+   * The most tasks one TaskBatch carries; 1: tasks come one per message.
+   *
+   * @generated from field: int32 max_tasks_per_message = 1;
+   */
+  maxTasksPerMessage: number;
+
+  /**
+   * Outcomes posted for this stream's tasks return their credits.
+   *
+   * @generated from field: bool credits_with_results = 2;
+   */
+  creditsWithResults: boolean;
+
+  /**
+   * PostResult takes several outcomes in one message (PostResultRequest.batch)
+   * and answers them in one (PostResultResponse.batch).
+   *
+   * @generated from field: bool result_batches = 3;
+   */
+  resultBatches: boolean;
+};
+
+/**
+ * Describes the message heat.scheduler.v1.ClaimStarted.
+ * Use `create(ClaimStartedSchema)` to create a new message.
+ */
+export declare const ClaimStartedSchema: GenMessage<ClaimStarted>;
+
+/**
+ * Tasks pushed together.
+ *
+ * @generated from message heat.scheduler.v1.TaskBatch
+ */
+export declare type TaskBatch = Message<"heat.scheduler.v1.TaskBatch"> & {
+  /**
+   * The tasks, each leased to this instance.
+   *
+   * @generated from field: repeated heat.scheduler.v1.Task tasks = 1;
+   */
+  tasks: Task[];
+};
+
+/**
+ * Describes the message heat.scheduler.v1.TaskBatch.
+ * Use `create(TaskBatchSchema)` to create a new message.
+ */
+export declare const TaskBatchSchema: GenMessage<TaskBatch>;
 
 /**
  * A task: one attempt of one node, leased to one instance.
@@ -456,6 +552,16 @@ export declare type PostResultRequest = Message<"heat.scheduler.v1.PostResultReq
     value: TaskRelease;
     case: "release";
   } | { case: undefined; value?: undefined };
+
+  /**
+   * Several outcomes in one message, each an entry with its own attempt_id
+   * and outcome (and no batch of its own); attempt_id and outcome are then
+   * left empty. One PostResultResponse answers them all, in its batch. Only
+   * to a scheduler that said it takes them (ClaimStarted.result_batches).
+   *
+   * @generated from field: repeated heat.scheduler.v1.PostResultRequest batch = 5;
+   */
+  batch: PostResultRequest[];
 };
 
 /**
@@ -567,6 +673,15 @@ export declare type PostResultResponse = Message<"heat.scheduler.v1.PostResultRe
    * @generated from field: string message = 3;
    */
   message: string;
+
+  /**
+   * The verdicts on a batch of outcomes, one entry per entry of the
+   * request's batch, in the same order; attempt_id, status and message are
+   * then left empty.
+   *
+   * @generated from field: repeated heat.scheduler.v1.PostResultResponse batch = 4;
+   */
+  batch: PostResultResponse[];
 };
 
 /**
@@ -827,7 +942,9 @@ export declare const RunnerService: GenService<{
   /**
    * The instance states who it is and how many tasks it can take
    * (credits); the scheduler pushes one task per credit the moment one is
-   * ready. Closing the stream stops claiming.
+   * ready. Closing the stream stops claiming. An instance may ask for tasks
+   * in batches and for credits returned with results (ClaimStart); the
+   * scheduler says what it grants in its first message (ClaimStarted).
    *
    * @generated from rpc heat.scheduler.v1.RunnerService.ClaimTask
    */
@@ -849,7 +966,9 @@ export declare const RunnerService: GenService<{
   },
   /**
    * The instance posts outcomes; each is acknowledged. Posting the same
-   * outcome again gives the same answer and changes nothing.
+   * outcome again gives the same answer and changes nothing. Where the
+   * scheduler takes them (ClaimStarted.result_batches), several outcomes
+   * travel in one message and are acknowledged in one.
    *
    * @generated from rpc heat.scheduler.v1.RunnerService.PostResult
    */
