@@ -164,6 +164,12 @@ def upstream_failed(session_id: int, marked: Iterable[int], reason: str) -> list
     ]
 
 
+def drained(claims: Iterable[tuple[str, tuple[str, ...] | None, int, int]]) -> set[str]:
+    """Runners whose queue a claim emptied: it was for all of the Runner's templates, and got
+    fewer tasks than it asked for. Given (runner, templates, asked, got) per claim."""
+    return {runner for runner, templates, asked, got in claims if templates is None and got < asked}
+
+
 @dataclass(frozen=True, slots=True)
 class Moved:
     """A node a statement moved, with its attempt number after the move."""

@@ -60,6 +60,45 @@ def _final_state(book: SessionBook) -> SessionState:
     return SessionState.SUCCEEDED
 
 
+@dataclass(slots=True)
+class _Tally:
+    """One Session's bookkeeping while a batch is booked: counters move in place (a frozen
+    SessionBook replaced per change costs more than the rest of booking it)."""
+
+    book: SessionBook  # state, times and reason as of its last state change
+    seq: int
+    open: int
+    failed: int
+    cancelled: int
+
+    @classmethod
+    def of(cls, b: SessionBook) -> _Tally:
+        return cls(b, b.event_seq, b.open_nodes, b.failed_nodes, b.cancelled_nodes)
+
+    def current(self) -> SessionBook:
+        b = self.book
+        if (b.event_seq, b.open_nodes, b.failed_nodes, b.cancelled_nodes) != (
+            self.seq,
+            self.open,
+            self.failed,
+            self.cancelled,
+        ):
+            b = replace(
+                b,
+                event_seq=self.seq,
+                open_nodes=self.open,
+                failed_nodes=self.failed,
+                cancelled_nodes=self.cancelled,
+            )
+        return b
+
+    def logged(self, b: SessionBook, now: datetime) -> Event:
+        """``b`` (a state change of the current book) appended to the change log."""
+        self.book, event = _logged(b, now)
+        self.seq = self.book.event_seq
+        return event
+
+
 def book(
     sessions: Mapping[int, SessionBook],
     changes: Iterable[NodeChange],
@@ -68,45 +107,40 @@ def book(
     cancel_reasons: Mapping[int, str] | None = None,
 ) -> tuple[list[SessionBook], list[Event]]:
     """The Sessions' new bookkeeping and the events to append, in sequence order."""
-    books = dict(sessions)
+    tallies: dict[int, _Tally] = {}  # the touched Sessions, in the order first touched
     events: list[Event] = []
-    touched: list[int] = []
     for change in changes:
-        b = books[change.session_id]
-        if change.session_id not in touched:
-            touched.append(change.session_id)
-        seq = b.event_seq + 1
+        t = tallies.get(change.session_id)
+        if t is None:
+            t = tallies[change.session_id] = _Tally.of(sessions[change.session_id])
+        t.seq += 1
         events.append(
-            Event(b.id, seq, now, change.idx, change.state.value, change.attempt, change.detail)
+            Event(
+                t.book.id, t.seq, now, change.idx, change.state.value, change.attempt, change.detail
+            )
         )
-        closes = change.state.final and not change.old_state.final
-        b = replace(
-            b,
-            event_seq=seq,
-            open_nodes=b.open_nodes - closes,
-            failed_nodes=b.failed_nodes + (closes and change.state is NodeState.FAILED),
-            cancelled_nodes=b.cancelled_nodes + (closes and change.state is NodeState.CANCELLED),
-        )
-        books[change.session_id] = b
-        if change.state is NodeState.RUNNING and b.state is SessionState.PENDING:
+        if change.state.final and not change.old_state.final:
+            t.open -= 1
+            t.failed += change.state is NodeState.FAILED
+            t.cancelled += change.state is NodeState.CANCELLED
+        if change.state is NodeState.RUNNING and t.book.state is SessionState.PENDING:
+            b = t.current()
             started = replace(b, state=SessionState.RUNNING, start_time=b.start_time or now)
-            books[change.session_id], event = _logged(started, now)
-            events.append(event)
+            events.append(t.logged(started, now))
     for session_id, reason in (cancel_reasons or {}).items():
-        if session_id not in touched:
-            touched.append(session_id)
-        b = books[session_id]
-        if not b.state.final:
-            ended = replace(b, state=SessionState.CANCELLED, end_time=now, state_reason=reason)
-            books[session_id], event = _logged(ended, now)
-            events.append(event)
-    for session_id in touched:
-        b = books[session_id]
-        if b.open_nodes == 0 and not b.state.final:
-            ended = replace(b, state=_final_state(b), end_time=now)
-            books[session_id], event = _logged(ended, now)
-            events.append(event)
-    return [books[i] for i in touched], events
+        t = tallies.get(session_id)
+        if t is None:
+            t = tallies[session_id] = _Tally.of(sessions[session_id])
+        if not t.book.state.final:
+            ended = replace(
+                t.current(), state=SessionState.CANCELLED, end_time=now, state_reason=reason
+            )
+            events.append(t.logged(ended, now))
+    for t in tallies.values():
+        if t.open == 0 and not t.book.state.final:
+            b = t.current()
+            events.append(t.logged(replace(b, state=_final_state(b), end_time=now), now))
+    return [t.current() for t in tallies.values()], events
 
 
 def _logged(b: SessionBook, now: datetime) -> tuple[SessionBook, Event]:

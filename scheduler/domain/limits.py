@@ -60,6 +60,7 @@ MAX_IDLE_PERIOD: Final = timedelta(days=30)
 MAX_PODS: Final = 10_000
 # The runner protocol.
 MAX_CREDITS: Final = 10_000  # in one ClaimStart or ClaimCredit
+MAX_RESULT_BATCH: Final = 1_000  # outcomes in one PostResult message
 INSTANCE_ID_MAX_LENGTH: Final = 253  # a Kubernetes object name (pods are instances)
 MAX_TEMPLATES_PER_CLAIM: Final = 1000  # node_templates of one ClaimStart
 MAX_HEARTBEAT_ATTEMPTS: Final = 10_000  # attempt ids in one HeartbeatRequest

@@ -21,7 +21,7 @@ and a provisioner (or, in unit tests, fakes that keep the promises).
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence, Set
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -45,6 +45,9 @@ from scheduler.domain.sessions import (
     StoredSession,
 )
 from scheduler.domain.verdicts import EarlierVerdict, ExpiredAttempt, HeldNode
+
+# Given the Runners a settlement made work ready for, the claims to make along with it.
+ClaimPlanner = Callable[[Set[str]], Sequence[ClaimRequest]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +139,14 @@ class TaskRepository(Protocol):
     """Nodes as the runner protocol sees them: claims, attempts, leases, results."""
 
     async def claim(self, request: ClaimRequest) -> list[ClaimedTask]: ...
+    async def claim_along(
+        self, requests: Sequence[ClaimRequest], now: datetime
+    ) -> list[list[ClaimedTask]]:
+        """Claims made along with another change of the same transaction (a new Session's
+        roots): what each claimed, in order. A Runner whose queue they emptied is not
+        announced as having work."""
+        ...
+
     async def held(self, attempt_ids: Sequence[str]) -> dict[str, HeldNode]:
         """The nodes these attempts name (by their current attempt or not), locked."""
         ...
@@ -145,9 +156,13 @@ class TaskRepository(Protocol):
         nodes, so a verdict committed meanwhile by another replica is seen)."""
         ...
 
-    async def settle(self, settlement: Settlement, now: datetime) -> None:
+    async def settle(
+        self, settlement: Settlement, now: datetime, claims: ClaimPlanner | None = None
+    ) -> list[list[ClaimedTask]]:
         """Apply a settlement: the held nodes' states, released children, doomed descendants,
-        the Sessions' bookkeeping, the verdicts to remember."""
+        the Sessions' bookkeeping, the verdicts to remember. With ``claims``: asked, once the
+        Runners that got work ready are known, which claims to make in the same transaction;
+        returns what each claimed, in order."""
         ...
 
     async def extend_leases(

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 from scheduler.domain.sessions import NO_TRACE, NodeState, TraceContext
 
@@ -33,7 +33,7 @@ class ClaimedTask:
     # telemetry saw the claim (``Telemetry.dispatched``).
     trace: TraceContext = NO_TRACE
     ready_time: datetime | None = None  # when the node was queued (for the dispatch latency)
-    # How often the holder must heartbeat; set by the dispatcher that hands the task out.
+    # How often the holder must heartbeat (the claim's, ClaimRequest.heartbeat_interval).
     heartbeat_interval: timedelta = timedelta(0)
     # What the upstream outputs weigh (encoded); ``inputs`` is None when that is more than a
     # task may carry: the task is failed, not sent.
@@ -53,6 +53,44 @@ class ClaimRequest:
     # inputs a task may carry (a heavier one is claimed without them, to be failed).
     max_attempt_timeout: timedelta = timedelta(days=30)
     max_inputs_bytes: int = 63 * 1024 * 1024
+    # How often the holders must heartbeat, carried by each task claimed.
+    heartbeat_interval: timedelta = timedelta(0)
+
+
+@dataclass(frozen=True, slots=True)
+class StreamTerms:
+    """How one ClaimTask stream runs: what the instance asked for in its ClaimStart, as far as
+    the scheduler grants it. The first version of the protocol is ``StreamTerms()``: one task
+    per message, a ClaimCredit for every credit returned, one outcome per PostResult message."""
+
+    max_batch: int = 1  # tasks in one message
+    credits_with_results: bool = False  # a posted outcome returns its task's credit
+    result_batches: bool = False  # several outcomes in one PostResult message
+
+    @property
+    def extended(self) -> bool:
+        """Whether the stream says what it grants (ClaimStarted) before its first task."""
+        return self != FIRST_VERSION
+
+
+FIRST_VERSION: Final = StreamTerms()
+
+
+def stream_terms(max_batch: int, credits_with_results: bool, *, max_push_batch: int) -> StreamTerms:
+    """What a ClaimStart asking for ``max_batch`` tasks per message (0 or 1: one) and credits
+    returned with results is granted: batches up to the scheduler's own bound, the rest as
+    asked. An instance that asks for neither speaks the first version, and is answered in it."""
+    batch = max(1, min(max_batch, max_push_batch))
+    if batch == 1 and not credits_with_results:
+        return FIRST_VERSION
+    return StreamTerms(batch, credits_with_results, result_batches=True)
+
+
+def hand_off_wanted(*, became_ready: bool, backlog: bool, credits: int) -> bool:
+    """Whether a settlement also claims for a dispatcher of this replica, in its own
+    transaction: it has credits, and its Runner has queued work (some became ready in this
+    settlement, or its last claim took all it asked for, so more may wait)."""
+    return credits > 0 and (became_ready or backlog)
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import enum
 import json
 import random
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -255,3 +256,10 @@ def expiry_outcome(expired: ExpiredAttempt) -> Outcome:
         message=message,
         details={"reason": expired.reason.value},
     )
+
+
+def credits_back(outcomes: Iterable[Outcome]) -> list[str]:
+    """The attempts whose posted outcomes return their task's credit (to an instance whose
+    stream takes credits back with results): results do, whatever their verdict; a hand-back
+    does not (an instance hands back what it cannot take: draining, or over its capacity)."""
+    return [o.attempt_id for o in outcomes if o.kind is not OutcomeKind.RELEASE]

@@ -24,17 +24,30 @@ class Batcher(Generic[In, Out]):
         self._pending: list[tuple[In, asyncio.Future[Out]]] = []
         self._worker: asyncio.Task[None] | None = None
 
+    @property
+    def waiting(self) -> bool:
+        """Whether items wait for the next flush."""
+        return bool(self._pending)
+
     async def submit(self, item: In) -> Out:
         future: asyncio.Future[Out] = asyncio.get_running_loop().create_future()
         self._pending.append((item, future))
+        self._start()
+        return await future
+
+    async def submit_many(self, items: Sequence[In]) -> list[Out]:
+        """Several items, answered in order; no task of their own each (a future each)."""
+        loop = asyncio.get_running_loop()
+        futures: list[asyncio.Future[Out]] = [loop.create_future() for _ in items]
+        self._pending += zip(items, futures, strict=True)
+        self._start()
+        return list(await asyncio.gather(*futures))
+
+    def _start(self) -> None:
         if self._worker is None or self._worker.done():
             # A flush serves every caller in it: it runs in a context of its own, not in that
             # of the call that happened to start it.
             self._worker = asyncio.create_task(self._drain(), context=contextvars.Context())
-        return await future
-
-    async def submit_many(self, items: Sequence[In]) -> list[Out]:
-        return list(await asyncio.gather(*(self.submit(i) for i in items)))
 
     async def _drain(self) -> None:
         while self._pending:

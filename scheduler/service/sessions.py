@@ -37,8 +37,10 @@ from scheduler.domain.limits import (
 from scheduler.domain.paging import Page, PageRequest
 from scheduler.domain.ports import Store, UnitOfWork
 from scheduler.domain.registry import DagNode, check_dag_nodes
+from scheduler.domain.runner_protocol import ClaimedTask
 from scheduler.domain.sessions import (
     NewSession,
+    NodeState,
     Session,
     SessionCursor,
     SessionFilter,
@@ -52,6 +54,7 @@ from scheduler.domain.telemetry import NO_TELEMETRY, Telemetry
 from scheduler.domain.validation import check_dns_label, check_text
 from scheduler.service.artifacts import Artifacts
 from scheduler.service.offload import within_budget
+from scheduler.service.runner_protocol.handoff import HandOff, Reservation
 from scheduler.service.signals import Signals
 
 _WATCH_BATCH: Final = 500
@@ -107,13 +110,17 @@ class Sessions:
         artifacts: Artifacts | None = None,
         *,
         telemetry: Telemetry = NO_TELEMETRY,
+        hand_off: HandOff | None = None,
     ) -> None:
+        """``hand_off``: the dispatch, which claims a new Session's roots in the transaction
+        that creates it when this replica has credits for their Runner."""
         self._store = store
         self._telemetry = telemetry
         self._signals = signals
         self._clock = clock
         self._limits = limits
         self._artifacts = artifacts
+        self._hand_off = hand_off
 
     async def create(
         self,
@@ -149,6 +156,53 @@ class Sessions:
         raise_if(violations)
         names = await self._file_names(files)
         now = self._clock.now()
+        reservations: list[Reservation] = []
+        claimed: list[list[ClaimedTask]] = []
+        try:
+            made = await self._create(
+                by,
+                now,
+                session_template,
+                dag,
+                parameters,
+                labels,
+                request_id,
+                files,
+                names,
+                reservations,
+                claimed,
+            )
+        except BaseException:
+            if self._hand_off is not None:
+                self._hand_off.abandoned(reservations)
+            raise
+        if self._hand_off is not None:
+            self._hand_off.handed(reservations, claimed)
+        if isinstance(made, Session):
+            return made
+        # Read back once committed (and its roots pushed): the commit waits for nothing else.
+        async with self._store.snapshot() as work:
+            found = await work.sessions.get(
+                made, with_nodes=True, max_nodes=self._limits.max_created_nodes_shown
+            )
+        assert found is not None
+        return found.session
+
+    async def _create(
+        self,
+        by: Identity,
+        now: datetime,
+        session_template: str,
+        dag: Sequence[DagNode] | None,
+        parameters: Mapping[str, Any] | None,
+        labels: dict[str, str],
+        request_id: str,
+        files: Sequence[FileInput],
+        names: Sequence[str],
+        reservations: list[Reservation],
+        claimed: list[list[ClaimedTask]],
+    ) -> Session | str:
+        """The Session an earlier request with the same id made, or the name of the new one."""
         async with self._store.transaction() as work:
             if request_id:
                 existing = await work.sessions.by_request_id(request_id)
@@ -187,11 +241,13 @@ class Sessions:
                 await self._take_files(work, names, session_id)
             detail = {"session_template": session_template} if session_template else {}
             await work.audit.record([AuditEvent(by, "create", "session", new.name, detail)])
-            found = await work.sessions.get(
-                new.name, with_nodes=True, max_nodes=self._limits.max_created_nodes_shown
-            )
-            assert found is not None
-        return found.session
+            if self._hand_off is not None:
+                ready = {n.runner for n in new.nodes if n.state is NodeState.QUEUED}
+                reservations += self._hand_off.plan(ready, now)
+                if reservations:
+                    requests = [r.request for r in reservations]
+                    claimed += await work.tasks.claim_along(requests, now)
+        return new.name
 
     async def _file_names(self, files: Sequence[FileInput]) -> list[str]:
         """Each file input's artefact: the upload named, or a copy of the URI's file."""

@@ -15,6 +15,7 @@ from scheduler.domain import dag
 from scheduler.domain.ledger import NodeChange, SessionBook, book
 from scheduler.domain.ports import Changes
 from scheduler.domain.sessions import SessionState
+from scheduler.domain.verdicts import RecordedVerdict
 from scheduler.store.queries import Statements
 
 
@@ -29,8 +30,11 @@ class Books:
         now: datetime,
         *,
         cancel_reasons: Mapping[int, str] | None = None,
+        verdicts: Sequence[RecordedVerdict] = (),
     ) -> list[SessionBook]:
-        """Log the changes, move the counters, end the Sessions that have nothing left open."""
+        """Log the changes, move the counters, end the Sessions that have nothing left open;
+        with ``verdicts`` (a settlement's, to remember), in the same statement. Call it with
+        changes when there are verdicts: without any it writes nothing."""
         ids = sorted({c.session_id for c in changes} | set(cancel_reasons or {}))
         if not ids:
             return []
@@ -66,6 +70,14 @@ class Books:
             [e.state for e in events],
             [e.attempt for e in events],
             [e.detail for e in events],
+            [v.node.attempt_id for v in verdicts],
+            [v.node.session_id for v in verdicts],
+            [v.node.idx for v in verdicts],
+            [v.node.attempt for v in verdicts],
+            [v.reply.status.value for v in verdicts],
+            [v.reply.message for v in verdicts],
+            [now] * len(verdicts),
+            [v.outcome.value for v in verdicts],
         )
         self._changes.sessions |= {b.id for b in books}
         return books

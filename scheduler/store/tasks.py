@@ -13,7 +13,8 @@ from datetime import datetime, timedelta
 
 from scheduler.domain import dag
 from scheduler.domain.artifacts import task_inputs
-from scheduler.domain.ports import Changes
+from scheduler.domain.ledger import NodeChange
+from scheduler.domain.ports import Changes, ClaimPlanner
 from scheduler.domain.registry import RetryPolicy
 from scheduler.domain.runner_protocol import AttemptState, ClaimedTask, ClaimRequest
 from scheduler.domain.sessions import NodeState, TraceContext
@@ -38,6 +39,36 @@ class PgTasks:
         self._books = Books(db, changes)
 
     async def claim(self, request: ClaimRequest) -> list[ClaimedTask]:
+        tasks, changes = await self._claim(request)
+        await self._books.book(changes, request.now)
+        return tasks
+
+    async def claim_along(
+        self, requests: Sequence[ClaimRequest], now: datetime
+    ) -> list[list[ClaimedTask]]:
+        claimed, changes = await self._claims(requests)
+        await self._books.book(changes, now)
+        return claimed
+
+    async def _claims(
+        self, requests: Sequence[ClaimRequest]
+    ) -> tuple[list[list[ClaimedTask]], list[NodeChange]]:
+        """Several claims, and their changes for the books (which the caller writes). A Runner
+        whose queue a claim emptied needs nobody woken for it."""
+        claimed: list[list[ClaimedTask]] = []
+        changes: list[NodeChange] = []
+        for request in requests:
+            tasks, moved = await self._claim(request)
+            claimed.append(tasks)
+            changes += moved
+        self._changes.ready_runners -= dag.drained(
+            (r.runner, r.templates, len(r.owners), len(t))
+            for r, t in zip(requests, claimed, strict=True)
+        )
+        return claimed, changes
+
+    async def _claim(self, request: ClaimRequest) -> tuple[list[ClaimedTask], list[NodeChange]]:
+        """The claim, and its changes for the books (which the caller writes)."""
         rows = await self._db.fetch(
             "claim",
             request.runner,
@@ -50,11 +81,10 @@ class PgTasks:
             request.max_inputs_bytes,
         )
         if not rows:
-            return []
+            return [], []
         rows.sort(key=lambda r: (r["session_id"], r["idx"]))
         moved = [dag.Moved(r["session_id"], r["idx"], r["attempt"]) for r in rows]
-        await self._books.book(dag.claimed(moved), request.now)
-        return [
+        tasks = [
             ClaimedTask(
                 session_id=r["session_id"],
                 session=r["session_name"],
@@ -74,9 +104,11 @@ class PgTasks:
                 trace=TraceContext(r["traceparent"], r["tracestate"]),
                 ready_time=r["ready_time"],
                 inputs_bytes=r["inputs_bytes"],
+                heartbeat_interval=request.heartbeat_interval,
             )
             for r in rows
         ]
+        return tasks, dag.claimed(moved)
 
     async def held(self, attempt_ids: Sequence[str]) -> dict[str, HeldNode]:
         rows = await self._db.fetch("held_nodes", list(attempt_ids))
@@ -111,15 +143,32 @@ class PgTasks:
             for r in rows
         }
 
-    async def settle(self, settlement: dag.Settlement, now: datetime) -> None:
+    async def settle(
+        self, settlement: dag.Settlement, now: datetime, claims: ClaimPlanner | None = None
+    ) -> list[list[ClaimedTask]]:
+        changes: list[NodeChange] = []
+        ready: set[str] = set()
         if settlement.writes:
-            await self._apply(settlement, now)
-        await self._remember(settlement.verdicts, now)
+            changes, ready = await self._apply(settlement, now)
+        claimed: list[list[ClaimedTask]] = []
+        if claims is not None:
+            claimed, moved = await self._claims(claims(ready))
+            changes += moved
+        # The books last, once: Session rows are locked after every node row, in id order;
+        # the verdicts go in with them (or alone when nothing changed).
+        if changes:
+            await self._books.book(changes, now, verdicts=settlement.verdicts)
+        else:
+            await self._remember(settlement.verdicts, now)
         if settlement.retry_at is not None:
             self._changes.deadlines.append(settlement.retry_at)
+        return claimed
 
-    async def _apply(self, settlement: dag.Settlement, now: datetime) -> None:
-        """The held nodes' new states, then what depends on them, then the bookkeeping."""
+    async def _apply(
+        self, settlement: dag.Settlement, now: datetime
+    ) -> tuple[list[NodeChange], set[str]]:
+        """The held nodes' new states, then what depends on them: the changes to book, and the
+        Runners that got work ready."""
         writes = settlement.writes
         await self._db.fetch(
             "settle_nodes",
@@ -134,7 +183,7 @@ class PgTasks:
             [w.outputs_bytes for w in writes],
         )
         changes = list(settlement.changes)
-        self._changes.ready_runners |= settlement.ready_runners
+        ready = set(settlement.ready_runners)
         if settlement.released:
             rows = await self._db.fetch(
                 "release_upstream",
@@ -142,15 +191,16 @@ class PgTasks:
                 [k.idx for k in settlement.released],
                 now,
             )
-            ready, runners = dag.became_ready(
+            became, runners = dag.became_ready(
                 dag.ReleasedChild(r["session_id"], r["idx"], NodeState(r["state"]), r["runner"])
                 for r in rows
             )
-            changes += ready
-            self._changes.ready_runners |= runners
+            changes += became
+            ready |= runners
         for doomed in settlement.doomed:
             changes += await doom(self._db, doomed, now)
-        await self._books.book(changes, now)
+        self._changes.ready_runners |= ready
+        return changes, ready
 
     async def _remember(self, verdicts: Sequence[RecordedVerdict], now: datetime) -> None:
         if not verdicts:

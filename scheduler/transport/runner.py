@@ -19,10 +19,12 @@ from scheduler.domain.limits import (
     MAX_CREDITS,
     MAX_HEARTBEAT_ATTEMPTS,
     MAX_PENDING_RESULTS,
+    MAX_RESULT_BATCH,
     MAX_TEMPLATES_PER_CLAIM,
 )
-from scheduler.domain.runner_protocol import ClaimedTask, HeartbeatReply
+from scheduler.domain.runner_protocol import ClaimedTask, Drain, HeartbeatReply, stream_terms
 from scheduler.domain.validation import check_dns_label, check_text
+from scheduler.domain.verdicts import Reply
 from scheduler.service.artifacts import Artifacts
 from scheduler.service.runner_protocol import RunnerProtocol
 from scheduler.transport import convert_sessions as convert
@@ -85,10 +87,24 @@ class RunnerServicer(pb_grpc.RunnerServiceServicer):
                 violations += check_dns_label(
                     name, f"start.node_templates[{i}]", what="node template name"
                 )
+        if not 0 <= start.max_tasks_per_message <= MAX_CREDITS:
+            violations.append(
+                FieldViolation("start.max_tasks_per_message", f"must be 0 to {MAX_CREDITS}")
+            )
         raise_if(violations)
         protocol = self._protocol
+        terms = stream_terms(
+            start.max_tasks_per_message,
+            start.credits_with_results,
+            max_push_batch=protocol.settings.max_push_batch,
+        )
         instance = protocol.connect(
-            runner, start.runner, start.instance_id, list(start.node_templates), start.credits
+            runner,
+            start.runner,
+            start.instance_id,
+            list(start.node_templates),
+            start.credits,
+            terms,
         )
 
         async def read_credits() -> None:
@@ -105,16 +121,29 @@ class RunnerServicer(pb_grpc.RunnerServiceServicer):
                 protocol.hang_up(instance)  # half-closed (or a bad credit): it stops claiming
 
         reader = asyncio.create_task(read_credits())
-        sending: ClaimedTask | None = None
+        sending: list[ClaimedTask] = []  # taken for the instance, maybe not received
         try:
+            if terms.extended:
+                yield pb.ClaimTaskResponse(
+                    started=pb.ClaimStarted(
+                        max_tasks_per_message=terms.max_batch,
+                        credits_with_results=terms.credits_with_results,
+                        result_batches=terms.result_batches,
+                    )
+                )
             async for item in protocol.stream(instance):
-                if isinstance(item, ClaimedTask):
-                    sending = item
-                    task = convert.task_message(item)
-                    yield pb.ClaimTaskResponse(task=task)
-                    sending = None
-                else:
+                if isinstance(item, Drain):
                     yield pb.ClaimTaskResponse(drain=convert.drain_message(item))
+                elif terms.max_batch > 1:
+                    sending = item
+                    yield pb.ClaimTaskResponse(
+                        tasks=pb.TaskBatch(tasks=[convert.task_message(t) for t in item])
+                    )
+                else:
+                    for i, task in enumerate(item):
+                        sending = item[i:]
+                        yield pb.ClaimTaskResponse(task=convert.task_message(task))
+                sending = []
             reader.result()  # a bad credit message ends the stream with its error
         finally:
             reader.cancel()
@@ -179,26 +208,27 @@ class RunnerServicer(pb_grpc.RunnerServiceServicer):
 
         async def answer(request: pb.PostResultRequest) -> None:
             try:
-                reply = await self._protocol.post(runner, convert.outcome(request))
+                if request.batch:
+                    replies = await self._protocol.post_many(
+                        runner, [convert.outcome(r) for r in request.batch]
+                    )
+                    response = pb.PostResultResponse(
+                        batch=[
+                            _verdict(r.attempt_id, reply)
+                            for r, reply in zip(request.batch, replies, strict=True)
+                        ]
+                    )
+                else:
+                    reply = await self._protocol.post(runner, convert.outcome(request))
+                    response = _verdict(request.attempt_id, reply)
             except Exception as exc:
                 out.put_nowait(exc)
                 return
-            out.put_nowait(
-                pb.PostResultResponse(
-                    attempt_id=request.attempt_id,
-                    status=convert.RESULT_STATUSES[reply.status],
-                    message=reply.message,
-                )
-            )
+            out.put_nowait(response)
 
         async def read() -> None:
             async for request in request_iterator:
-                violations = check_attempt_id(request.attempt_id, "attempt_id")
-                if request.WhichOneof("outcome") is None:
-                    violations.append(
-                        FieldViolation("outcome", "is required: success, failure or release")
-                    )
-                raise_if(violations)
+                raise_if(check_posted(request))
                 await room.acquire()
                 task = asyncio.create_task(answer(request))
                 pending.add(task)
@@ -244,6 +274,44 @@ class RunnerServicer(pb_grpc.RunnerServiceServicer):
                 chunks,
             )
         return pb.WriteArtifactResponse(artifact=artifact_message(stored, self._artifacts))
+
+
+def check_posted(request: pb.PostResultRequest) -> list[FieldViolation]:
+    """An outcome, or a batch of them (each an outcome, with no batch of its own)."""
+    if not request.batch:
+        return _check_outcome(request, "")
+    violations: list[FieldViolation] = []
+    if request.attempt_id or request.WhichOneof("outcome") is not None:
+        violations.append(
+            FieldViolation("batch", "a batch leaves attempt_id and outcome of its own empty")
+        )
+    if len(request.batch) > MAX_RESULT_BATCH:
+        violations.append(
+            FieldViolation(
+                "batch", f"has {len(request.batch)} outcomes; at most {MAX_RESULT_BATCH}"
+            )
+        )
+        return violations
+    for i, entry in enumerate(request.batch):
+        violations += _check_outcome(entry, f"batch[{i}].")
+        if entry.batch:
+            violations.append(FieldViolation(f"batch[{i}].batch", "a batch is not nested"))
+    return violations
+
+
+def _check_outcome(request: pb.PostResultRequest, prefix: str) -> list[FieldViolation]:
+    violations = check_attempt_id(request.attempt_id, f"{prefix}attempt_id")
+    if request.WhichOneof("outcome") is None:
+        violations.append(
+            FieldViolation(f"{prefix}outcome", "is required: success, failure or release")
+        )
+    return violations
+
+
+def _verdict(attempt_id: str, reply: Reply) -> pb.PostResultResponse:
+    return pb.PostResultResponse(
+        attempt_id=attempt_id, status=convert.RESULT_STATUSES[reply.status], message=reply.message
+    )
 
 
 async def _drain_queue(

@@ -19,7 +19,7 @@ from scheduler.domain.access import AccessToken
 from scheduler.domain.audit import AuditEvent, AuditFilter
 from scheduler.domain.errors import Aborted, Internal, Unavailable
 from scheduler.domain.leadership import Duty, NotLeader, Term
-from scheduler.domain.ports import Changes
+from scheduler.domain.ports import Changes, ClaimPlanner
 from scheduler.domain.provisioning import InstanceSpec, Observed, Phase, RunnerStatus, RunnerWork
 from scheduler.domain.registry import Runner, RunnerCredential
 from scheduler.domain.runner_protocol import AttemptState, ClaimedTask, ClaimRequest
@@ -92,9 +92,19 @@ class MemoryTasks:
         self.claims.append(request)
         taken, self.queued = self.queued[: len(request.owners)], self.queued[len(request.owners) :]
         return [
-            replace(t, owner=owner, lease_deadline=request.lease_deadline)
+            replace(
+                t,
+                owner=owner,
+                lease_deadline=request.lease_deadline,
+                heartbeat_interval=request.heartbeat_interval,
+            )
             for t, owner in zip(taken, request.owners, strict=False)
         ]
+
+    async def claim_along(
+        self, requests: Sequence[ClaimRequest], now: datetime
+    ) -> list[list[ClaimedTask]]:
+        return [await self.claim(r) for r in requests]
 
     async def held(self, attempt_ids: Sequence[str]) -> dict[str, HeldNode]:
         return {a: self.nodes[a] for a in attempt_ids if a in self.nodes}
@@ -102,13 +112,19 @@ class MemoryTasks:
     async def earlier_verdicts(self, attempt_ids: Sequence[str]) -> dict[str, EarlierVerdict]:
         return {a: self.verdicts[a] for a in attempt_ids if a in self.verdicts}
 
-    async def settle(self, settlement: dag.Settlement, now: datetime) -> None:
+    async def settle(
+        self, settlement: dag.Settlement, now: datetime, claims: ClaimPlanner | None = None
+    ) -> list[list[ClaimedTask]]:
         if self.conflicts:
             self.conflicts -= 1
             raise Aborted("a concurrent change won (fake); retry")
         for write in settlement.writes:
             if write.node.attempt_id in self.unstorable_retries and write.not_before is not None:
                 raise Internal("a database statement failed (DatetimeFieldOverflow, fake)")
+        claimed = []
+        if claims is not None:
+            for request in claims(settlement.ready_runners):
+                claimed.append(await self.claim(request))
         self.settlements.append(settlement)
         for write in settlement.writes:
             self.nodes[write.node.attempt_id] = replace(write.node, state=write.state)
@@ -116,6 +132,7 @@ class MemoryTasks:
         for verdict in settlement.verdicts:
             self.verdicts[verdict.node.attempt_id] = EarlierVerdict(verdict.reply, verdict.outcome)
         self.changes.ready_runners |= settlement.ready_runners
+        return claimed
 
     async def extend_leases(
         self, runner: str, attempt_ids: Sequence[str], deadline: datetime, now: datetime

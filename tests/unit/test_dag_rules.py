@@ -277,3 +277,13 @@ def test_a_retry_keeps_the_session_open_and_a_cancel_records_its_reason() -> Non
     )
     assert c.state is SessionState.CANCELLED and c.state_reason == "enough"
     assert events[-1].detail == {"reason": "enough"}
+
+
+def test_a_claim_that_got_fewer_than_it_asked_for_drained_its_runner() -> None:
+    assert dag.drained(
+        [
+            ("a", None, 4, 2),  # drained
+            ("b", None, 4, 4),  # took all it asked for: more may wait
+            ("c", ("t1",), 4, 0),  # one template's queue says nothing of the Runner's
+        ]
+    ) == {"a"}

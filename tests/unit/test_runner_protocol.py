@@ -22,12 +22,15 @@ from scheduler.domain.runner_protocol import (
     Drain,
     HeartbeatReply,
     LeaseState,
+    StreamTerms,
     allocate,
+    hand_off_wanted,
     lease_due,
     lease_state,
+    stream_terms,
 )
 from scheduler.domain.sessions import NodeState
-from scheduler.domain.verdicts import Outcome, OutcomeKind, ResultStatus
+from scheduler.domain.verdicts import Outcome, OutcomeKind, ResultStatus, credits_back
 from scheduler.service.runner_protocol import ProtocolSettings, RunnerProtocol
 from scheduler.service.signals import Signals
 from scheduler.service.supervisor import Supervisor
@@ -88,8 +91,15 @@ async def rig() -> AsyncIterator[Rig]:
     await made.supervisor.stop_all()
 
 
-async def next_item(stream: AsyncIterator[ClaimedTask | Drain]) -> ClaimedTask | Drain:
-    return await asyncio.wait_for(anext(stream), 1)
+async def next_item(
+    stream: AsyncIterator[list[ClaimedTask] | Drain],
+) -> ClaimedTask | Drain:
+    """The next item of a first-version stream: a drain, or a task (one at a time)."""
+    item = await asyncio.wait_for(anext(stream), 1)
+    if isinstance(item, list):
+        (task,) = item
+        return task
+    return item
 
 
 # --- dispatch ---------------------------------------------------------------------------------
@@ -267,3 +277,78 @@ async def test_a_credential_names_its_runner_and_revocation_shows_within_seconds
     rig.clock.advance(seconds=11)
     with pytest.raises(Unauthenticated):
         await rig.protocol.authenticate("heatrc_w")
+
+
+# --- fewer messages per task (issue 13) -------------------------------------------------------
+
+
+def test_stream_terms_grant_batches_within_the_schedulers_bound() -> None:
+    assert stream_terms(0, False, max_push_batch=64) == StreamTerms()
+    assert stream_terms(1, False, max_push_batch=64) == StreamTerms()
+    assert not StreamTerms().extended
+    assert stream_terms(500, True, max_push_batch=64) == StreamTerms(64, True, True)
+    assert stream_terms(8, False, max_push_batch=64) == StreamTerms(8, False, True)
+    assert stream_terms(0, True, max_push_batch=64) == StreamTerms(1, True, True)
+    assert stream_terms(0, True, max_push_batch=64).extended
+
+
+def test_a_settlement_claims_along_only_with_credits_and_likely_work() -> None:
+    assert hand_off_wanted(became_ready=True, backlog=False, credits=3)
+    assert hand_off_wanted(became_ready=False, backlog=True, credits=1)
+    assert not hand_off_wanted(became_ready=False, backlog=False, credits=3)
+    assert not hand_off_wanted(became_ready=True, backlog=True, credits=0)
+
+
+def test_results_give_credits_back_hand_backs_do_not() -> None:
+    outcomes = [
+        Outcome("a-1", OutcomeKind.SUCCESS),
+        Outcome("a-2", OutcomeKind.FAILURE, message="x"),
+        Outcome("a-3", OutcomeKind.RELEASE, message="draining"),
+    ]
+    assert credits_back(outcomes) == ["a-1", "a-2"]
+
+
+async def test_a_result_returns_its_credit_and_its_settlement_claims_the_next_task(
+    rig: Rig,
+) -> None:
+    rig.store.tasks.queued = [rig.task(f"a-{i}") for i in range(3)]
+    terms = StreamTerms(8, credits_with_results=True, result_batches=True)
+    instance = rig.protocol.connect("w", "w", "i-1", [], 2, terms)
+    stream = rig.protocol.stream(instance)
+    first = await asyncio.wait_for(anext(stream), 1)
+    assert isinstance(first, list) and [t.attempt_id for t in first] == ["a-0", "a-1"]
+    assert instance.credits == 0
+    for task in first:
+        rig.running(task.attempt_id)
+    replies = await rig.protocol.post_many(
+        "w", [Outcome(t.attempt_id, OutcomeKind.SUCCESS) for t in first]
+    )
+    assert [r.status for r in replies] == [ResultStatus.ACCEPTED] * 2
+    # The settlement claimed with the two credits the results gave back (one task was left).
+    (settlement_claim,) = [r for r in rig.store.tasks.claims if r.owners == ("i-1", "i-1")][1:]
+    assert settlement_claim.now == rig.clock.now()
+    second = await asyncio.wait_for(anext(stream), 1)
+    assert isinstance(second, list) and [t.attempt_id for t in second] == ["a-2"]
+    assert instance.credits == 1  # the credit no task took is back
+
+
+async def test_a_first_version_stream_gets_no_credit_from_results(rig: Rig) -> None:
+    rig.store.tasks.queued = [rig.task(f"a-{i}") for i in range(2)]
+    instance = rig.protocol.connect("w", "w", "i-1", [], 1)
+    task = await next_item(rig.protocol.stream(instance))
+    assert isinstance(task, ClaimedTask)
+    rig.running(task.attempt_id)
+    await rig.protocol.post("w", Outcome(task.attempt_id, OutcomeKind.SUCCESS))
+    assert instance.credits == 0
+    assert [t.attempt_id for t in rig.store.tasks.queued] == ["a-1"]  # nothing claimed along
+
+
+async def test_credits_come_back_only_to_the_stream_the_task_was_pushed_on(rig: Rig) -> None:
+    rig.store.tasks.queued = [rig.task("a-0")]
+    terms = StreamTerms(8, credits_with_results=True, result_batches=True)
+    old = rig.protocol.connect("w", "w", "i-1", [], 1, terms)
+    (task,) = await asyncio.wait_for(anext(rig.protocol.stream(old)), 1)  # type: ignore[misc]
+    rig.running(task.attempt_id)
+    new = rig.protocol.connect("w", "w", "i-1", [], 1, terms)  # the instance reconnected
+    await rig.protocol.post("w", Outcome(task.attempt_id, OutcomeKind.SUCCESS))
+    assert (old.credits, new.credits) == (0, 1)  # the new ClaimStart counted the slot itself

@@ -6,6 +6,10 @@ NOTIFY) made work ready, or an instance granted credits. Nothing polls. Each dis
 loop (``Dispatcher.run``) runs under the supervisor, as do the one-off tasks (tasks given
 back, idle instances drained).
 
+A settlement that makes work ready (or returns credits while a Runner has a backlog) claims
+for this replica's credits in its own transaction (``plan`` / ``handed`` / ``abandoned``): the
+hand-off needs no second transaction, and the NOTIFY still wakes the other replicas.
+
 An instance that holds nothing for its Runner's idle period is drained, within the budget
 the reconciler records (the live instances beyond the desired count).
 
@@ -19,8 +23,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence, Set
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Final
 
@@ -28,9 +32,18 @@ from scheduler.domain.backoff import Backoff, Retries
 from scheduler.domain.clock import Clock
 from scheduler.domain.limits import MAX_ATTEMPT_TIMEOUT, Limits
 from scheduler.domain.ports import Store
-from scheduler.domain.runner_protocol import ClaimedTask, ClaimRequest, Drain, allocate
+from scheduler.domain.runner_protocol import (
+    FIRST_VERSION,
+    ClaimedTask,
+    ClaimRequest,
+    Drain,
+    StreamTerms,
+    allocate,
+    hand_off_wanted,
+)
 from scheduler.domain.telemetry import NO_TELEMETRY, Telemetry
 from scheduler.service.leadership import TRANSIENT
+from scheduler.service.runner_protocol.handoff import Reservation
 from scheduler.service.runner_protocol.leases import Leases
 from scheduler.service.runner_protocol.settings import ProtocolSettings
 from scheduler.service.signals import Signals
@@ -60,6 +73,20 @@ class Instance:
     # When the instance was last heard from (connected, heartbeated, or handed its first task
     # while it held none, from which its heartbeats are owed).
     heard: datetime | None = None
+    terms: StreamTerms = FIRST_VERSION
+    # Attempts pushed on this stream whose credit comes back with their outcome (with
+    # ``terms.credits_with_results``).
+    owed: set[str] = field(default_factory=set)
+
+
+def give_back(owners: Sequence[Instance], tasks: Sequence[ClaimedTask]) -> None:
+    """The credits reserved for a claim that no task took go back to their instances."""
+    handed = Counter(t.owner for t in tasks)
+    for owner in owners:
+        if handed[owner.instance_id] > 0:
+            handed[owner.instance_id] -= 1
+        else:
+            owner.credits += 1
 
 
 class Dispatcher:
@@ -70,7 +97,14 @@ class Dispatcher:
         self.templates = templates
         self.instances: dict[str, Instance] = {}
         self.wake = asyncio.Event()
+        # The last claim took all it asked for (or work was announced while no credit was
+        # free): more may be queued, so a settlement returning credits claims along.
+        self.backlog = False
         self._dispatch = dispatch
+
+    @property
+    def credits(self) -> int:
+        return sum(i.credits for i in self.instances.values() if i.connected and not i.drain)
 
     def allocate(self, limit: int) -> list[Instance]:
         """Reserve up to ``limit`` credits, round robin, so a batch spreads over instances."""
@@ -101,6 +135,7 @@ class Dispatcher:
             while True:
                 owners = self.allocate(self._dispatch.settings.max_claim_batch)
                 if not owners:
+                    self.backlog = True  # woken with no credit free: look when some return
                     break
                 try:
                     tasks, claimed = await self._dispatch.claim(self, owners)
@@ -114,14 +149,10 @@ class Dispatcher:
                     self.wake.set()
                     break
                 retries.reset()
-                handed = Counter(t.owner for t in tasks)
-                for owner in owners:
-                    if handed[owner.instance_id] > 0:
-                        handed[owner.instance_id] -= 1
-                    else:
-                        owner.credits += 1
+                give_back(owners, tasks)
+                self.backlog = claimed == len(owners)
                 self._dispatch.hand_out(tasks)
-                if claimed < len(owners):
+                if not self.backlog:
                     break
 
 
@@ -155,6 +186,8 @@ class Dispatch:
         self._dispatchers: dict[tuple[str, tuple[str, ...] | None], Dispatcher] = {}
         self._unsubscribe: dict[Dispatcher, Callable[[], None]] = {}
         self._instances: dict[str, Instance] = {}
+        self._owed: dict[str, Instance] = {}  # attempt -> the instance its credit returns to
+        self._returned: set[Instance] = set()  # got credits back since the last settlement
 
     async def stop(self) -> None:
         for dispatcher in self._dispatchers.values():
@@ -173,14 +206,19 @@ class Dispatch:
         return instance.drain if instance is not None else None
 
     def connect(
-        self, runner: str, instance_id: str, templates: Sequence[str], credits: int
+        self,
+        runner: str,
+        instance_id: str,
+        templates: Sequence[str],
+        credits: int,
+        terms: StreamTerms = FIRST_VERSION,
     ) -> Instance:
         key = (runner, tuple(sorted(set(templates))) or None)
         previous = self._instances.get(instance_id)
         if previous is not None:
             # The same instance reconnected (its old stream may not have noticed yet).
             self.disconnect(previous)
-        instance = Instance(runner, instance_id, key[1], max(credits, 0))
+        instance = Instance(runner, instance_id, key[1], max(credits, 0), terms=terms)
         instance.heard = self._clock.now()
         self._instances[instance_id] = instance
         dispatcher = self._dispatchers.get(key)
@@ -227,31 +265,63 @@ class Dispatch:
         if dispatcher is not None:
             dispatcher.wake.set()
 
-    async def stream(self, instance: Instance) -> AsyncIterator[ClaimedTask | Drain]:
-        """What to send the instance, in order, until it hangs up."""
+    def returned(self, runner: str, attempt_ids: Sequence[str]) -> None:
+        """Outcomes were posted for these attempts: the instances that were pushed them on a
+        stream whose credits return with results have their credits back. Nobody is woken:
+        the settlement claims along, and wakes what it leaves with credits (``settled``)."""
+        for attempt_id in attempt_ids:
+            instance = self._owed.pop(attempt_id, None)
+            if instance is None:
+                continue
+            instance.owed.discard(attempt_id)
+            if instance.runner == runner and instance.connected:
+                instance.credits += 1
+                self._returned.add(instance)
+
+    async def stream(self, instance: Instance) -> AsyncIterator[list[ClaimedTask] | Drain]:
+        """What to send the instance, in order, until it hangs up: a drain, or the tasks
+        waiting for it (up to its batch; one at a time for a first-version stream)."""
+        carried: ClaimedTask | Drain | object | None = None
         while True:
-            item = await instance.outbox.get()
+            if carried is not None:
+                item, carried = carried, None
+            else:
+                item = await instance.outbox.get()
             if item is _HUNG_UP or instance.hung_up:
                 if isinstance(item, ClaimedTask):
                     self._give_back(item)  # taken, but never to be sent
                 return
-            assert isinstance(item, ClaimedTask | Drain)
-            yield item
+            if isinstance(item, Drain):
+                yield item
+                continue
+            assert isinstance(item, ClaimedTask)
+            batch = [item]
+            while len(batch) < instance.terms.max_batch and not instance.outbox.empty():
+                following = instance.outbox.get_nowait()
+                if not isinstance(following, ClaimedTask):
+                    carried = following
+                    break
+                batch.append(following)
+            yield batch
 
     def hang_up(self, instance: Instance) -> None:
         """The instance half-closed its stream: what was claimed for it is not sent."""
         instance.hung_up = True
         instance.outbox.put_nowait(_HUNG_UP)
 
-    def disconnect(self, instance: Instance, *, unsent: ClaimedTask | None = None) -> None:
+    def disconnect(self, instance: Instance, *, unsent: Sequence[ClaimedTask] = ()) -> None:
         instance.connected = False
-        if unsent is not None:
-            self._give_back(unsent)
+        for task in unsent:
+            self._give_back(task)
         if instance.idle_timer is not None:
             instance.idle_timer.cancel()
             instance.idle_timer = None
         if self._instances.get(instance.instance_id) is instance:
             del self._instances[instance.instance_id]
+        for attempt_id in instance.owed:
+            if self._owed.get(attempt_id) is instance:
+                del self._owed[attempt_id]
+        instance.owed.clear()
         dispatcher = self._dispatchers.get((instance.runner, instance.templates))
         if dispatcher is not None and dispatcher.instances.get(instance.instance_id) is instance:
             del dispatcher.instances[instance.instance_id]
@@ -276,8 +346,15 @@ class Dispatch:
         self, dispatcher: Dispatcher, owners: list[Instance]
     ) -> tuple[list[ClaimedTask], int]:
         """The tasks claimed for ``owners`` that can be sent, and how many were claimed."""
-        now = self._clock.now()
-        request = ClaimRequest(
+        request = self._request(dispatcher, owners, self._clock.now())
+        async with self._store.transaction() as work:
+            claimed = await work.tasks.claim(request)
+        return self.claimed(claimed, request.now), len(claimed)
+
+    def _request(
+        self, dispatcher: Dispatcher, owners: Sequence[Instance], now: datetime
+    ) -> ClaimRequest:
+        return ClaimRequest(
             dispatcher.runner,
             dispatcher.templates,
             tuple(o.instance_id for o in owners),
@@ -285,9 +362,12 @@ class Dispatch:
             now,
             max_attempt_timeout=MAX_ATTEMPT_TIMEOUT,
             max_inputs_bytes=self._limits.max_task_bytes,
+            heartbeat_interval=self.settings.heartbeat_interval,
         )
-        async with self._store.transaction() as work:
-            claimed = await work.tasks.claim(request)
+
+    def claimed(self, claimed: Sequence[ClaimedTask], now: datetime) -> list[ClaimedTask]:
+        """Tasks were claimed (and committed) with leases from ``now``: those that can be
+        sent (a task whose inputs would not fit one message fails instead)."""
         self._leases.leased(claimed, now)
         tasks = []
         for task in claimed:
@@ -309,10 +389,57 @@ class Dispatch:
             # Claims write leases past now + lease_duration, which the timekeeper sleeps no
             # longer than; a short attempt timeout must wake it.
             self._signals.deadline_written(min(t.attempt_deadline for t in tasks))
-        return tasks, len(claimed)
+        return tasks
+
+    # -- hand-off: claims inside a settlement's transaction --------------------------------
+
+    def plan(self, ready: Set[str], now: datetime) -> list[Reservation]:
+        """Within a settlement's transaction, once it knows which Runners got ready work: the
+        claims to make along, for the dispatchers that have credits and (likely) work."""
+        reservations = []
+        for dispatcher in self._dispatchers.values():
+            wanted = hand_off_wanted(
+                became_ready=dispatcher.runner in ready,
+                backlog=dispatcher.backlog,
+                credits=dispatcher.credits,
+            )
+            if not wanted:
+                continue
+            owners = dispatcher.allocate(self.settings.max_claim_batch)
+            if not owners:
+                continue
+            request = self._request(dispatcher, owners, now)
+            reservations.append(Reservation(dispatcher, owners, request))
+        return reservations
+
+    def handed(
+        self, reservations: Sequence[Reservation], claimed: Sequence[Sequence[ClaimedTask]]
+    ) -> None:
+        """The settlement committed with these claims: push them."""
+        for reservation, got in zip(reservations, claimed, strict=True):
+            tasks = self.claimed(got, reservation.request.now)
+            give_back(reservation.owners, tasks)
+            reservation.dispatcher.backlog = len(got) == len(reservation.owners)
+            self.hand_out(tasks)
+
+    def abandoned(self, reservations: Sequence[Reservation]) -> None:
+        """The settlement did not commit: its reserved credits are free again."""
+        for reservation in reservations:
+            for owner in reservation.owners:
+                owner.credits += 1
+            reservation.dispatcher.wake.set()
+
+    def settled(self) -> None:
+        """After a settlement (with no other outcome waiting, whose settlement would claim
+        along): the dispatchers that got credits back and may have work (a backlog the
+        settlement did not claim) look now."""
+        returned, self._returned = self._returned, set()
+        for instance in returned:
+            dispatcher = self._dispatchers.get((instance.runner, instance.templates))
+            if dispatcher is not None and dispatcher.backlog and instance.credits > 0:
+                dispatcher.wake.set()
 
     def hand_out(self, tasks: Sequence[ClaimedTask]) -> None:
-        interval = self.settings.heartbeat_interval
         for task in tasks:
             instance = self._instances.get(task.owner)
             if instance is None or not instance.connected:
@@ -322,10 +449,13 @@ class Dispatch:
             if not instance.held:
                 instance.heard = self._clock.now()  # heartbeats are owed from now on
             instance.held.add(task.attempt_id)
+            if instance.terms.credits_with_results:
+                instance.owed.add(task.attempt_id)
+                self._owed[task.attempt_id] = instance
             if instance.idle_timer is not None:
                 instance.idle_timer.cancel()
                 instance.idle_timer = None
-            instance.outbox.put_nowait(replace(task, heartbeat_interval=interval))
+            instance.outbox.put_nowait(task)
 
     # -- idle instances --------------------------------------------------------------------
 

@@ -11,7 +11,13 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from scheduler.domain.clock import Clock
 from scheduler.domain.limits import Limits
 from scheduler.domain.ports import Leadership, Store
-from scheduler.domain.runner_protocol import ClaimedTask, Drain, HeartbeatReply
+from scheduler.domain.runner_protocol import (
+    FIRST_VERSION,
+    ClaimedTask,
+    Drain,
+    HeartbeatReply,
+    StreamTerms,
+)
 from scheduler.domain.telemetry import NO_TELEMETRY, Telemetry
 from scheduler.domain.verdicts import Outcome, Reply
 from scheduler.service.runner_protocol.authorisation import Authorisation
@@ -41,6 +47,7 @@ class RunnerProtocol:
         telemetry: Telemetry = NO_TELEMETRY,
     ) -> None:
         """Its background loops (the timekeeper, the dispatchers) run under ``supervisor``."""
+        self.settings = settings
         rng = rng or random.Random()  # noqa: S311 (backoff jitter, not secrets)
         self._supervisor = supervisor
         # Leases and the authorisation ask the dispatch about instances, which is built last:
@@ -63,6 +70,7 @@ class RunnerProtocol:
             self.leases,
             rng=rng,
             telemetry=telemetry,
+            hand_off=lambda: self.dispatch,
         )
         self.dispatch = Dispatch(
             store,
@@ -103,15 +111,23 @@ class RunnerProtocol:
     # -- ClaimTask -------------------------------------------------------------------------
 
     def connect(
-        self, runner: str, declared: str, instance_id: str, templates: Sequence[str], credits: int
+        self,
+        runner: str,
+        declared: str,
+        instance_id: str,
+        templates: Sequence[str],
+        credits: int,
+        terms: StreamTerms = FIRST_VERSION,
     ) -> Instance:
-        """An instance opened its ClaimTask stream, for the Runner it ``declared``."""
+        """An instance opened its ClaimTask stream, for the Runner it ``declared``, on the
+        ``terms`` granted to what it asked for (``domain.runner_protocol.stream_terms``)."""
         self.authorisation.check_start(runner, declared)
         self.authorisation.check_instance(runner, instance_id, connecting=True)
-        return self.dispatch.connect(runner, instance_id, templates, credits)
+        return self.dispatch.connect(runner, instance_id, templates, credits, terms)
 
-    def stream(self, instance: Instance) -> AsyncIterator[ClaimedTask | Drain]:
-        """Tasks and drains for the instance, pushed as they come, until it hangs up."""
+    def stream(self, instance: Instance) -> AsyncIterator[list[ClaimedTask] | Drain]:
+        """Tasks (in batches up to the stream's terms) and drains for the instance, pushed as
+        they come, until it hangs up."""
         return self.dispatch.stream(instance)
 
     def grant(self, instance: Instance, credits: int) -> None:
@@ -120,9 +136,9 @@ class RunnerProtocol:
     def hang_up(self, instance: Instance) -> None:
         self.dispatch.hang_up(instance)
 
-    def disconnect(self, instance: Instance, *, unsent: ClaimedTask | None = None) -> None:
-        """The instance's stream ended; ``unsent``: a task taken for it that it may not have
-        received (the call ended while it was being sent), given back like the unsent ones."""
+    def disconnect(self, instance: Instance, *, unsent: Sequence[ClaimedTask] = ()) -> None:
+        """The instance's stream ended; ``unsent``: tasks taken for it that it may not have
+        received (the call ended while they were being sent), given back like the unsent ones."""
         self.dispatch.disconnect(instance, unsent=unsent)
 
     # -- Heartbeat -------------------------------------------------------------------------
@@ -142,3 +158,6 @@ class RunnerProtocol:
 
     async def post(self, runner: str, outcome: Outcome) -> Reply:
         return await self.results.post(runner, outcome)
+
+    async def post_many(self, runner: str, outcomes: Sequence[Outcome]) -> list[Reply]:
+        return await self.results.post_many(runner, outcomes)

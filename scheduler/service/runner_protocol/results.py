@@ -1,11 +1,13 @@
 """Results: outcomes posted by runners, settled by group commit, and the timekeeper's failures
-of expired attempts, settled in its own (fenced) unit of work.
+of expired attempts, settled in its own (fenced) unit of work (which claims nothing along).
 
 Whatever arrives while one settlement runs goes into the next: one transaction locks the nodes
 the batch names, reads the verdicts already recorded for its attempts (after the lock, so a
 verdict another replica committed meanwhile is seen), judges the rest (``domain.verdicts``),
-decides their consequences for the DAG (``domain.dag``) and applies them. A batch that loses to
-a concurrent change (a deadlock, a serialization failure) is tried again after a short backoff.
+decides their consequences for the DAG (``domain.dag``), applies them, and claims along for
+this replica's credits where work became ready (the hand-off: the tasks are pushed right after
+the commit, with no second transaction). A batch that loses to a concurrent change (a deadlock,
+a serialization failure) is tried again after a short backoff.
 
 A bad item never fails its batch: when a batch's statements fail for a reason of the data, its
 items are settled one by one, and one that fails alone is failed itself, permanently, with the
@@ -17,8 +19,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence, Set
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Final
 
@@ -29,8 +31,8 @@ from scheduler.domain.clock import Clock
 from scheduler.domain.errors import Aborted, Internal, PermissionDenied
 from scheduler.domain.leadership import Term
 from scheduler.domain.limits import Limits
-from scheduler.domain.ports import Store, UnitOfWork
-from scheduler.domain.runner_protocol import ClaimedTask
+from scheduler.domain.ports import ClaimPlanner, Store, UnitOfWork
+from scheduler.domain.runner_protocol import ClaimedTask, ClaimRequest
 from scheduler.domain.telemetry import NO_TELEMETRY, Answered, Settled, Telemetry
 from scheduler.domain.verdicts import (
     STALE_UNKNOWN,
@@ -41,6 +43,7 @@ from scheduler.domain.verdicts import (
     Reply,
     ResultStatus,
     bounded,
+    credits_back,
     expiry_outcome,
     judge,
     remembered,
@@ -48,6 +51,7 @@ from scheduler.domain.verdicts import (
 )
 from scheduler.service.batcher import Batcher
 from scheduler.service.runner_protocol.authorisation import Authorisation
+from scheduler.service.runner_protocol.handoff import HandOff, Reservation
 from scheduler.service.runner_protocol.leases import Leases
 from scheduler.service.runner_protocol.settings import ProtocolSettings
 
@@ -66,12 +70,14 @@ class _Posted:
 @dataclass(slots=True)
 class Judgement:
     """What one unit of work decided: the answer to each attempt and the outcome that decided
-    it, and what telemetry hears once it has committed."""
+    it, what telemetry hears once it has committed, and the tasks it claimed along (one list
+    per claim the hand-off planned)."""
 
     answers: dict[str, Reply]
     first: dict[str, Outcome]
     settled: list[Settled]
     answered: list[Answered]
+    claimed: list[list[ClaimedTask]] = field(default_factory=list)
 
 
 class Results:
@@ -86,7 +92,10 @@ class Results:
         *,
         rng: random.Random,
         telemetry: Telemetry = NO_TELEMETRY,
+        hand_off: Callable[[], HandOff],
     ) -> None:
+        """``hand_off()``: the dispatch (built after this)."""
+        self._hand_off = hand_off
         self._store = store
         self._telemetry = telemetry
         self._clock = clock
@@ -103,10 +112,21 @@ class Results:
 
     async def post(self, runner: str, outcome: Outcome) -> Reply:
         """A runner's outcome for an attempt; PermissionDenied if the attempt is not its own."""
+        self._hand_off().returned(runner, credits_back([outcome]))
         reply = await self._batcher.submit(_Posted(runner, bounded(outcome)))
         if reply.status is ResultStatus.FORBIDDEN:
             raise PermissionDenied(reply.message)
         return reply
+
+    async def post_many(self, runner: str, outcomes: Sequence[Outcome]) -> list[Reply]:
+        """A runner's outcomes, settled together; PermissionDenied if any attempt is not its
+        own (the others are settled all the same)."""
+        self._hand_off().returned(runner, credits_back(outcomes))
+        replies = await self._batcher.submit_many([_Posted(runner, bounded(o)) for o in outcomes])
+        for reply in replies:
+            if reply.status is ResultStatus.FORBIDDEN:
+                raise PermissionDenied(reply.message)
+        return replies
 
     async def release(self, task: ClaimedTask) -> None:
         """Give back a task claimed for an instance that went away before it was sent."""
@@ -200,24 +220,48 @@ class Results:
 
     async def _settle_retrying(self, items: Sequence[_Posted]) -> list[Reply]:
         retries = Retries(CONFLICT_RETRY, self._rng)
-        while True:
-            try:
-                return await self._settle(items)
-            except Aborted:
-                if retries.failures + 1 >= CONFLICT_TRIES:
-                    raise
-                await asyncio.sleep(retries.wait())
+        try:
+            while True:
+                try:
+                    return await self._settle(items)
+                except Aborted:
+                    if retries.failures + 1 >= CONFLICT_TRIES:
+                        raise
+                    await asyncio.sleep(retries.wait())
+        finally:
+            # With outcomes waiting, the next settlement claims along at once.
+            if not self._batcher.waiting:
+                self._hand_off().settled()
 
     async def _settle(self, items: Sequence[_Posted]) -> list[Reply]:
         now = self._clock.now()
-        async with self._store.transaction() as work:
-            judgement = await self._judge(work, items, now)
+        hand_off = self._hand_off()
+        reservations: list[Reservation] = []
+
+        def claims(ready: Set[str]) -> list[ClaimRequest]:
+            reservations.extend(hand_off.plan(ready, now))
+            return [r.request for r in reservations]
+
+        try:
+            async with self._store.transaction() as work:
+                judgement = await self._judge(work, items, now, claims)
+        except BaseException:
+            hand_off.abandoned(reservations)
+            raise
         self.committed(judgement, now)
+        hand_off.handed(reservations, judgement.claimed)
         answers, first = judgement.answers, judgement.first
         return [self._answer(answers, first, i.outcome) for i in items]
 
-    async def _judge(self, work: UnitOfWork, items: Sequence[_Posted], now: datetime) -> Judgement:
-        """Judge the outcomes and apply what they mean, in ``work``."""
+    async def _judge(
+        self,
+        work: UnitOfWork,
+        items: Sequence[_Posted],
+        now: datetime,
+        claims: ClaimPlanner | None = None,
+    ) -> Judgement:
+        """Judge the outcomes and apply what they mean, in ``work``; with ``claims``, claim
+        along where that made work ready (the hand-off)."""
         ids = list(dict.fromkeys(i.outcome.attempt_id for i in items))
         answers: dict[str, Reply] = {}
         first: dict[str, Outcome] = {}  # the outcome that decided each attempt's answer
@@ -267,8 +311,8 @@ class Results:
                 )
             )
             settled.append(_settled(judged[-1], posted_by_runner=posted))
-        await work.tasks.settle(dag.settle(judged), now)
-        return Judgement(answers, first, settled, answered)
+        claimed = await work.tasks.settle(dag.settle(judged), now, claims)
+        return Judgement(answers, first, settled, answered, claimed)
 
     @staticmethod
     def _answer(answers: dict[str, Reply], first: dict[str, Outcome], outcome: Outcome) -> Reply:

@@ -12,6 +12,8 @@ class ProtocolSettings:
     heartbeat_interval: timedelta = timedelta(seconds=10)
     max_claim_batch: int = 256
     max_result_batch: int = 512
+    # The most tasks pushed in one message, to an instance that takes batches.
+    max_push_batch: int = 64
     # Whether idle instances are drained (a provisioner starts and stops them).
     drain_idle: bool = False
 

@@ -3,7 +3,7 @@
 SELECT name FROM sessions WHERE request_id = $1;
 
 -- insert_session --
--- A new Session row; its nodes follow in one statement.
+-- A new Session row; its nodes follow in one COPY (store/sessions.py: NODE_COLUMNS).
 INSERT INTO sessions (name, session_template, parameters, labels, request_id, state,
                       node_count, open_nodes, trace_id, create_time, traceparent, tracestate)
 VALUES ($1, $2, $3, $4, NULLIF($5, ''), 'pending', $6, $6, $7, $8, $9, $10)
@@ -63,7 +63,8 @@ FOR UPDATE;
 
 -- update_sessions --
 -- Write the bookkeeping computed for a batch of Sessions and append their change logs, in
--- one round trip.
+-- one round trip; a settlement's verdicts ride along (its results rows, remembered so a
+-- repeated post gets the same answer: inserted here, after the Session rows are locked).
 WITH updated AS (
     UPDATE sessions AS s
     SET event_seq = x.event_seq, open_nodes = x.open_nodes, failed_nodes = x.failed_nodes,
@@ -76,6 +77,12 @@ WITH updated AS (
               start_time, end_time)
     WHERE s.id = x.id
     RETURNING s.id
+), remembered AS (
+    INSERT INTO results (attempt_id, session_id, idx, attempt, status, message, post_time,
+                         outcome)
+    SELECT * FROM unnest($17::uuid[], $18::bigint[], $19::integer[], $20::integer[],
+                         $21::text[], $22::text[], $23::timestamptz[], $24::text[])
+    ON CONFLICT (attempt_id) DO NOTHING
 )
 INSERT INTO session_events (session_id, seq, time, idx, state, attempt, detail)
 SELECT * FROM unnest($10::bigint[], $11::bigint[], $12::timestamptz[], $13::integer[],
