@@ -326,7 +326,7 @@ def check_dag_nodes(
         return None if template is None else template.multiple_inputs
 
     out = check_dag(
-        [n.spec() for n in nodes],
+        nodes,
         f"{prefix}.nodes",
         multiple_inputs=multiple_inputs,
         max_nodes=limits.max_dag_nodes,

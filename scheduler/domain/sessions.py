@@ -156,7 +156,14 @@ class SessionFilter:
     create_time_before: datetime | None = None
 
 
-@dataclass(frozen=True, slots=True)
+# Looked up once: an enum member's lookup is slow, and layout() and the store ask for each node.
+_WAITING: Final = NodeState.WAITING
+_QUEUED: Final = NodeState.QUEUED
+
+
+# Not frozen: a frozen dataclass's __init__ costs ten times as much, and CreateSession makes
+# 100,000 of these. Nothing changes one after layout() made it.
+@dataclass(slots=True)
 class NewNode:
     """A node as the store keeps it: neighbours by index, readiness by counter."""
 
@@ -174,7 +181,7 @@ class NewNode:
     @property
     def state(self) -> NodeState:
         """A new node with no upstream nodes is QUEUED at once; the others wait."""
-        return NodeState.WAITING if self.upstream else NodeState.QUEUED
+        return _WAITING if self.upstream else _QUEUED
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,7 +206,7 @@ def layout(
     downstream: list[list[int]] = [[] for _ in nodes]
     upstream: list[tuple[int, ...]] = []
     for i, node in enumerate(nodes):
-        ups = tuple(index[key] for key in node.depends_on)
+        ups = tuple(map(index.__getitem__, node.depends_on))
         upstream.append(ups)
         for u in ups:
             downstream[u].append(i)
@@ -208,16 +215,16 @@ def layout(
         template = templates[node.node_template]
         laid.append(
             NewNode(
-                idx=i,
-                key=node.key,
-                node_template=node.node_template,
-                runner=template.runner,
-                config=effective_config(template, node),
-                upstream=upstream[i],
-                downstream=tuple(downstream[i]),
-                retry_policy=template.retry_policy,
-                attempt_timeout=template.attempt_timeout,
-                files=dict((files or {}).get(node.key, {})),
+                i,
+                node.key,
+                node.node_template,
+                template.runner,
+                effective_config(template, node),
+                upstream[i],
+                tuple(downstream[i]),
+                template.retry_policy,
+                template.attempt_timeout,
+                dict(files[node.key]) if files and node.key in files else {},
             )
         )
     return tuple(laid)

@@ -34,7 +34,7 @@ from scheduler.store.artifacts import PgArtifacts
 from scheduler.store.errors import translated
 from scheduler.store.migrations import migrate
 from scheduler.store.provisioning import PgProvisioning
-from scheduler.store.queries import Statements
+from scheduler.store.queries import JsonText, Statements
 from scheduler.store.registry import PgRegistry
 from scheduler.store.sessions import PgSessions
 from scheduler.store.tasks import PgTasks
@@ -82,9 +82,25 @@ class PgUnitOfWork:
             await self.db.fetch("notify", [c for c, _ in messages], [p for _, p in messages])
 
 
+def _encode_jsonb(value: Any) -> bytes:
+    # jsonb's binary form is a version byte and the JSON text (so COPY's binary format works).
+    text = value if type(value) is JsonText else json.dumps(value)
+    return b"\x01" + text.encode()
+
+
+def _decode_jsonb(data: bytes) -> Any:
+    return json.loads(data[1:])
+
+
 async def _init_connection(conn: asyncpg.Connection) -> None:
-    for kind in ("jsonb", "json"):
-        await conn.set_type_codec(kind, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+    await conn.set_type_codec(
+        "jsonb",
+        encoder=_encode_jsonb,
+        decoder=_decode_jsonb,
+        schema="pg_catalog",
+        format="binary",
+    )
+    await conn.set_type_codec("json", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
 def _milliseconds(duration: timedelta) -> str:

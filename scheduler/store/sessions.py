@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from datetime import datetime, timedelta
+from typing import Final
 
 import asyncpg
 
 from scheduler.domain import dag
 from scheduler.domain.ports import Changes
+from scheduler.domain.registry import RetryPolicy
 from scheduler.domain.sessions import (
     NewSession,
     Node,
@@ -23,7 +26,28 @@ from scheduler.domain.sessions import (
     StoredSession,
 )
 from scheduler.store.bookkeeping import Books, doom
-from scheduler.store.queries import Statements
+from scheduler.store.queries import JsonText, Statements
+
+# The columns a new Session's nodes are copied into (in the order of insert's records).
+NODE_COLUMNS: Final = (
+    "session_id",
+    "idx",
+    "key",
+    "node_template",
+    "runner",
+    "config",
+    "upstream",
+    "downstream",
+    "waiting_on",
+    "state",
+    "max_attempts",
+    "initial_backoff_ms",
+    "max_backoff_ms",
+    "backoff_multiplier",
+    "attempt_timeout_ms",
+    "ready_time",
+    "files",
+)
 
 
 def _ms(value: timedelta) -> int:
@@ -56,26 +80,49 @@ class PgSessions:
         )
         session_id: int = row["id"]
         nodes = new.nodes
-        await self._db.fetch(
-            "insert_nodes",
-            session_id,
-            now,
-            [n.idx for n in nodes],
-            [n.key for n in nodes],
-            [n.node_template for n in nodes],
-            [n.runner for n in nodes],
-            [n.config for n in nodes],
-            ["{" + ",".join(map(str, n.upstream)) + "}" for n in nodes],
-            ["{" + ",".join(map(str, n.downstream)) + "}" for n in nodes],
-            [n.retry_policy.max_attempts for n in nodes],
-            [_ms(n.retry_policy.initial_backoff) for n in nodes],
-            [_ms(n.retry_policy.max_backoff) for n in nodes],
-            [n.retry_policy.backoff_multiplier for n in nodes],
-            [_ms(n.attempt_timeout) for n in nodes],
-            [n.state.value for n in nodes],
-            [n.files or None for n in nodes],
-        )
-        self._changes.ready_runners |= {n.runner for n in nodes if n.state is NodeState.QUEUED}
+        # Per Node Template: its configuration (shared by the nodes that override nothing)
+        # encoded once, and its retry settings.
+        encoded: dict[int, JsonText] = {}
+        policies: dict[tuple[RetryPolicy, timedelta], tuple[int, int, int, float, int]] = {}
+        records = []
+        ready: set[str] = set()
+        for n in nodes:
+            config = encoded.get(id(n.config))
+            if config is None:
+                config = encoded[id(n.config)] = JsonText(json.dumps(n.config))
+            policy = policies.get((n.retry_policy, n.attempt_timeout))
+            if policy is None:
+                p = n.retry_policy
+                policy = policies[(p, n.attempt_timeout)] = (
+                    p.max_attempts,
+                    _ms(p.initial_backoff),
+                    _ms(p.max_backoff),
+                    p.backoff_multiplier,
+                    _ms(n.attempt_timeout),
+                )
+            state = n.state
+            queued = state is NodeState.QUEUED
+            if queued:
+                ready.add(n.runner)
+            records.append(
+                (
+                    session_id,
+                    n.idx,
+                    n.key,
+                    n.node_template,
+                    n.runner,
+                    config,
+                    n.upstream,
+                    n.downstream,
+                    len(n.upstream),
+                    state.value,
+                    *policy,
+                    now if queued else None,
+                    n.files or None,
+                )
+            )
+        await self._db.copy("nodes", NODE_COLUMNS, records)
+        self._changes.ready_runners |= ready
         return session_id
 
     async def get(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-from google.protobuf import json_format, struct_pb2
+from google.protobuf import struct_pb2
 from heat.scheduler.v1 import runner_service_pb2 as rpb
 from heat.scheduler.v1 import session_pb2 as spb
 from heat.scheduler.v1 import session_service_pb2 as sspb
@@ -20,12 +20,13 @@ from scheduler.domain.sessions import (
 )
 from scheduler.domain.verdicts import Outcome, OutcomeKind, ResultStatus
 from scheduler.transport.convert import (
-    _plain,
     dict_to_struct,
     optional_struct,
+    python_to_value,
     struct_to_dict,
     to_duration,
     to_timestamp,
+    value_to_python,
 )
 
 NODE_STATES: Final = {
@@ -55,13 +56,11 @@ RESULT_STATUSES: Final = {
 
 
 def value_message(value: Any) -> struct_pb2.Value:
-    message = struct_pb2.Value()
-    json_format.ParseDict(value, message)
-    return message
+    return python_to_value(value)
 
 
 def value_of(message: struct_pb2.Value) -> Any:
-    return _plain(json_format.MessageToDict(message))
+    return value_to_python(message)
 
 
 def error_message(error: NodeError | None) -> spb.NodeError | None:

@@ -238,3 +238,31 @@ def test_migrations_are_read_in_numeric_order(tmp_path: Path) -> None:
         (2, "0002_two"),
         (10, "0010_ten"),
     ]
+
+
+async def test_nodes_belong_to_an_existing_session(make_empty_db: MakeDb) -> None:
+    """The statement-level check that replaced the foreign key: same promises, per statement."""
+    dsn = await make_empty_db()
+    await _migrate(dsn)
+    conn = await asyncpg.connect(dsn)
+    node = (
+        "INSERT INTO nodes (session_id, idx, key, node_template, runner, config, upstream,"
+        " downstream, waiting_on, state, max_attempts, initial_backoff_ms, max_backoff_ms,"
+        " backoff_multiplier, attempt_timeout_ms)"
+        " SELECT $1, i, 'n' || i, 't', 'r', '{}', '{}', '{}', 0, 'queued', 1, 1, 1, 1, 1"
+        " FROM generate_series(0, 2) AS i"
+    )
+    try:
+        with pytest.raises(asyncpg.ForeignKeyViolationError, match="existing session"):
+            await conn.execute(node, 999)
+        session = await conn.fetchval(
+            "INSERT INTO sessions (name, session_template, parameters, labels, state,"
+            " node_count, open_nodes, trace_id, create_time)"
+            " VALUES ('s', '', '{}', '{}', 'pending', 3, 3, '', now()) RETURNING id"
+        )
+        await conn.execute(node, session)
+        assert await conn.fetchval("SELECT count(*) FROM nodes") == 3
+        await conn.execute("DELETE FROM sessions WHERE id = $1", session)
+        assert await conn.fetchval("SELECT count(*) FROM nodes") == 0
+    finally:
+        await conn.close()

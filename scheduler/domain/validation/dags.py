@@ -5,13 +5,24 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Protocol
 
 from scheduler.domain.errors import FieldViolation
-from scheduler.domain.validation.names import check_dns_label
+from scheduler.domain.validation.names import check_dns_label, is_dns_label
 from scheduler.domain.validation.wording import joined, shown
 
 _CYCLE_SHOWN: Final = 20
+
+
+class DagNodeShape(Protocol):
+    """What check_dag reads of a node (a DagNodeSpec, or the registry's DagNode)."""
+
+    @property
+    def key(self) -> str: ...
+    @property
+    def node_template(self) -> str: ...
+    @property
+    def depends_on(self) -> tuple[str, ...]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,7 +35,7 @@ class DagNodeSpec:
 
 
 def check_dag(
-    nodes: Sequence[DagNodeSpec],
+    nodes: Sequence[DagNodeShape],
     field: str,
     *,
     multiple_inputs: Callable[[str], bool | None],
@@ -50,11 +61,13 @@ def check_dag(
     violations: list[FieldViolation] = []
     upstreams: list[list[int]] = []
     for i, node in enumerate(nodes):
-        path = f"{field}[{i}]"
-        violations += _check_node_key(node, i, path, first_index, field)
-        violations += _check_node_template(node, path, flags)
-        edges, edge_violations = _resolve_upstreams(node, path, first_index)
-        violations += edge_violations
+        edges = _plain_node(node, i, first_index, flags)
+        if edges is None:  # something is wrong with it: say what
+            path = f"{field}[{i}]"
+            violations += _check_node_key(node, i, path, first_index, field)
+            violations += _check_node_template(node, path, flags)
+            edges, edge_violations = _resolve_upstreams(node, path, first_index)
+            violations += edge_violations
         upstreams.append(edges)
     cycle = _find_cycle(upstreams)
     if cycle:
@@ -65,6 +78,30 @@ def check_dag(
             )
         )
     return violations
+
+
+def _plain_node(
+    node: DagNodeShape,
+    index: int,
+    first_index: Mapping[str, int],
+    flags: Callable[[str], bool | None],
+) -> list[int] | None:
+    """The upstream indices of a node with nothing wrong (the common case, checked fast);
+    None when something is, for the checks that say what."""
+    key = node.key
+    if first_index[key] != index or not is_dns_label(key):
+        return None
+    flag = flags(node.node_template) if node.node_template else None
+    depends_on = node.depends_on
+    if flag is None or (flag is False and len(depends_on) > 1):
+        return None
+    try:
+        edges = [first_index[d] for d in depends_on]
+    except KeyError:
+        return None
+    if len(set(edges)) != len(edges) or index in edges:
+        return None
+    return edges
 
 
 def _memoized(lookup: Callable[[str], bool | None]) -> Callable[[str], bool | None]:
@@ -80,7 +117,7 @@ def _memoized(lookup: Callable[[str], bool | None]) -> Callable[[str], bool | No
 
 
 def _check_node_key(
-    node: DagNodeSpec, index: int, path: str, first_index: Mapping[str, int], field: str
+    node: DagNodeShape, index: int, path: str, first_index: Mapping[str, int], field: str
 ) -> list[FieldViolation]:
     violations = check_dns_label(node.key, f"{path}.key", what="node key")
     if violations:
@@ -98,7 +135,7 @@ def _check_node_key(
 
 
 def _check_node_template(
-    node: DagNodeSpec, path: str, flags: Callable[[str], bool | None]
+    node: DagNodeShape, path: str, flags: Callable[[str], bool | None]
 ) -> list[FieldViolation]:
     field = f"{path}.node_template"
     if not node.node_template:
@@ -117,7 +154,7 @@ def _check_node_template(
     return []
 
 
-def _check_single_upstream(node: DagNodeSpec, path: str) -> list[FieldViolation]:
+def _check_single_upstream(node: DagNodeShape, path: str) -> list[FieldViolation]:
     names = list(dict.fromkeys(d for d in node.depends_on if d and d != node.key))
     if len(names) <= 1:
         return []
@@ -132,7 +169,7 @@ def _check_single_upstream(node: DagNodeSpec, path: str) -> list[FieldViolation]
 
 
 def _resolve_upstreams(
-    node: DagNodeSpec, path: str, first_index: Mapping[str, int]
+    node: DagNodeShape, path: str, first_index: Mapping[str, int]
 ) -> tuple[list[int], list[FieldViolation]]:
     """The indices of the node's valid upstreams, and a violation per invalid entry."""
     edges: list[int] = []
@@ -149,7 +186,7 @@ def _resolve_upstreams(
 
 
 def _dependency_problem(
-    node: DagNodeSpec, key: str, seen: Mapping[str, int], first_index: Mapping[str, int]
+    node: DagNodeShape, key: str, seen: Mapping[str, int], first_index: Mapping[str, int]
 ) -> str | None:
     if not key:
         return "is empty; name the key of another node in this DAG"

@@ -20,6 +20,11 @@ _DNS_LABEL_FORM: Final = (
 )
 
 
+def is_dns_label(value: str) -> bool:
+    """Whether ``value`` is a DNS-1123 label (check_dns_label says what is wrong when not)."""
+    return len(value) <= DNS_LABEL_MAX_LENGTH and _DNS_LABEL.fullmatch(value) is not None
+
+
 def check_dns_label(value: str, field: str, *, what: str = "name") -> list[FieldViolation]:
     """A DNS-1123 label, the shape Kubernetes demands of the names it derives from ours."""
     if not value:

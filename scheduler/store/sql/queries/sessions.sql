@@ -9,22 +9,6 @@ INSERT INTO sessions (name, session_template, parameters, labels, request_id, st
 VALUES ($1, $2, $3, $4, NULLIF($5, ''), 'pending', $6, $6, $7, $8, $9, $10)
 RETURNING id;
 
--- insert_nodes --
--- All nodes of a new Session in the states the domain gave them; a queued one is ready now.
-INSERT INTO nodes (session_id, idx, key, node_template, runner, config, upstream, downstream,
-                   waiting_on, state, max_attempts, initial_backoff_ms, max_backoff_ms,
-                   backoff_multiplier, attempt_timeout_ms, ready_time, files)
-SELECT $1, x.idx, x.key, x.node_template, x.runner, x.config, x.upstream::integer[],
-       x.downstream::integer[], cardinality(x.upstream::integer[]), x.state,
-       x.max_attempts, x.initial_backoff_ms, x.max_backoff_ms, x.backoff_multiplier,
-       x.attempt_timeout_ms, CASE WHEN x.state = 'queued' THEN $2::timestamptz END, x.files
-FROM unnest($3::integer[], $4::text[], $5::text[], $6::text[], $7::jsonb[], $8::text[],
-            $9::text[], $10::integer[], $11::bigint[], $12::bigint[], $13::double precision[],
-            $14::bigint[], $15::text[], $16::jsonb[])
-     AS x(idx, key, node_template, runner, config, upstream, downstream, max_attempts,
-          initial_backoff_ms, max_backoff_ms, backoff_multiplier, attempt_timeout_ms, state,
-          files);
-
 -- session_by_name --
 -- One Session's own row.
 SELECT * FROM sessions WHERE name = $1;
