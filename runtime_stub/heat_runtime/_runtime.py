@@ -5,7 +5,10 @@ Bookkeeping, all in the event loop:
 
 * ``_held``: every task this instance holds, from its arrival until its outcome is
   acknowledged (or it was cancelled, or its lease lost). A held task that ``counts`` takes one
-  unit of capacity; free capacity is what ClaimStart offers and a freed slot grants back.
+  unit of capacity; free capacity is what ClaimStart offers. Where the connection the task
+  came on returns credits with results, its posted result frees the slot and carries the
+  credit back; otherwise the slot is freed once the outcome is acknowledged (or the task
+  stopped with nothing to post) and a ClaimCredit grants it back.
 * ``_pending``: outcomes posted and not yet acknowledged, each with the future its
   acknowledgement settles. They are re-posted on every new connection until acknowledged.
 """
@@ -54,6 +57,7 @@ _CLOSE_TIMEOUT: Final = 2.0
 _STABLE_CONNECTION: Final = 5.0
 _WORKER_EXIT_TIMEOUT: Final = 1.0
 _MAX_RECEIVE_BYTES: Final = 64 * 1024 * 1024
+_MAX_TASKS_PER_MESSAGE: Final = 256
 _LOG_FORMAT: Final = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
@@ -63,6 +67,8 @@ class _Held:
     info: TaskInfo
     started: float
     counts: bool
+    via: Connection | None = None  # the connection it came on
+    slot_freed: bool = False  # its outcome was posted, or it stopped: the slot is free
     worker: asyncio.Task[None] | None = None
     # Why processing stops early: cancelled / lost (post nothing), draining (handed back).
     stop_reason: str | None = None
@@ -395,6 +401,8 @@ class HeatRuntime:
                     credits=self._free_capacity(),
                     node_templates=list(state.served),
                     runtime_version=VERSION,
+                    max_tasks_per_message=min(self._config.capacity, _MAX_TASKS_PER_MESSAGE),
+                    credits_with_results=True,
                 )
             connection = Connection(
                 channel,
@@ -475,6 +483,7 @@ class HeatRuntime:
             info=_task_info(task),
             started=state.loop.time(),
             counts=not (state.draining or over),
+            via=state.connection,
         )
         state.held[task.attempt_id] = held
         if not held.counts:
@@ -577,11 +586,37 @@ class HeatRuntime:
     def _post(self, held: _Held, request: pb.PostResultRequest) -> None:
         state = self._running()
         state.pending[held.task.attempt_id] = _Pending(request, state.loop.create_future())
-        if state.connection is not None:
-            state.connection.post(request)
+        connection = state.connection
+        # Where the task's own connection (still the current one) takes credits back with
+        # results, the result frees the slot and returns the credit itself (a hand-back never
+        # does). Elsewhere the slot stays taken until the outcome is acknowledged.
+        if (
+            connection is not None
+            and held.via is connection
+            and connection.credits_with_results
+            and request.WhichOneof("outcome") != "release"
+        ):
+            self._free_slot(held, grant=False)
+        if connection is not None:
+            connection.post(request)
         state.changed.set()
 
+    def _on_started(self, started: pb.ClaimStarted) -> None:
+        log.debug(
+            "the scheduler grants tasks_per_message=%d credits_with_results=%s result_batches=%s",
+            started.max_tasks_per_message,
+            started.credits_with_results,
+            started.result_batches,
+        )
+
     def _on_result(self, response: pb.PostResultResponse) -> None:
+        if response.batch:
+            for entry in response.batch:
+                self._on_verdict(entry)
+        else:
+            self._on_verdict(response)
+
+    def _on_verdict(self, response: pb.PostResultResponse) -> None:
         state = self._running()
         pending = state.pending.pop(response.attempt_id, None)
         if pending is None:
@@ -628,17 +663,25 @@ class HeatRuntime:
         self._forget(held)
 
     def _forget(self, held: _Held) -> None:
-        """The task no longer takes a slot: free it and grant the credit back."""
+        """The task is no longer held: its slot (if still taken) is free, its credit back."""
         state = self._running()
         if state.held.pop(held.task.attempt_id, None) is None:
             return
-        if held.counts and not state.draining and state.connection is not None:
-            state.connection.grant(1)
+        self._free_slot(held, grant=True)
         state.changed.set()
+
+    def _free_slot(self, held: _Held, *, grant: bool) -> None:
+        """Free the task's slot once; ``grant``: give its credit back as a ClaimCredit."""
+        state = self._running()
+        if not held.counts or held.slot_freed:
+            return
+        held.slot_freed = True
+        if grant and not state.draining and state.connection is not None:
+            state.connection.grant(1)
 
     def _free_capacity(self) -> int:
         state = self._running()
-        used = sum(1 for held in state.held.values() if held.counts)
+        used = sum(1 for held in state.held.values() if held.counts and not held.slot_freed)
         return max(0, self._config.capacity - used)
 
     def _heartbeat_request(self) -> pb.HeartbeatRequest:
@@ -816,6 +859,9 @@ class _Listener:
 
     def on_connected(self) -> None:
         self._runtime._connected()
+
+    def on_started(self, started: pb.ClaimStarted) -> None:
+        self._runtime._on_started(started)
 
     def on_task(self, task: pb.Task) -> None:
         self._runtime._on_task(task)

@@ -4,6 +4,12 @@
 ``Listener`` and writes what the runtime queues, until the runtime closes it (returns) or a
 stream fails: ``SchedulerRefused`` for an answer retrying cannot change (bad credential,
 unknown service), ``StreamBroken`` for anything a reconnect may cure.
+
+Fewer messages: the ClaimStart asks for tasks in batches and for credits returned with
+results; what the scheduler grants (its ClaimStarted, the stream's first answer) holds for the
+connection. Where it grants result batches, the outcomes queued while one message is written
+go out together in the next, and credits queued together go out as one ClaimCredit. A
+scheduler that grants nothing (the first version of the protocol) is spoken to as before.
 """
 
 from __future__ import annotations
@@ -36,6 +42,8 @@ _REFUSALS: Final = {
     grpc.StatusCode.INVALID_ARGUMENT: "the scheduler rejects what this instance sends"
     " (check HEAT_RUNNER, HEAT_INSTANCE_ID and the registered processors)",
 }
+# The most outcomes written in one PostResult message (the scheduler takes up to 1,000).
+MAX_RESULTS_PER_MESSAGE: Final = 256
 # A heartbeat stream this long without an answer is taken for a dead connection.
 _SILENCE_INTERVALS: Final = 2.0
 _SILENCE_SLACK: Final = 5.0
@@ -94,6 +102,7 @@ class Listener(Protocol):
     def heartbeat_request(self) -> pb.HeartbeatRequest: ...
     def heartbeat_interval(self) -> float: ...
     def on_connected(self) -> None: ...
+    def on_started(self, started: pb.ClaimStarted) -> None: ...
     def on_task(self, task: pb.Task) -> None: ...
     def on_drain(self, request: pb.DrainRequest) -> None: ...
     def on_heartbeat(self, response: pb.HeartbeatResponse) -> None: ...
@@ -122,11 +131,17 @@ class Connection:
         self._claiming = claim_start is not None
         self._closing = False
         self._connected = False
+        self._started = pb.ClaimStarted()  # what the scheduler granted: nothing yet
         self._unanswered_since: float | None = None
         if claim_start is not None:
             self._claims.put_nowait(pb.ClaimTaskRequest(start=claim_start))
         for request in results:
             self._results.put_nowait(request)
+
+    @property
+    def credits_with_results(self) -> bool:
+        """Whether outcomes posted for this connection's tasks return their credits."""
+        return self._started.credits_with_results
 
     # --- what the runtime queues -------------------------------------------------------------
 
@@ -177,7 +192,7 @@ class Connection:
                 )
                 results = self._stub.PostResult(metadata=metadata)
                 calls.append(results)
-                group.create_task(self._write(results, "PostResult", self._results))
+                group.create_task(self._write_results(results))
                 group.create_task(
                     self._read(
                         results,
@@ -190,7 +205,7 @@ class Connection:
                 if self._claiming:
                     claims = self._stub.ClaimTask(metadata=metadata)
                     calls.append(claims)
-                    group.create_task(self._write(claims, "ClaimTask", self._claims))
+                    group.create_task(self._write_claims(claims))
                     group.create_task(
                         self._read(
                             claims,
@@ -210,6 +225,12 @@ class Connection:
         kind = response.WhichOneof("response")
         if kind == "task":
             self._listener.on_task(response.task)
+        elif kind == "tasks":
+            for task in response.tasks.tasks:
+                self._listener.on_task(task)
+        elif kind == "started":
+            self._started = response.started
+            self._listener.on_started(response.started)
         elif kind == "drain":
             self._listener.on_drain(response.drain)
 
@@ -242,18 +263,56 @@ class Connection:
                 self._listener.on_connected()
             handle(message)
 
-    async def _write(
-        self,
-        call: grpc.aio.StreamStreamCall[_Q, _R],
-        stream: str,
-        queue: asyncio.Queue[_Q | None],
+    async def _write_claims(
+        self, call: grpc.aio.StreamStreamCall[pb.ClaimTaskRequest, pb.ClaimTaskResponse]
     ) -> None:
+        """The ClaimStart, then credits: those queued together go out as one ClaimCredit."""
         while True:
-            message = await queue.get()
-            if message is None:
-                await self._send(call, stream, call.done_writing)
+            message = await self._claims.get()
+            ended = message is None
+            if message is not None and message.WhichOneof("request") == "credit":
+                credits = message.credit.credits
+                while not self._claims.empty():
+                    following = self._claims.get_nowait()
+                    if following is None:
+                        ended = True
+                        break
+                    credits += following.credit.credits
+                message = pb.ClaimTaskRequest(credit=pb.ClaimCredit(credits=credits))
+            if message is not None:
+                await self._send(call, "ClaimTask", functools.partial(call.write, message))
+            if ended:
+                await self._send(call, "ClaimTask", call.done_writing)
                 return
-            await self._send(call, stream, functools.partial(call.write, message))
+
+    async def _write_results(
+        self, call: grpc.aio.StreamStreamCall[pb.PostResultRequest, pb.PostResultResponse]
+    ) -> None:
+        """Outcomes in order; where the scheduler takes batches, those queued while the last
+        message was written go out together."""
+        while True:
+            message = await self._results.get()
+            ended = message is None
+            batch = [] if message is None else [message]
+            while (
+                batch
+                and self._started.result_batches
+                and len(batch) < MAX_RESULTS_PER_MESSAGE
+                and not self._results.empty()
+            ):
+                following = self._results.get_nowait()
+                if following is None:
+                    ended = True
+                    break
+                batch.append(following)
+            if len(batch) == 1:
+                await self._send(call, "PostResult", functools.partial(call.write, batch[0]))
+            elif batch:
+                request = pb.PostResultRequest(batch=batch)
+                await self._send(call, "PostResult", functools.partial(call.write, request))
+            if ended:
+                await self._send(call, "PostResult", call.done_writing)
+                return
 
     async def _send(
         self,

@@ -2,9 +2,11 @@
 
 The fake keeps what the runtime sent (claim starts, credits, heartbeats, results, metadata),
 pushes tasks as credits allow, answers heartbeats and results, and can push heartbeat
-responses or drain requests at any time. Its files are a dict: ``files[name]`` is served by
-ReadArtifact (with ``digests[name]`` as the SHA-256 it claims, when set) and written by
-WriteArtifact.
+responses or drain requests at any time. It speaks the first version of the protocol unless
+given a ``grant``: then it answers a ClaimStart that asks with that ClaimStarted, pushes tasks
+in batches, takes credits back with results and answers batches of outcomes in one message.
+Its files are a dict: ``files[name]`` is served by ReadArtifact (with ``digests[name]`` as the
+SHA-256 it claims, when set) and written by WriteArtifact.
 """
 
 from __future__ import annotations
@@ -51,6 +53,9 @@ class FakeScheduler(pb_grpc.RunnerServiceServicer):
         self.queue: list[pb.Task] = []
         self.files: dict[str, bytes] = {}
         self.digests: dict[str, str] = {}
+        self.grant: pb.ClaimStarted | None = None  # None: the first version of the protocol
+        self.granted = pb.ClaimStarted()  # what the current claim stream was granted
+        self.result_messages: list[pb.PostResultRequest] = []  # as sent (results: each outcome)
         self._claims: asyncio.Queue[pb.ClaimTaskResponse | None] | None = None
         self._heartbeats: asyncio.Queue[pb.HeartbeatResponse | None] | None = None
         self._changed = asyncio.Event()
@@ -78,9 +83,16 @@ class FakeScheduler(pb_grpc.RunnerServiceServicer):
     # The service.
 
     def _pump(self) -> None:
+        batch = max(1, self.granted.max_tasks_per_message)
         while self.credits > 0 and self.queue and self._claims is not None:
-            self.credits -= 1
-            self._claims.put_nowait(pb.ClaimTaskResponse(task=self.queue.pop(0)))
+            if batch == 1:
+                self.credits -= 1
+                self._claims.put_nowait(pb.ClaimTaskResponse(task=self.queue.pop(0)))
+                continue
+            count = min(batch, self.credits, len(self.queue))
+            tasks, self.queue = self.queue[:count], self.queue[count:]
+            self.credits -= count
+            self._claims.put_nowait(pb.ClaimTaskResponse(tasks=pb.TaskBatch(tasks=tasks)))
 
     def _changed_now(self) -> None:
         self._changed.set()
@@ -109,12 +121,18 @@ class FakeScheduler(pb_grpc.RunnerServiceServicer):
         await self._authorize("ClaimTask", context)
         outgoing: asyncio.Queue[pb.ClaimTaskResponse | None] = asyncio.Queue()
         self._claims, self.credits = outgoing, 0
+        self.granted = pb.ClaimStarted()
 
         async def read() -> None:
             async for request in request_iterator:
                 if request.HasField("start"):
                     self.starts.append(request.start)
                     self.credits = request.start.credits
+                    start = request.start
+                    asks = start.max_tasks_per_message > 1 or start.credits_with_results
+                    if self.grant is not None and asks:
+                        self.granted = self.grant
+                        outgoing.put_nowait(pb.ClaimTaskResponse(started=self.grant))
                 else:
                     self.grants.append(request.credit.credits)
                     self.credits += request.credit.credits
@@ -149,17 +167,27 @@ class FakeScheduler(pb_grpc.RunnerServiceServicer):
         await self._authorize("PostResult", context)
         outgoing: asyncio.Queue[pb.PostResultResponse | None] = asyncio.Queue()
 
+        def verdict(request: pb.PostResultRequest) -> pb.PostResultResponse:
+            return pb.PostResultResponse(
+                attempt_id=request.attempt_id,
+                status=self.verdict,
+                message="" if self.verdict == pb.RESULT_STATUS_ACCEPTED else "stale",
+            )
+
         async def read() -> None:
             async for request in request_iterator:
-                self.results.append(request)
+                self.result_messages.append(request)
+                entries = list(request.batch) or [request]
+                self.results += entries
+                if self.granted.credits_with_results:
+                    self.credits += sum(e.WhichOneof("outcome") != "release" for e in entries)
+                    self._pump()
                 if self.acknowledge:
-                    outgoing.put_nowait(
-                        pb.PostResultResponse(
-                            attempt_id=request.attempt_id,
-                            status=self.verdict,
-                            message="" if self.verdict == pb.RESULT_STATUS_ACCEPTED else "stale",
-                        )
-                    )
+                    if request.batch:
+                        answer = pb.PostResultResponse(batch=[verdict(e) for e in entries])
+                    else:
+                        answer = verdict(request)
+                    outgoing.put_nowait(answer)
                 self._changed_now()
             outgoing.put_nowait(None)
 

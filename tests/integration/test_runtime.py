@@ -349,6 +349,43 @@ async def test_reconnects_reclaims_and_reposts_unacknowledged_results(server: Se
     assert len(probe.seen) == 2
 
 
+async def test_where_granted_tasks_come_in_batches_and_results_carry_credits_back(
+    server: Server,
+) -> None:
+    fake = server.fake
+    fake.grant = pb.ClaimStarted(
+        max_tasks_per_message=8, credits_with_results=True, result_batches=True
+    )
+    runtime, probe = make_runtime(server, capacity=2)
+    async with serving(runtime):
+        await fake.wait_for(lambda: len(fake.starts) == 1)
+        assert fake.starts[0].max_tasks_per_message == 2
+        assert fake.starts[0].credits_with_results
+        for i in range(6):
+            fake.push(task(f"a-{i}"))
+        await fake.wait_for(lambda: len(fake.results) == 6)
+        assert len(probe.seen) == 6
+        # Each pair came as one TaskBatch; the results gave the credits back themselves.
+        assert fake.grants == []
+        # Outcomes posted together travel together (one message may carry several).
+        assert sum(len(m.batch) or 1 for m in fake.result_messages) == 6
+        assert all(len(m.batch) != 1 for m in fake.result_messages)
+    assert sorted(r.attempt_id for r in fake.results) == [f"a-{i}" for i in range(6)]
+
+
+async def test_a_first_version_scheduler_gets_credits_as_before(server: Server) -> None:
+    """The runtime asks for batches; a scheduler that grants nothing gets single outcomes and
+    a ClaimCredit for each freed slot."""
+    fake = server.fake
+    runtime, _ = make_runtime(server, capacity=1)
+    async with serving(runtime):
+        for i in range(3):
+            fake.push(task(f"a-{i}"))
+        await fake.wait_for(lambda: len(fake.results) == 3 and len(fake.grants) == 3)
+        assert fake.grants == [1, 1, 1]
+        assert all(not m.batch for m in fake.result_messages)
+
+
 async def test_a_rejected_result_is_settled_and_logged(
     server: Server, caplog: pytest.LogCaptureFixture
 ) -> None:
