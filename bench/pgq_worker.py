@@ -8,11 +8,14 @@ asyncpg driver, the default durable install), for the peer comparison.
 - ``serve``: processes ``noop`` jobs until SIGTERM; with RECORD, appends
   ``<job id>\\t<time.time() as the entrypoint starts>\\t<job.created>`` per job to that file at
   exit (job.created is stamped by the enqueueing transaction, NOW()).
+
+At exit it prints ``cpu <seconds>``: its own CPU time (user + system, every thread) from ``go``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import resource
 import signal
 import sys
 import time
@@ -39,13 +42,20 @@ async def main(mode: str, dsn: str, record_path: str | None) -> None:
     if line.strip() != "go":
         return
     run_mode = QueueExecutionMode.drain if mode == "drain" else QueueExecutionMode.continuous
+    cpu0 = _cpu()
     try:
         await pgq.run(batch_size=10, mode=run_mode)
     finally:
+        print(f"cpu {_cpu() - cpu0:.6f}", flush=True)
         if record_path:
             with open(record_path, "w") as out:  # noqa: PTH123, ASYNC230
                 out.writelines(f"{i}\t{t:.6f}\t{c:.6f}\n" for i, t, c in record)
         await conn.close()
+
+
+def _cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 if __name__ == "__main__":

@@ -3,8 +3,11 @@ and one CreateSession cost in round trips to PostgreSQL.
 
 Runs a scheduler in this process (embedded PostgreSQL in a temporary folder, or
 HEAT_DATABASE_URL), drives one small Session through the raw runner protocol, one result at a
-time, and prints each transaction as the named queries it ran (BEGIN and COMMIT not counted).
-Not a test: nothing is asserted.
+time (the first version: a ClaimCredit per task), then another as heat_runtime does (batches,
+credits back with results: settlements and CreateSession claim along), and prints each
+transaction as the named queries it ran (BEGIN and COMMIT not counted; a COPY and the column
+lookup asyncpg makes before it are). Not a test: nothing is asserted. asyncpg prepares each
+named query once per connection (its statement cache), so each is a Bind/Execute after that.
 
     .venv/bin/python -m bench.statements        (from the repository root)
 """
@@ -33,6 +36,7 @@ from heat.scheduler.v1 import session_service_pb2_grpc as spb_grpc
 from scheduler import app
 from scheduler.embedded import EmbeddedPostgres
 from scheduler.settings import Settings
+from scheduler.store.queries import Statements
 from tests.support import admin_token_file, authorized_channel, open_tmp_dir
 
 _BLOCK = re.compile(r"^-- ([a-z_][a-z0-9_]*) --$", re.MULTILINE)
@@ -71,6 +75,11 @@ class Recorder:
             name = self.names.get(text)
             if name is not None:  # else asyncpg's own type introspection, once per connection
                 self.open[conn_id].append(name)
+
+    def note(self, conn_id: int, name: str) -> None:
+        """A statement the query logger does not see (a COPY)."""
+        if conn_id in self.open:
+            self.open[conn_id].append(name)
 
     def take(self) -> list[list[str]]:
         done, self.done = self.done, []
@@ -134,8 +143,19 @@ def show(what: str) -> None:
         what = "  (and)"
 
 
+_copy = Statements.copy
+
+
+async def _noted_copy(self: Statements, table: str, *args: Any) -> None:
+    # asyncpg looks the columns' types up first (a statement of its own), then COPYs.
+    await _copy(self, table, *args)
+    raw = getattr(self._conn, "_con", self._conn)
+    RECORDER.note(id(raw), f"copy_{table}(2 round trips)")
+
+
 async def main() -> None:
     asyncpg.create_pool = _counting_pool  # type: ignore[assignment]
+    Statements.copy = _noted_copy  # type: ignore[method-assign,assignment]
     async with database() as dsn:
         settings = Settings(
             listen="127.0.0.1:0",
@@ -244,6 +264,77 @@ async def drive(channel: grpc.aio.Channel) -> None:
     await asyncio.sleep(0.2)
     show("CancelSession (1 running, 1 waiting)")
     for stream in (claims, replies, heartbeats):
+        stream.cancel()
+    await drive_batches(channel, secret)
+
+
+async def drive_batches(channel: grpc.aio.Channel, secret: str) -> None:
+    """heat_runtime's way: tasks in batches, credits back with results, outcomes in batches;
+    the settlement (and CreateSession) claims along for the credits."""
+    print("-- an instance that takes batches and gets its credits back with its results --")
+    metadata = (("authorization", f"Bearer {secret}"),)
+    runner = pb_grpc.RunnerServiceStub(channel)
+    requests: asyncio.Queue[pb.ClaimTaskRequest] = asyncio.Queue()
+    start = pb.ClaimStart(
+        runner="w", instance_id="i-2", credits=2, max_tasks_per_message=8, credits_with_results=True
+    )
+    await requests.put(pb.ClaimTaskRequest(start=start))
+
+    async def feed() -> AsyncIterator[pb.ClaimTaskRequest]:
+        while True:
+            yield await requests.get()
+
+    claims = runner.ClaimTask(feed(), metadata=metadata)
+    await claims.read()  # ClaimStarted
+    results: asyncio.Queue[pb.PostResultRequest] = asyncio.Queue()
+
+    async def posts() -> AsyncIterator[pb.PostResultRequest]:
+        while True:
+            yield await results.get()
+
+    replies = runner.PostResult(posts(), metadata=metadata)
+    tasks: dict[str, pb.Task] = {}
+
+    async def receive(count: int) -> None:
+        got = 0
+        while got < count:
+            response = await claims.read()
+            assert isinstance(response, pb.ClaimTaskResponse)
+            for task in response.tasks.tasks:
+                tasks[task.node_key] = task
+                got += 1
+
+    await asyncio.sleep(0.2)
+    RECORDER.take()
+    await spb_grpc.SessionServiceStub(channel).CreateSession(
+        json_format.ParseDict({"dag": {"nodes": DAG}}, spb.CreateSessionRequest())
+    )
+    await receive(2)
+    await asyncio.sleep(0.2)
+    show("CreateSession, 2 roots claimed along")
+    done = pb.PostResultRequest(
+        batch=[
+            pb.PostResultRequest(attempt_id=tasks[k].attempt_id, success=pb.TaskSuccess())
+            for k in ("a", "e")
+        ]
+    )
+    await results.put(done)
+    await replies.read()
+    await receive(2)
+    await asyncio.sleep(0.2)
+    show("settle 2 (batch), 2 claimed along")
+    done = pb.PostResultRequest(
+        batch=[
+            pb.PostResultRequest(attempt_id=tasks[k].attempt_id, success=pb.TaskSuccess())
+            for k in ("b", "c")
+        ]
+    )
+    await results.put(done)
+    await replies.read()
+    await receive(1)
+    await asyncio.sleep(0.2)
+    show("settle 2 (batch), 1 claimed along")
+    for stream in (claims, replies):
         stream.cancel()
 
 

@@ -4,7 +4,9 @@
   count: the commit-rate ceiling of this machine with fsync and synchronous_commit on.
 - pgqueuer (asyncpg driver, default durable install, batch size 10): N no-op jobs enqueued
   first, then drained by W worker processes; jobs/s = N / (last 'successful' - first 'picked'
-  in pgqueuer_log). Then the enqueue->start latency with one idle worker while jobs are
+  in pgqueuer_log); CPU per 1,000 jobs of the workers (each reports its own from ``go``) and
+  of PostgreSQL (the whole server, from /proc) over the same window. Then the enqueue->start
+  latency with one idle worker while jobs are
   enqueued one by one at the dispatch-latency rate: time.time() as the entrypoint starts minus
   job.created (NOW() of the enqueueing transaction) - the same kind of stamp as our
   nodes.ready_time.
@@ -23,7 +25,7 @@ import asyncpg
 from pgqueuer import AsyncpgDriver, Queries
 
 from bench.context import Context
-from bench.harness import PYTHON, ROOT, log, percentiles
+from bench.harness import PYTHON, ROOT, log, percentiles, postgres_cpu_s
 
 PGBENCH: Final = Path("/usr/lib/postgresql/15/bin/pgbench")
 UPDATE_ONE_ROW: Final = (
@@ -133,9 +135,17 @@ async def pgqueuer(ctx: Context) -> dict[str, Any]:
             for first in range(0, n, 1000):
                 count = min(1000, n - first)
                 await queries.enqueue(["noop"] * count, [None] * count, [0] * count)
+            pg_cpu0 = postgres_cpu_s(ctx.pg)
             await _go(procs)
+            worker_cpu = 0.0
             for proc in procs:
-                await asyncio.wait_for(proc.wait(), 900)
+                assert proc.stdout is not None
+                said = await asyncio.wait_for(proc.stdout.read(), 900)
+                await asyncio.wait_for(proc.wait(), 60)
+                for line in said.decode(errors="replace").splitlines():
+                    if line.startswith("cpu "):
+                        worker_cpu += float(line.split()[1])
+            pg_cpu = postgres_cpu_s(ctx.pg) - pg_cpu0
             row = await conn.fetchrow(
                 """
                 SELECT extract(epoch FROM min(created) FILTER (WHERE status = 'picked')) AS first,
@@ -157,6 +167,11 @@ async def pgqueuer(ctx: Context) -> dict[str, Any]:
                 "done": row["done"],
                 "seconds": seconds,
                 "jobs_per_s": n / seconds,
+                "cpu_ms_per_1000": {
+                    "workers": 1e6 * worker_cpu / n,
+                    "postgres": 1e6 * pg_cpu / n,
+                    "total": 1e6 * (worker_cpu + pg_cpu) / n,
+                },
             }
         )
         log(f"pgqueuer {workers} workers: {n / seconds:.0f} jobs/s")

@@ -2,7 +2,11 @@
 R runner processes. Work is submitted before the runners connect (they start, import, and are
 then let go together), so the figure is the engine's, not the submission's. tasks/s = nodes /
 (last accepted result - first claim), both read from the database (nodes.start_time of the
-first attempt's claim, nodes.end_time of the accepted result)."""
+first attempt's claim, nodes.end_time of the accepted result).
+
+CPU per 1,000 tasks, per process group (the scheduler, the runner processes, PostgreSQL: the
+whole server, exited backends included), from /proc over the window from letting the runners
+go to the last Session's end."""
 
 from __future__ import annotations
 
@@ -14,6 +18,8 @@ from heat.scheduler.v1 import session_service_pb2_grpc, session_template_pb2
 
 from bench.context import Context, Env
 from bench.harness import (
+    CpuMeter,
+    Postgres,
     create_session,
     independent,
     log,
@@ -25,16 +31,19 @@ from bench.harness import (
 
 
 async def _drain(
-    env: Env, names: list[str], count: int, capacity: int, prefix: str
+    pg: Postgres, env: Env, names: list[str], count: int, capacity: int, prefix: str
 ) -> dict[str, Any]:
     async with runners(
         env.scheduler.address, env.secret, count, capacity, env.runner_log, prefix=prefix
     ) as group:
+        meter = CpuMeter(pg, env.schedulers, [p.pid for p in group.processes])
+        meter.begin()
         cpu0 = proc_cpu_s(env.scheduler.pid)
         await group.go()
         await wait_sessions_end(env.conn, names, 900)
         cpu1 = proc_cpu_s(env.scheduler.pid)
-    result = await span(env.conn, names)
+        result = await span(env.conn, names)
+        result["cpu_ms_per_1000"] = meter.per_thousand(result["nodes"])
     result["scheduler_cpu_pct"] = 100 * (cpu1 - cpu0) / result["seconds"]
     return result
 
@@ -60,7 +69,7 @@ async def run(ctx: Context) -> dict[str, Any]:
             stub = session_service_pb2_grpc.SessionServiceStub(channel)
             # One big Session.
             name, create_s = await create_session(stub, independent(sizes.throughput_nodes))
-            one = await _drain(env, [name], count, sizes.capacity, f"one{count}-")
+            one = await _drain(ctx.pg, env, [name], count, sizes.capacity, f"one{count}-")
             one["create_s"] = create_s
             log(
                 f"throughput R={count}: 1 x {sizes.throughput_nodes}:"
@@ -74,7 +83,7 @@ async def run(ctx: Context) -> dict[str, Any]:
                 *(_submit(gate, stub, nodes) for _ in range(sizes.many_sessions))
             )
             submit_s = time.perf_counter() - started
-            many = await _drain(env, list(names), count, sizes.capacity, f"many{count}-")
+            many = await _drain(ctx.pg, env, list(names), count, sizes.capacity, f"many{count}-")
             many["submit_s"] = submit_s
             many["sessions_created_per_s"] = sizes.many_sessions / submit_s
             log(
