@@ -146,11 +146,11 @@ def show(what: str) -> None:
 _copy = Statements.copy
 
 
-async def _noted_copy(self: Statements, table: str, *args: Any) -> None:
+async def _noted_copy(self: Statements, name: str, *args: Any) -> None:
     # asyncpg looks the columns' types up first (a statement of its own), then COPYs.
-    await _copy(self, table, *args)
+    await _copy(self, name, *args)
     raw = getattr(self._conn, "_con", self._conn)
-    RECORDER.note(id(raw), f"copy_{table}(2 round trips)")
+    RECORDER.note(id(raw), f"{name}(COPY: 2 round trips)")
 
 
 async def main() -> None:

@@ -59,7 +59,12 @@ class Statements:
         return rows
 
     async def copy(
-        self, table: str, columns: Sequence[str], records: Iterable[Sequence[Any]]
+        self, name: str, table: str, columns: Sequence[str], records: Iterable[Sequence[Any]]
     ) -> None:
-        """Rows into ``table`` by COPY (binary): the fastest way in for many rows."""
-        await self._conn.copy_records_to_table(table, records=records, columns=list(columns))
+        """Rows into ``table`` by COPY (binary): the fastest way in for many rows. ``name``
+        names it as a block would (its span's name)."""
+        if self._telemetry is None:
+            await self._conn.copy_records_to_table(table, records=records, columns=list(columns))
+            return
+        with self._telemetry.statement(name):
+            await self._conn.copy_records_to_table(table, records=records, columns=list(columns))

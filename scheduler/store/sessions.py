@@ -121,7 +121,7 @@ class PgSessions:
                     n.files or None,
                 )
             )
-        await self._db.copy("nodes", NODE_COLUMNS, records)
+        await self._db.copy("insert_nodes", "nodes", NODE_COLUMNS, records)
         self._changes.ready_runners |= ready
         return session_id
 
