@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import sys
@@ -332,6 +333,7 @@ class Runners:
         log_file: Path,
         *,
         record_dir: Path | None = None,
+        messages_dir: Path | None = None,
         prefix: str = "r",
     ) -> Runners:
         """Start ``count`` processes; each imports everything, says so, and waits for ``go()``
@@ -351,6 +353,8 @@ class Runners:
             }
             if record_dir is not None:
                 env["HEAT_BENCH_RECORD"] = str(record_dir / f"{prefix}{i}.tsv")
+            if messages_dir is not None:
+                env["HEAT_BENCH_MESSAGES"] = str(messages_dir / f"{prefix}{i}.json")
             process = await asyncio.create_subprocess_exec(
                 PYTHON, "-m", "bench.noop_runner",
                 stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=out,
@@ -394,15 +398,36 @@ async def runners(
     log_file: Path,
     *,
     record_dir: Path | None = None,
+    messages_dir: Path | None = None,
     prefix: str = "r",
 ) -> AsyncIterator[Runners]:
     made = await Runners.start(
-        address, secret, count, capacity, log_file, record_dir=record_dir, prefix=prefix
+        address,
+        secret,
+        count,
+        capacity,
+        log_file,
+        record_dir=record_dir,
+        messages_dir=messages_dir,
+        prefix=prefix,
     )
     try:
         yield made
     finally:
         await made.stop()
+
+
+def messages_per_task(folder: Path, tasks: int) -> dict[str, float]:
+    """The runner processes' stream messages (``bench.noop_runner`` with HEAT_BENCH_MESSAGES,
+    written as they exit) per task: each stream's each way, and the claim and result streams'
+    both ways together (``per_task``; heartbeats are per interval, not per task)."""
+    counts: dict[str, int] = {}
+    for path in folder.glob("*.json"):
+        for key, value in json.loads(path.read_text()).items():
+            counts[key] = counts.get(key, 0) + int(value)
+    out = {key: value / tasks for key, value in sorted(counts.items())}
+    out["per_task"] = sum(v for k, v in out.items() if not k.startswith("Heartbeat"))
+    return out
 
 
 # -- reading outcomes ----------------------------------------------------------------------------

@@ -183,6 +183,10 @@ def _cpu_vs_pgqueuer(results: dict[str, Any], runners: int, total: float) -> str
     return f"{_num(_ratio(total, _get(best, 'cpu_ms_per_1000', 'total')), 2)}x (best)"
 
 
+def _ways(messages: dict[str, float], stream: str) -> float:
+    return messages.get(f"{stream} sent", 0.0) + messages.get(f"{stream} received", 0.0)
+
+
 def table(results: dict[str, Any]) -> str:
     lines: list[str] = []
     pgq, ceiling = peer_figures(results)
@@ -226,6 +230,20 @@ def table(results: dict[str, Any]) -> str:
                 _cpu_vs_pgqueuer(results, r["runners"], cpu["total"]),
                 "",
             )
+    for r in _get(results, "throughput", "runs") or []:
+        for part, label in (("one_session", "1 Session"), ("many_sessions", "many Sessions")):
+            messages = r[part].get("messages_per_task")
+            if messages:
+                row(
+                    "1 messages per task",
+                    f"{label}, R={r['runners']} (ClaimTask + PostResult, both ways)",
+                    f"{_num(messages['per_task'], 2)}: claim"
+                    f" {_num(_ways(messages, 'ClaimTask'), 2)}, result"
+                    f" {_num(_ways(messages, 'PostResult'), 2)}; heartbeat"
+                    f" {_num(_ways(messages, 'Heartbeat'), 3)}",
+                    "",
+                    "",
+                )
     if "error" in (results.get("throughput") or {}):
         row("1 throughput", "error", str(results["throughput"]["error"]), "", "")
     lat = results.get("latency") or {}

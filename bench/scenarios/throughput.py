@@ -6,12 +6,14 @@ first attempt's claim, nodes.end_time of the accepted result).
 
 CPU per 1,000 tasks, per process group (the scheduler, the runner processes, PostgreSQL: the
 whole server, exited backends included), from /proc over the window from letting the runners
-go to the last Session's end."""
+go to the last Session's end. Messages per task: every message the runner processes wrote and
+read on their ClaimTask and PostResult streams (both ways, start to exit), over the nodes."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 from typing import Any
 
 from heat.scheduler.v1 import session_service_pb2_grpc, session_template_pb2
@@ -23,6 +25,7 @@ from bench.harness import (
     create_session,
     independent,
     log,
+    messages_per_task,
     proc_cpu_s,
     runners,
     span,
@@ -31,10 +34,22 @@ from bench.harness import (
 
 
 async def _drain(
-    pg: Postgres, env: Env, names: list[str], count: int, capacity: int, prefix: str
+    pg: Postgres,
+    env: Env,
+    names: list[str],
+    count: int,
+    capacity: int,
+    prefix: str,
+    messages_dir: Path,
 ) -> dict[str, Any]:
     async with runners(
-        env.scheduler.address, env.secret, count, capacity, env.runner_log, prefix=prefix
+        env.scheduler.address,
+        env.secret,
+        count,
+        capacity,
+        env.runner_log,
+        prefix=prefix,
+        messages_dir=messages_dir,
     ) as group:
         meter = CpuMeter(pg, env.schedulers, [p.pid for p in group.processes])
         meter.begin()
@@ -45,7 +60,13 @@ async def _drain(
         result = await span(env.conn, names)
         result["cpu_ms_per_1000"] = meter.per_thousand(result["nodes"])
     result["scheduler_cpu_pct"] = 100 * (cpu1 - cpu0) / result["seconds"]
+    result["messages_per_task"] = messages_per_task(messages_dir, result["nodes"])
     return result
+
+
+def _folder(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 async def _submit(
@@ -69,7 +90,15 @@ async def run(ctx: Context) -> dict[str, Any]:
             stub = session_service_pb2_grpc.SessionServiceStub(channel)
             # One big Session.
             name, create_s = await create_session(stub, independent(sizes.throughput_nodes))
-            one = await _drain(ctx.pg, env, [name], count, sizes.capacity, f"one{count}-")
+            one = await _drain(
+                ctx.pg,
+                env,
+                [name],
+                count,
+                sizes.capacity,
+                f"one{count}-",
+                _folder(ctx.work / f"messages-one{count}"),
+            )
             one["create_s"] = create_s
             log(
                 f"throughput R={count}: 1 x {sizes.throughput_nodes}:"
@@ -83,7 +112,15 @@ async def run(ctx: Context) -> dict[str, Any]:
                 *(_submit(gate, stub, nodes) for _ in range(sizes.many_sessions))
             )
             submit_s = time.perf_counter() - started
-            many = await _drain(ctx.pg, env, list(names), count, sizes.capacity, f"many{count}-")
+            many = await _drain(
+                ctx.pg,
+                env,
+                list(names),
+                count,
+                sizes.capacity,
+                f"many{count}-",
+                _folder(ctx.work / f"messages-many{count}"),
+            )
             many["submit_s"] = submit_s
             many["sessions_created_per_s"] = sizes.many_sessions / submit_s
             log(
