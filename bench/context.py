@@ -39,7 +39,15 @@ class Sizes:
     pgbench_seconds: float
     pgqueuer_jobs: int
     pgqueuer_workers: tuple[int, ...]
-    # runners used by scenarios 2-4
+    # 7. fairness
+    fairness_big: int = 10_000
+    fairness_share_nodes: int = 6_000
+    # 8. the critical path: branches of 2 nodes, a chain, each node sleeping, one runner
+    cp_branches: int = 300
+    cp_chain: int = 60
+    cp_sleep_ms: float = 25.0
+    cp_capacity: int = 4
+    # runners used by scenarios 2-4 and 7
     runners: int = 4
 
     @classmethod
@@ -86,6 +94,11 @@ class Sizes:
             pgbench_seconds=2,
             pgqueuer_jobs=4_000,
             pgqueuer_workers=(1,),
+            fairness_big=4_000,
+            fairness_share_nodes=2_000,
+            cp_branches=150,
+            cp_chain=30,
+            cp_sleep_ms=20.0,
         )
 
     @classmethod
@@ -109,6 +122,11 @@ class Sizes:
             pgbench_seconds=1,
             pgqueuer_jobs=100,
             pgqueuer_workers=(1,),
+            fairness_big=200,
+            fairness_share_nodes=100,
+            cp_branches=5,
+            cp_chain=4,
+            cp_sleep_ms=2.0,
             runners=2,
         )
 

@@ -300,12 +300,31 @@ def fan(width: int) -> list[session_template_pb2.DagNode]:
     return nodes
 
 
+def chain(
+    n: int, prefix: str, config: dict[str, Any] | None = None
+) -> list[session_template_pb2.DagNode]:
+    """``prefix``0 -> ``prefix``1 -> ... -> ``prefix``(n-1)."""
+    nodes = []
+    for i in range(n):
+        node = session_template_pb2.DagNode(
+            key=f"{prefix}{i}", node_template=TEMPLATE, depends_on=[f"{prefix}{i - 1}"] if i else []
+        )
+        if config:
+            node.config.update(config)
+        nodes.append(node)
+    return nodes
+
+
 async def create_session(
     stub: session_service_pb2_grpc.SessionServiceAsyncStub,
     nodes: Sequence[session_template_pb2.DagNode],
+    *,
+    labels: dict[str, str] | None = None,
 ) -> tuple[str, float]:
     """Create a Session of ``nodes``; its name and the seconds CreateSession took."""
-    request = session_service_pb2.CreateSessionRequest(dag=session_service_pb2.Dag(nodes=nodes))
+    request = session_service_pb2.CreateSessionRequest(
+        dag=session_service_pb2.Dag(nodes=nodes), labels=labels or {}
+    )
     started = time.perf_counter()
     created = await stub.CreateSession(request, timeout=600)
     took = time.perf_counter() - started

@@ -19,7 +19,18 @@ from typing import Any, Final
 from bench import report
 from bench.context import Context, Sizes
 from bench.harness import ROOT, Postgres, git_state, log
-from bench.scenarios import dagsize, fanout, latency, peer, replicas, streams, telemetry, throughput
+from bench.scenarios import (
+    critical_path,
+    dagsize,
+    fairness,
+    fanout,
+    latency,
+    peer,
+    replicas,
+    streams,
+    telemetry,
+    throughput,
+)
 
 Scenario = Callable[[Context], Awaitable[dict[str, Any]]]
 SCENARIOS: Final[dict[str, Scenario]] = {
@@ -29,21 +40,17 @@ SCENARIOS: Final[dict[str, Scenario]] = {
     "fanout": fanout.run,
     "streams": streams.run,
     "replicas": replicas.run,
+    "fairness": fairness.run,
+    "critical_path": critical_path.run,
     "peer": peer.run,
     "telemetry": telemetry.run,
 }
 # The idle-streams window runs first, on a quiet server: WAL is counted server-wide, and
 # autovacuum after the big scenarios would show up in it.
 ORDER: Final = (
-    "streams",
-    "throughput",
-    "latency",
-    "dag",
-    "fanout",
-    "replicas",
-    "peer",
-    "telemetry",
-)
+    "streams", "throughput", "latency", "dag", "fanout", "replicas", "fairness", "critical_path",
+    "peer", "telemetry",
+)  # fmt: skip
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:

@@ -7,11 +7,13 @@ line on stdin before connecting, so a harness can let many processes go at the s
 With HEAT_BENCH_RECORD set, each process() call appends ``<session>\\t<node key>\\t<time.time()>``
 (taken as process() starts) to that file, written when the process exits. With
 HEAT_BENCH_MESSAGES set, the messages of each stream each way (``ClaimTask sent``,
-``PostResult received``...) are counted and written to that file as JSON when it exits.
+``PostResult received``...) are counted and written to that file as JSON when it exits. A node
+whose configuration has ``sleep_ms`` takes that long (asyncio.sleep), to stand for real work.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 import os
@@ -38,6 +40,8 @@ class NoOp:
             now = time.time()
             task = current_task()
             self._record.append((task.session, task.node_key, now))
+        if config.get("sleep_ms"):
+            await asyncio.sleep(float(config["sleep_ms"]) / 1000)
         return None
 
 

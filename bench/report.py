@@ -352,6 +352,45 @@ def table(results: dict[str, Any]) -> str:
             )
     elif "error" in st:
         row("5 idle streams", "error", str(st["error"]), "", "")
+    fair = results.get("fairness") or {}
+    small = fair.get("small_behind_big") or {}
+    if "ratio" in small:
+        row(
+            "7 fairness",
+            f"3-node chain behind {_num(small['big_nodes'])} ready nodes,"
+            f" R={small['runners']} x cap {small['capacity_per_runner']}",
+            f"{_num(small['small_behind_big_s'] * 1000)} ms vs"
+            f" {_num(small['small_alone_s'] * 1000)} ms alone ({_num(small['ratio'], 2)}x);"
+            " the big one"
+            f" {_num(100 * small['big_done_when_small_ended'])}% done then",
+            "",
+            "",
+        )
+    shares = fair.get("shares_under_weights") or {}
+    if "team_a" in shares:
+        row(
+            "7 fairness",
+            f"weights a=3, b=1; first {_num(shares['window_dispatches'])} dispatches",
+            f"{_num(shares['team_a'])} : {_num(shares['team_b'])} ({_num(shares['ratio'], 2)} : 1)",
+            "",
+            "",
+        )
+    if "error" in fair:
+        row("7 fairness", "error", str(fair["error"]), "", "")
+    cp = results.get("critical_path") or {}
+    if "speedup" in cp:
+        row(
+            "8 critical path",
+            f"chain of {cp['chain']} + {cp['branches']} branches of 2, {_num(cp['sleep_ms'])} ms"
+            f" each, 1 runner x cap {cp['runner_capacity']}",
+            f"makespan {_num(cp['makespan_critical_path_s'], 2)} s critical path first,"
+            f" {_num(cp['makespan_dag_order_s'], 2)} s DAG order ({_num(cp['speedup'], 2)}x);"
+            f" bound {_num(cp['lower_bound_s'], 2)} s",
+            "",
+            "",
+        )
+    elif "error" in cp:
+        row("8 critical path", "error", str(cp["error"]), "", "")
     for r in _get(results, "peer", "pgbench", "runs") or []:
         row(
             "6 pgbench",

@@ -25,11 +25,12 @@ from typing import Any
 
 import asyncpg
 import grpc
-from google.protobuf import json_format
+from google.protobuf import field_mask_pb2, json_format
 from heat.scheduler.v1 import registry_service_pb2 as rpb
 from heat.scheduler.v1 import registry_service_pb2_grpc as rpb_grpc
 from heat.scheduler.v1 import runner_service_pb2 as pb
 from heat.scheduler.v1 import runner_service_pb2_grpc as pb_grpc
+from heat.scheduler.v1 import session_pb2
 from heat.scheduler.v1 import session_service_pb2 as spb
 from heat.scheduler.v1 import session_service_pb2_grpc as spb_grpc
 
@@ -259,6 +260,14 @@ async def drive(channel: grpc.aio.Channel) -> None:
         json_format.ParseDict({"dag": {"nodes": DAG[:2]}}, spb.CreateSessionRequest())
     )
     await claim(1, "claim (1 task)")
+    await sessions.UpdateSession(
+        spb.UpdateSessionRequest(
+            session=session_pb2.Session(name=created.session.name, priority=8),
+            update_mask=field_mask_pb2.FieldMask(paths=["priority"]),
+        )
+    )
+    await asyncio.sleep(0.2)
+    show("UpdateSession (priority)")
     await sessions.CancelSession(spb.CancelSessionRequest(name=created.session.name))
     await heartbeats.read()  # the cancellation, pushed
     await asyncio.sleep(0.2)

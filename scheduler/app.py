@@ -37,6 +37,7 @@ from scheduler.artifacts.sources import Sources
 from scheduler.domain import access as access_rules
 from scheduler.domain.artifacts import parse_allowed
 from scheduler.domain.clock import SystemClock
+from scheduler.domain.dispatch_order import DispatchPolicy
 from scheduler.domain.errors import SchedulerError
 from scheduler.domain.health import Health
 from scheduler.domain.leadership import LeaderView, LeaseSettings
@@ -55,7 +56,7 @@ from scheduler.service.runner_protocol import ProtocolSettings, RunnerProtocol
 from scheduler.service.sessions import Sessions
 from scheduler.service.signals import Signals
 from scheduler.service.supervisor import SupervisionSettings, Supervisor
-from scheduler.settings import Settings, SettingsError, check, parse_commands
+from scheduler.settings import Settings, SettingsError, check, parse_commands, parse_weights
 from scheduler.store.database import PgStore, migrate_database
 from scheduler.store.leadership import LeaseLeadership
 from scheduler.store.notifications import Listener
@@ -211,6 +212,7 @@ async def running(
             max_artifact_bytes=settings.max_artifact_bytes,
         )
         artifacts_settings, blobs, sources = await artifact_store(settings, stack)
+        policy = dispatch_policy(settings)
         signals = Signals()
         store = await PgStore.open(
             dsn,
@@ -237,6 +239,7 @@ async def running(
                 lease_duration=timedelta(seconds=settings.lease_duration),
                 heartbeat_interval=timedelta(seconds=settings.heartbeat_interval),
                 drain_idle=settings.provisioner != "none",
+                dispatch_order=policy,
             ),
             limits,
             supervisor,
@@ -287,6 +290,7 @@ async def running(
                     artifacts,
                     telemetry=report,
                     hand_off=protocol.dispatch,
+                    policy=policy,
                 ),
                 limits,
             ),
@@ -587,6 +591,16 @@ def connection_options(settings: Settings) -> list[tuple[str, int]]:
             ),
         ]
     return options
+
+
+def dispatch_policy(settings: Settings) -> DispatchPolicy:
+    return DispatchPolicy(
+        fairness_label=settings.fairness_label,
+        weights=parse_weights(settings.fairness_weights),
+        priority_ratio=settings.priority_ratio,
+        strict_priority=settings.strict_priority,
+        critical_path=settings.critical_path,
+    )
 
 
 def advertised(host: str, port: int) -> str:

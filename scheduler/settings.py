@@ -60,6 +60,55 @@ def parse_commands(value: str) -> dict[str, list[str]]:
     return commands
 
 
+def parse_weights(value: str) -> tuple[tuple[str, float], ...]:
+    """``key=weight, key=weight`` into pairs; ValueError saying what is wrong."""
+    weights: dict[str, float] = {}
+    for entry in (e.strip() for e in value.split(",")):
+        if not entry:
+            continue
+        key, sep, number = (part.strip() for part in entry.partition("="))
+        try:
+            weight = float(number) if sep and key else -1.0
+        except ValueError:
+            weight = -1.0
+        if not 0 < weight < float("inf"):
+            raise ValueError(
+                f"{entry!r} is not KEY=WEIGHT with a weight above 0; e.g. finance=3,research=1"
+            )
+        weights[key] = weight
+    return tuple(weights.items())
+
+
+def _weights(value: str) -> str:
+    parse_weights(value)
+    return value
+
+
+def _label_key(value: str) -> str:
+    if not 0 < len(value) <= 63:
+        raise ValueError("is not a label key of 1 to 63 characters")
+    return value
+
+
+def _ratio(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise ValueError("is not a number; e.g. 10") from None
+    if not 1 <= number <= 1e6:
+        raise ValueError("must be from 1 (levels share equally) to 1000000")
+    return number
+
+
+def _bool(value: str) -> bool:
+    word = value.strip().lower()
+    if word in ("1", "true", "yes", "on"):
+        return True
+    if word in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("is not true or false")
+
+
 def _local_runners(value: str) -> str:
     parse_commands(value)
     return value
@@ -221,6 +270,11 @@ class Settings:
     s3_access_key_id: str = ""
     s3_secret_access_key: str = ""
     s3_session_token: str = ""
+    fairness_label: str = "team"
+    fairness_weights: str = ""
+    priority_ratio: float = 10.0
+    strict_priority: bool = False
+    critical_path: bool = True
 
     @property
     def tls(self) -> bool:
@@ -381,6 +435,21 @@ _SPECS: Final[Mapping[str, _Spec]] = {
     "s3_access_key_id": _Spec(str, "S3 access key id"),
     "s3_secret_access_key": _Spec(str, "S3 secret access key (prefer the environment variable)"),
     "s3_session_token": _Spec(str, "S3 session token, for temporary credentials"),
+    "fairness_label": _Spec(
+        _label_key, "the Session label whose value is its fairness key (Runners are shared by key)"
+    ),
+    "fairness_weights": _Spec(
+        _weights, "KEY=WEIGHT[,KEY=WEIGHT…]: shares of fairness keys (others weigh 1)"
+    ),
+    "priority_ratio": _Spec(
+        _ratio, "dispatches a priority level gets for each one of the level below it"
+    ),
+    "strict_priority": _Spec(
+        _bool, "true: a lower priority level waits while a higher one has queued tasks"
+    ),
+    "critical_path": _Spec(
+        _bool, "true: a Session's ready nodes go longest remaining path first; false: DAG order"
+    ),
 }
 
 

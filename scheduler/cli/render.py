@@ -184,6 +184,7 @@ def session_lines(session: spb.Session, now: datetime, width: int = 0) -> list[s
         ("template", session.session_template or "(inline DAG)"),
         ("time", ", ".join(times)),
         ("nodes", counts_text(counts_of(session))),
+        ("priority", priority_text(session)),
     ]
     if session.labels:
         header.append(("labels", ", ".join(f"{k}={v}" for k, v in sorted(session.labels.items()))))
@@ -197,6 +198,12 @@ def session_lines(session: spb.Session, now: datetime, width: int = 0) -> list[s
     if outputs:
         lines += ["", *outputs]
     return lines
+
+
+def priority_text(session: spb.Session) -> str:
+    """The Session's level, and the fairness key it is dispatched under when it has one."""
+    text = str(session.priority)
+    return f"{text} (fairness key {session.fairness_key})" if session.fairness_key else text
 
 
 def _node_error(node: spb.Node) -> str:
@@ -236,11 +243,12 @@ def sessions_table(sessions: Sequence[spb.Session], width: int = 0) -> list[str]
             session_state(s.state),
             s.session_template or "(inline DAG)",
             when(s.create_time),
+            str(s.priority),
             counts_text(counts_of(s)),
         ]
         for s in sessions
     ]
-    return table(["NAME", "STATE", "TEMPLATE", "CREATED", "NODES"], rows, width)
+    return table(["NAME", "STATE", "TEMPLATE", "CREATED", "PRIORITY", "NODES"], rows, width)
 
 
 def size(n: int) -> str:

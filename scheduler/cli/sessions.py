@@ -1,4 +1,4 @@
-"""Session commands: submit, watch, show, sessions, cancel."""
+"""Session commands: submit, watch, show, sessions, cancel, priority."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from datetime import UTC, datetime
 from typing import Any, TextIO
 
 import grpc
-from google.protobuf import json_format, struct_pb2
+from google.protobuf import field_mask_pb2, json_format, struct_pb2
+from heat.scheduler.v1 import session_pb2 as spb
 from heat.scheduler.v1 import session_service_pb2 as sspb
 from heat.scheduler.v1 import session_service_pb2_grpc as sspb_grpc
 
@@ -57,7 +58,10 @@ def _dag(path: str) -> sspb.Dag:
 
 def _submit(args: argparse.Namespace) -> int:
     request = sspb.CreateSessionRequest(
-        parameters=_parameters(args), labels=dict(args.label), request_id=args.request_id
+        parameters=_parameters(args),
+        labels=dict(args.label),
+        request_id=args.request_id,
+        priority=args.priority,
     )
     if args.template:
         request.session_template = args.template
@@ -261,6 +265,30 @@ def _cancel(args: argparse.Namespace) -> int:
     return 0
 
 
+def _priority(args: argparse.Namespace) -> int:
+    with open_channel(args) as channel:
+        stub = sspb_grpc.SessionServiceStub(channel)
+        session = stub.UpdateSession(
+            sspb.UpdateSessionRequest(
+                session=spb.Session(name=args.name, priority=args.level),
+                update_mask=field_mask_pb2.FieldMask(paths=["priority"]),
+            ),
+            timeout=args.timeout,
+        ).session
+    print(f"{session.name} priority {render.priority_text(session)}")
+    return 0
+
+
+def _level(text: str) -> int:
+    try:
+        level = int(text)
+    except ValueError:
+        level = 0
+    if not 1 <= level <= 9:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a priority level from 1 to 9")
+    return level
+
+
 def _state(text: str) -> int:
     try:
         return render.parse_session_state(text)
@@ -270,7 +298,7 @@ def _state(text: str) -> int:
 
 
 def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add submit, watch, show, sessions and cancel to ``heat-scheduler``."""
+    """Add submit, watch, show, sessions, cancel and priority to ``heat-scheduler``."""
     submit = add_command(commands, "submit", _submit, "create a Session; prints its name")
     source = submit.add_mutually_exclusive_group(required=True)
     source.add_argument("--template", help="the Session Template to run")
@@ -287,6 +315,10 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="give a file as the input INPUT of the node NODE (default: of every node without"
         " upstream nodes); PATH is uploaded, a file:// or s3:// URI read by the scheduler,"
         " artifacts/<id> an earlier upload",
+    )  # fmt: skip
+    submit.add_argument(
+        "--priority", type=_level, default=0, metavar="1-9",
+        help="priority level, higher first (default: the template's, else 5)",
     )  # fmt: skip
     submit.add_argument("--watch", action="store_true", help="then follow it, as `watch`")
 
@@ -307,3 +339,9 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     cancel.add_argument("name")
     cancel.add_argument("--node", metavar="KEY", help="cancel only this node")
     cancel.add_argument("--reason", default="", metavar="TEXT")
+
+    priority = add_command(
+        commands, "priority", _priority, "move a Session to another priority level (1-9)"
+    )
+    priority.add_argument("name")
+    priority.add_argument("level", type=_level, help="1 (lowest) to 9 (highest)")

@@ -116,6 +116,7 @@ def settle(judged: Iterable[Judged]) -> Settlement:
                 # A released attempt is given back: the next claim counts it again.
                 w.node.attempt - (w.state is NodeState.QUEUED),
                 w.error.as_json() if w.error else None,
+                w.node.runner,
             )
             for w in writes
         ),
@@ -149,18 +150,34 @@ def became_ready(children: Iterable[ReleasedChild]) -> tuple[list[NodeChange], s
     """The released children that are QUEUED now, as changes, and their Runners."""
     ready = [c for c in children if c.state is NodeState.QUEUED]
     changes = [
-        NodeChange(c.session_id, c.idx, NodeState.WAITING, NodeState.QUEUED, 0) for c in ready
+        NodeChange(c.session_id, c.idx, NodeState.WAITING, NodeState.QUEUED, 0, runner=c.runner)
+        for c in ready
     ]
     return changes, {c.runner for c in ready}
 
 
-def upstream_failed(session_id: int, marked: Iterable[int], reason: str) -> list[NodeChange]:
-    """Descendants marked UPSTREAM_FAILED (from WAITING: they never ran)."""
+@dataclass(frozen=True, slots=True)
+class Marked:
+    """A descendant marked UPSTREAM_FAILED, with the state it had (it never ran)."""
+
+    idx: int
+    old_state: NodeState
+    runner: str
+
+
+def upstream_failed(session_id: int, marked: Iterable[Marked], reason: str) -> list[NodeChange]:
+    """Descendants marked UPSTREAM_FAILED, as logged."""
     return [
         NodeChange(
-            session_id, idx, NodeState.WAITING, NodeState.UPSTREAM_FAILED, 0, {"reason": reason}
+            session_id,
+            m.idx,
+            m.old_state,
+            NodeState.UPSTREAM_FAILED,
+            0,
+            {"reason": reason},
+            runner=m.runner,
         )
-        for idx in marked
+        for m in marked
     ]
 
 
@@ -172,11 +189,14 @@ def drained(claims: Iterable[tuple[str, tuple[str, ...] | None, int, int]]) -> s
 
 @dataclass(frozen=True, slots=True)
 class Moved:
-    """A node a statement moved, with its attempt number after the move."""
+    """A node a statement moved, with its attempt number after the move; a claimed one with
+    the virtual time its turn cost its Session's queue."""
 
     session_id: int
     idx: int
     attempt: int
+    runner: str
+    turns: float = 0.0
 
 
 def claimed(moved: Iterable[Moved]) -> list[NodeChange]:
@@ -191,7 +211,10 @@ def requeued(moved: Iterable[Moved]) -> list[NodeChange]:
 
 def _in_order(moved: Iterable[Moved], old: NodeState, new: NodeState) -> list[NodeChange]:
     ordered = sorted(moved, key=lambda m: (m.session_id, m.idx))
-    return [NodeChange(m.session_id, m.idx, old, new, m.attempt) for m in ordered]
+    return [
+        NodeChange(m.session_id, m.idx, old, new, m.attempt, runner=m.runner, turns=m.turns)
+        for m in ordered
+    ]
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,13 +223,14 @@ class CancelledNode:
     old_state: NodeState
     attempt: int
     attempt_id: str | None
+    runner: str = ""
 
 
 def cancelled(session_id: int, nodes: Iterable[CancelledNode], reason: str) -> list[NodeChange]:
     """Cancelled nodes, as logged."""
     detail = {"reason": reason} if reason else None
     return [
-        NodeChange(session_id, n.idx, n.old_state, NodeState.CANCELLED, n.attempt, detail)
+        NodeChange(session_id, n.idx, n.old_state, NodeState.CANCELLED, n.attempt, detail, n.runner)
         for n in nodes
     ]
 

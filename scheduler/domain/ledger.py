@@ -2,7 +2,10 @@
 
 Each change appends one event to its Session's change log (the Watch stream) and moves the
 Session's counters; a Session whose last open node becomes final ends, and that change is
-logged too. The store locks the Session rows, calls ``book`` and writes what it returns.
+logged too. Changes into or out of QUEUED move the Session's queue at the node's Runner (the
+queues the claim shares a Runner by, ``dispatch_order``); a claim also charges the queue the
+virtual time of its turns. The store locks the Session rows, calls ``book`` and writes what it
+returns.
 """
 
 from __future__ import annotations
@@ -23,6 +26,19 @@ class NodeChange:
     state: NodeState
     attempt: int
     detail: dict[str, Any] | None = None
+    runner: str = ""  # needed when the change moves the node into or out of QUEUED
+    turns: float = 0.0  # a claim's charge to its queue (virtual time)
+
+
+@dataclass(frozen=True, slots=True)
+class QueueMove:
+    """What a batch of changes does to one Session's queue at one Runner."""
+
+    session_id: int
+    runner: str
+    queued: int  # tasks that joined (+) or left (-) the queue
+    dispatched: int
+    turns: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +157,28 @@ def book(
             b = t.current()
             events.append(t.logged(replace(b, state=_final_state(b), end_time=now), now))
     return [t.current() for t in tallies.values()], events
+
+
+def queue_moves(changes: Iterable[NodeChange]) -> list[QueueMove]:
+    """The queues the changes move, in (Session, Runner) order."""
+    moves: dict[tuple[int, str], QueueMove] = {}
+    for change in changes:
+        joins = change.state is NodeState.QUEUED and change.old_state is not NodeState.QUEUED
+        leaves = change.old_state is NodeState.QUEUED and change.state is not NodeState.QUEUED
+        if not (joins or leaves):
+            continue
+        if not change.runner:
+            raise ValueError(f"a change into or out of QUEUED without its Runner: {change}")
+        key = (change.session_id, change.runner)
+        move = moves.get(key) or QueueMove(change.session_id, change.runner, 0, 0, 0.0)
+        dispatched = leaves and change.state is NodeState.RUNNING
+        moves[key] = replace(
+            move,
+            queued=move.queued + (1 if joins else -1),
+            dispatched=move.dispatched + dispatched,
+            turns=move.turns + change.turns,
+        )
+    return [moves[k] for k in sorted(moves)]
 
 
 def _logged(b: SessionBook, now: datetime) -> tuple[SessionBook, Event]:

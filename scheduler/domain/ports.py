@@ -31,6 +31,7 @@ from scheduler.domain.access import AccessToken
 from scheduler.domain.artifacts import Artifact, AttemptHolder, NewArtifact, SourceUri
 from scheduler.domain.audit import AuditEvent, AuditFilter
 from scheduler.domain.dag import Settlement
+from scheduler.domain.dispatch_order import Durations
 from scheduler.domain.leadership import Duty, Term
 from scheduler.domain.provisioning import InstanceSpec, Observed, RunnerStatus, RunnerWork
 from scheduler.domain.registry import NodeTemplate, Runner, RunnerCredential, SessionTemplate
@@ -84,6 +85,9 @@ class RegistryRepository(Protocol):
     async def list_node_templates(
         self, after: str, limit: int, runner: str
     ) -> list[NodeTemplate]: ...
+    async def durations(self, names: Sequence[str]) -> dict[str, Durations]:
+        """The measured durations of the given Node Templates (those with any)."""
+        ...
 
     async def session_templates_by_name(
         self, names: Sequence[str], *, lock: bool = False
@@ -132,6 +136,10 @@ class SessionRepository(Protocol):
         self, session_id: int, idxs: Sequence[int] | None, now: datetime, reason: str
     ) -> None:
         """Cancel a whole Session (``idxs`` None) or some of its nodes and what depends on them."""
+        ...
+
+    async def set_priority(self, session_id: int, priority: int) -> None:
+        """Move a Session and its queues to another priority level (locks the Session)."""
         ...
 
 
@@ -306,6 +314,11 @@ class Store(Protocol):
         """A read-write unit of work for the holder of ``term``: NotLeader at once if the term
         is no longer the duty's current one; while it runs no other replica can take the duty
         over, and it may not sit idle longer than the lease allows."""
+        ...
+
+    def claiming(self) -> AbstractAsyncContextManager[UnitOfWork]:
+        """A read-write unit of work for a claim: a statement planned for a whole backlog yet
+        run for a batch, many times a second; the store may set it up for that."""
         ...
 
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, fields, replace
 from datetime import datetime, timedelta
 from typing import Any, Final, TypeVar
 
+from scheduler.domain.dispatch_order import priority_problem
 from scheduler.domain.errors import FieldViolation, InvalidArgument
 from scheduler.domain.limits import (
     MAX_ATTEMPT_TIMEOUT,
@@ -106,6 +107,7 @@ class SessionTemplate:
     default_parameters: JsonObject = field(default_factory=dict)
     create_time: datetime | None = field(default=None, compare=False)
     update_time: datetime | None = field(default=None, compare=False)
+    default_priority: int = 0  # dispatch_order.UNSET_PRIORITY: the scheduler's default
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,7 +136,7 @@ UPDATABLE: Final[Mapping[type, frozenset[str]]] = {
         "retry_policy.max_backoff",
         "retry_policy.backoff_multiplier",
     },
-    SessionTemplate: frozenset({"description", "nodes", "default_parameters"}),
+    SessionTemplate: frozenset({"description", "nodes", "default_parameters", "default_priority"}),
 }
 
 
@@ -370,10 +372,14 @@ def check_session_template(
     templates: Callable[[str], NodeTemplate | None],
     out_of_time: Callable[[], bool] = lambda: False,
 ) -> list[FieldViolation]:
-    return [
+    out = [
         *check_dns_label(template.name, f"{prefix}.name"),
         *check_text(template.description, f"{prefix}.description", max_len=limits.max_description),
         *check_dag_nodes(
             template.nodes, prefix, limits, templates=templates, out_of_time=out_of_time
         ),
     ]
+    problem = priority_problem(template.default_priority, unset_allowed=True)
+    if problem:
+        out.append(FieldViolation(f"{prefix}.default_priority", problem))
+    return out

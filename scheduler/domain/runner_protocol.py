@@ -6,10 +6,11 @@ Pure: time comes in as an argument.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Final, TypeVar
 
+from scheduler.domain.dispatch_order import DispatchPolicy
 from scheduler.domain.sessions import NO_TRACE, NodeState, TraceContext
 
 
@@ -55,6 +56,7 @@ class ClaimRequest:
     max_inputs_bytes: int = 63 * 1024 * 1024
     # How often the holders must heartbeat, carried by each task claimed.
     heartbeat_interval: timedelta = timedelta(0)
+    policy: DispatchPolicy = field(default_factory=DispatchPolicy)  # which tasks go first
 
 
 @dataclass(frozen=True, slots=True)

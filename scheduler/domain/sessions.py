@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Final
 
+from scheduler.domain.dispatch_order import DEFAULT_PRIORITY, Durations, critical_path, node_costs
 from scheduler.domain.registry import DagNode, NodeTemplate, RetryPolicy, effective_config
 
 
@@ -146,6 +147,8 @@ class Session:
     nodes: tuple[Node, ...] = ()
     # Sequence number of the last change logged: a Watch resumes after it.
     event_seq: int = 0
+    priority: int = DEFAULT_PRIORITY
+    fairness_key: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,6 +180,7 @@ class NewNode:
     retry_policy: RetryPolicy
     attempt_timeout: timedelta
     files: dict[str, str] = field(default_factory=dict)  # input name -> artefact name
+    rank: float = 0.0  # the longest remaining path from it (dispatch_order.critical_path)
 
     @property
     def state(self) -> NodeState:
@@ -193,15 +197,19 @@ class NewSession:
     request_id: str
     trace: TraceContext
     nodes: tuple[NewNode, ...]
+    priority: int = DEFAULT_PRIORITY
+    fairness_key: str = ""
 
 
 def layout(
     nodes: Sequence[DagNode],
     templates: Mapping[str, NodeTemplate],
     files: Mapping[str, Mapping[str, str]] | None = None,
+    durations: Mapping[str, Durations] | None = None,
 ) -> tuple[NewNode, ...]:
     """The DAG (already validated) with indices for edges and the templates' settings copied;
-    ``files`` gives nodes (by key) their files (input name -> artefact name)."""
+    ``files`` gives nodes (by key) their files (input name -> artefact name); with
+    ``durations``, each node ranked by its remaining critical path (else all rank 0)."""
     index = {node.key: i for i, node in enumerate(nodes)}
     downstream: list[list[int]] = [[] for _ in nodes]
     upstream: list[tuple[int, ...]] = []
@@ -210,6 +218,10 @@ def layout(
         upstream.append(ups)
         for u in ups:
             downstream[u].append(i)
+    ranks = [0.0] * len(nodes)
+    if durations is not None:
+        costs = node_costs([n.node_template for n in nodes], durations)
+        ranks = critical_path(upstream, costs)
     laid = []
     for i, node in enumerate(nodes):
         template = templates[node.node_template]
@@ -225,6 +237,7 @@ def layout(
                 template.retry_policy,
                 template.attempt_timeout,
                 dict(files[node.key]) if files and node.key in files else {},
+                ranks[i],
             )
         )
     return tuple(laid)

@@ -1,4 +1,5 @@
-"""Session use cases: create (from a template or inline), read, list, cancel, watch."""
+"""Session use cases: create (from a template or inline), read, list, cancel, watch, and
+move to another priority level."""
 
 from __future__ import annotations
 
@@ -18,6 +19,11 @@ from scheduler.domain.artifacts import (
 )
 from scheduler.domain.audit import AuditEvent
 from scheduler.domain.clock import Clock
+from scheduler.domain.dispatch_order import (
+    DispatchPolicy,
+    priority_of,
+    priority_problem,
+)
 from scheduler.domain.errors import (
     FailedPrecondition,
     FieldViolation,
@@ -111,6 +117,7 @@ class Sessions:
         *,
         telemetry: Telemetry = NO_TELEMETRY,
         hand_off: HandOff | None = None,
+        policy: DispatchPolicy | None = None,
     ) -> None:
         """``hand_off``: the dispatch, which claims a new Session's roots in the transaction
         that creates it when this replica has credits for their Runner."""
@@ -121,6 +128,7 @@ class Sessions:
         self._limits = limits
         self._artifacts = artifacts
         self._hand_off = hand_off
+        self._policy = policy or DispatchPolicy()
 
     async def create(
         self,
@@ -132,11 +140,15 @@ class Sessions:
         labels: Mapping[str, str] | None = None,
         request_id: str = "",
         files: Sequence[FileInput] = (),
+        priority: int = 0,
     ) -> Session:
         """A new Session; ``files`` are given to its nodes as named inputs (uploads are taken,
         URIs read now, before the transaction)."""
         labels = dict(labels or {})
         violations = _check_labels(labels) + check_file_sources(files)
+        problem = priority_problem(priority, unset_allowed=True)
+        if problem:
+            violations.append(FieldViolation("priority", problem))
         if len(request_id) > REQUEST_ID_MAX_LENGTH:
             violations.append(
                 FieldViolation("request_id", f"at most {REQUEST_ID_MAX_LENGTH} characters")
@@ -169,6 +181,7 @@ class Sessions:
                 request_id,
                 files,
                 names,
+                priority,
                 reservations,
                 claimed,
             )
@@ -199,6 +212,7 @@ class Sessions:
         request_id: str,
         files: Sequence[FileInput],
         names: Sequence[str],
+        priority: int,
         reservations: list[Reservation],
         claimed: list[list[ClaimedTask]],
     ) -> Session | str:
@@ -210,10 +224,11 @@ class Sessions:
                     found = await work.sessions.get(existing, with_nodes=True)
                     assert found is not None
                     return found.session
-            nodes, defaults, prefix = await self._nodes(work, session_template, dag)
-            templates = await work.registry.node_templates_by_name(
-                sorted({n.node_template for n in nodes})
+            nodes, defaults, default_priority, prefix = await self._nodes(
+                work, session_template, dag
             )
+            template_names = sorted({n.node_template for n in nodes})
+            templates = await work.registry.node_templates_by_name(template_names)
             raise_if(
                 await within_budget(
                     check_dag_nodes, nodes, prefix, self._limits, templates=templates.get
@@ -226,6 +241,11 @@ class Sessions:
             for file, name in zip(files, names, strict=True):
                 for key in receivers(file, keys, upstream):
                     given.setdefault(key, {})[file.input] = name
+            durations = (
+                await work.registry.durations(template_names)
+                if self._policy.critical_path
+                else None
+            )
             new = NewSession(
                 name=new_session_name(now),
                 session_template=session_template,
@@ -234,7 +254,9 @@ class Sessions:
                 request_id=request_id,
                 # The span this call runs in (CreateSession's) is the root of its trace.
                 trace=self._telemetry.current(),
-                nodes=layout(nodes, templates, given),
+                nodes=layout(nodes, templates, given, durations),
+                priority=priority_of(priority, default_priority),
+                fairness_key=self._policy.fairness_key(labels),
             )
             session_id = await work.sessions.insert(new, now)
             if names:
@@ -277,15 +299,21 @@ class Sessions:
 
     async def _nodes(
         self, work: UnitOfWork, session_template: str, dag: Sequence[DagNode] | None
-    ) -> tuple[Sequence[DagNode], dict[str, Any], str]:
+    ) -> tuple[Sequence[DagNode], dict[str, Any], int, str]:
+        """The nodes, default parameters and default priority of the Session's source."""
         if dag is not None:
-            return dag, {}, "dag"
+            return dag, {}, 0, "dag"
         raise_if(check_dns_label(session_template, "session_template"))
         found = await work.registry.session_templates_by_name([session_template])
         if session_template not in found:
             raise NotFound("session template", session_template)
         template = found[session_template]
-        return template.nodes, dict(template.default_parameters), "session_template"
+        return (
+            template.nodes,
+            dict(template.default_parameters),
+            template.default_priority,
+            "session_template",
+        )
 
     async def get(self, name: str) -> Session:
         async with self._store.snapshot() as work:
@@ -359,6 +387,23 @@ class Sessions:
             await work.audit.record(
                 [AuditEvent(by, "cancel", "node", f"{name}/{key}", {"reason": reason[:200]})]
             )
+            result = await self._find(work, name, with_nodes=True)
+        return result.session
+
+    async def set_priority(self, name: str, priority: int, *, by: Identity) -> Session:
+        """Move a Session to another level; its queued tasks are ordered by it at once."""
+        problem = priority_problem(priority, unset_allowed=False)
+        if problem:
+            raise InvalidArgument([FieldViolation("session.priority", problem)])
+        async with self._store.transaction() as work:
+            found = await self._find(work, name, with_nodes=False)
+            if found.session.state.final:
+                raise FailedPrecondition(
+                    f"session {name!r} already ended ({found.session.state.value})"
+                )
+            await work.sessions.set_priority(found.id, priority)
+            detail = {"priority": priority, "previous_priority": found.session.priority}
+            await work.audit.record([AuditEvent(by, "update", "session", name, detail)])
             result = await self._find(work, name, with_nodes=True)
         return result.session
 

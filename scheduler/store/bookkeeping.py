@@ -1,8 +1,9 @@
 """Session bookkeeping in the database: lock the touched Sessions, let the ledger decide, write
-its decision (counters, states, change logs) in one statement. And the one DAG step both
-cancelling and settling take: marking what can no longer run.
+its decision (counters, states, change logs, queues) in one statement. And the one DAG step
+both cancelling and settling take: marking what can no longer run.
 
-Lock order, everywhere: node rows (by session, then index), then Session rows (by id).
+Lock order, everywhere: node rows (by session, then index), then Session rows (by id), then
+their queues (which only the holder of their Session's lock writes, so nobody waits on them).
 Claims skip locked nodes; everything else waits in that order.
 """
 
@@ -12,9 +13,10 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 
 from scheduler.domain import dag
-from scheduler.domain.ledger import NodeChange, SessionBook, book
+from scheduler.domain.dispatch_order import MAX_DURATION_SAMPLES
+from scheduler.domain.ledger import NodeChange, SessionBook, book, queue_moves
 from scheduler.domain.ports import Changes
-from scheduler.domain.sessions import SessionState
+from scheduler.domain.sessions import NodeState, SessionState
 from scheduler.domain.verdicts import RecordedVerdict
 from scheduler.store.queries import Statements
 
@@ -52,6 +54,7 @@ class Books:
             for r in await self._db.fetch("lock_sessions", ids)
         }
         books, events = book(locked, changes, now, cancel_reasons=cancel_reasons)
+        moves = queue_moves(changes)
         await self._db.fetch(
             "update_sessions",
             [b.id for b in books],
@@ -78,6 +81,13 @@ class Books:
             [v.reply.message for v in verdicts],
             [now] * len(verdicts),
             [v.outcome.value for v in verdicts],
+            [m.session_id for m in moves],
+            [m.runner for m in moves],
+            [m.queued for m in moves],
+            [m.dispatched for m in moves],
+            [m.turns for m in moves],
+            MAX_DURATION_SAMPLES,
+            now,
         )
         self._changes.sessions |= {b.id for b in books}
         return books
@@ -92,4 +102,8 @@ async def doom(db: Statements, doomed: dag.Doom, now: datetime) -> list[NodeChan
     if not down:
         return []
     marked = await db.fetch("mark_upstream_failed", [doomed.session_id] * len(down), down, now)
-    return dag.upstream_failed(doomed.session_id, [r["idx"] for r in marked], doomed.reason)
+    return dag.upstream_failed(
+        doomed.session_id,
+        [dag.Marked(r["idx"], NodeState(r["old_state"]), r["runner"]) for r in marked],
+        doomed.reason,
+    )

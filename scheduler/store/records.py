@@ -108,6 +108,7 @@ def session_template_row(template: SessionTemplate) -> dict[str, Any]:
         "name": template.name,
         "description": template.description,
         "default_parameters": template.default_parameters,
+        "default_priority": template.default_priority,
         "nodes": [
             {
                 "key": n.key,
@@ -136,6 +137,7 @@ def session_template_from(row: Row) -> SessionTemplate:
         ),
         create_time=row["create_time"],
         update_time=row["update_time"],
+        default_priority=row["default_priority"],
     )
 
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from datetime import timedelta
 from typing import Any, TypeVar
 
 import asyncpg
 
+from scheduler.domain.dispatch_order import Durations
 from scheduler.domain.errors import AlreadyExists, InUse
 from scheduler.domain.ports import Changes, RunnerFilter
 from scheduler.domain.registry import NodeTemplate, Runner, RunnerCredential, SessionTemplate
@@ -119,6 +121,15 @@ class PgRegistry:
     async def list_node_templates(self, after: str, limit: int, runner: str) -> list[NodeTemplate]:
         rows = await self._fetch("list_node_templates", after, limit, runner)
         return [records.node_template_from(row) for row in rows]
+
+    async def durations(self, names: Sequence[str]) -> dict[str, Durations]:
+        rows = await self._fetch("template_durations", list(names))
+        return {
+            row["node_template"]: Durations(
+                tuple(timedelta(milliseconds=ms) for ms in row["samples_ms"])
+            )
+            for row in rows
+        }
 
     # -- Session Templates -----------------------------------------------------------------
 

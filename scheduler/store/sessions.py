@@ -47,6 +47,7 @@ NODE_COLUMNS: Final = (
     "attempt_timeout_ms",
     "ready_time",
     "files",
+    "rank",
 )
 
 
@@ -77,6 +78,8 @@ class PgSessions:
             now,
             new.trace.traceparent,
             new.trace.tracestate,
+            new.priority,
+            new.fairness_key,
         )
         session_id: int = row["id"]
         nodes = new.nodes
@@ -86,6 +89,7 @@ class PgSessions:
         policies: dict[tuple[RetryPolicy, timedelta], tuple[int, int, int, float, int]] = {}
         records = []
         ready: set[str] = set()
+        queued_at: dict[str, int] = {}  # Runner -> its nodes queued now
         for n in nodes:
             config = encoded.get(id(n.config))
             if config is None:
@@ -102,6 +106,7 @@ class PgSessions:
                 )
             state = n.state
             queued = state is NodeState.QUEUED
+            queued_at[n.runner] = queued_at.get(n.runner, 0) + queued
             if queued:
                 ready.add(n.runner)
             records.append(
@@ -119,9 +124,19 @@ class PgSessions:
                     *policy,
                     now if queued else None,
                     n.files or None,
+                    n.rank,
                 )
             )
         await self._db.copy("insert_nodes", "nodes", NODE_COLUMNS, records)
+        runners = sorted(queued_at)
+        await self._db.fetch(
+            "insert_queues",
+            session_id,
+            new.priority,
+            new.fairness_key,
+            runners,
+            [queued_at[r] for r in runners],
+        )
         self._changes.ready_runners |= ready
         return session_id
 
@@ -196,7 +211,9 @@ class PgSessions:
             now,
         )
         cancelled = [
-            dag.CancelledNode(r["idx"], NodeState(r["old_state"]), r["attempt"], r["attempt_id"])
+            dag.CancelledNode(
+                r["idx"], NodeState(r["old_state"]), r["attempt"], r["attempt_id"], r["runner"]
+            )
             for r in rows
         ]
         changes = dag.cancelled(session_id, cancelled, reason)
@@ -206,6 +223,9 @@ class PgSessions:
             self._db, dag.cancel_doom(session_id, cancelled, whole_session=whole), now
         )
         await self._books.book(changes, now, cancel_reasons={session_id: reason} if whole else None)
+
+    async def set_priority(self, session_id: int, priority: int) -> None:
+        await self._db.fetch("set_priority", session_id, priority)
 
 
 def _node(row: asyncpg.Record, keys: Sequence[str]) -> Node:
@@ -243,4 +263,6 @@ def _session(row: asyncpg.Record, counts: dict[NodeState, int], nodes: tuple[Nod
         trace_id=row["trace_id"],
         nodes=nodes,
         event_seq=row["event_seq"],
+        priority=row["priority"],
+        fairness_key=row["fairness_key"],
     )

@@ -69,6 +69,7 @@ class PgTasks:
 
     async def _claim(self, request: ClaimRequest) -> tuple[list[ClaimedTask], list[NodeChange]]:
         """The claim, and its changes for the books (which the caller writes)."""
+        policy = request.policy
         rows = await self._db.fetch(
             "claim",
             request.runner,
@@ -79,11 +80,19 @@ class PgTasks:
             None if request.templates is None else list(request.templates),
             request.max_attempt_timeout // timedelta(milliseconds=1),
             request.max_inputs_bytes,
+            [key for key, _ in policy.weights],
+            [weight for _, weight in policy.weights],
+            policy.strict_priority,
+            policy.priority_ratio,
+            policy.quantum,
         )
         if not rows:
             return [], []
         rows.sort(key=lambda r: (r["session_id"], r["idx"]))
-        moved = [dag.Moved(r["session_id"], r["idx"], r["attempt"]) for r in rows]
+        moved = [
+            dag.Moved(r["session_id"], r["idx"], r["attempt"], request.runner, r["turns"])
+            for r in rows
+        ]
         tasks = [
             ClaimedTask(
                 session_id=r["session_id"],
@@ -252,7 +261,7 @@ class PgTasks:
 
     async def promote_due_retries(self, now: datetime, limit: int) -> int:
         rows = await self._db.fetch("due_retries", now, limit)
-        moved = [dag.Moved(r["session_id"], r["idx"], r["attempt"]) for r in rows]
+        moved = [dag.Moved(r["session_id"], r["idx"], r["attempt"], r["runner"]) for r in rows]
         await self._books.book(dag.requeued(moved), now)
         self._changes.ready_runners |= {r["runner"] for r in rows}
         return len(rows)

@@ -233,6 +233,7 @@ def session_template(message: session_template_pb2.SessionTemplate) -> reg.Sessi
         description=message.description,
         nodes=tuple(dag_node(n) for n in message.nodes),
         default_parameters=struct_to_dict(message.default_parameters),
+        default_priority=message.default_priority,
     )
 
 
@@ -244,6 +245,7 @@ def session_template_message(value: reg.SessionTemplate) -> session_template_pb2
         default_parameters=optional_struct(value.default_parameters),
         create_time=to_timestamp(value.create_time),
         update_time=to_timestamp(value.update_time),
+        default_priority=value.default_priority,
     )
 
 

@@ -107,6 +107,8 @@ def session_message(session: Session) -> spb.Session:
         end_time=to_timestamp(session.end_time),
         state_reason=session.state_reason,
         trace_id=session.trace_id,
+        priority=session.priority,
+        fairness_key=session.fairness_key,
     )
 
 

@@ -65,6 +65,7 @@ class SessionServicer(pb_grpc.SessionServiceServicer):
             labels=dict(request.labels),
             request_id=request.request_id,
             files=[file_input(f) for f in request.files],
+            priority=request.priority,
         )
         return pb.CreateSessionResponse(session=self._shown(created))
 
@@ -124,6 +125,25 @@ class SessionServicer(pb_grpc.SessionServiceServicer):
         )
         node = next(n for n in session.nodes if n.key == request.key)
         return pb.CancelNodeResponse(node=sconvert.node_message(node))
+
+    async def UpdateSession(
+        self, request: pb.UpdateSessionRequest, context: Context
+    ) -> pb.UpdateSessionResponse:
+        paths = list(request.update_mask.paths)
+        bad = [
+            FieldViolation(
+                f"update_mask.paths[{i}]",
+                f"{path!r} is not an updatable field of Session; use: priority",
+            )
+            for i, path in enumerate(paths)
+            if path != "priority"
+        ]
+        if bad:
+            raise InvalidArgument(bad)
+        updated = await self._sessions.set_priority(
+            request.session.name, request.session.priority, by=caller()
+        )
+        return pb.UpdateSessionResponse(session=self._shown(updated))
 
     async def WatchSession(
         self, request: pb.WatchSessionRequest, context: Context

@@ -1,5 +1,5 @@
-"""The operator CLI (submit, show, sessions, cancel, watch, credentials) in subprocesses,
-against a real scheduler."""
+"""The operator CLI (submit, show, sessions, cancel, watch, priority, credentials) in
+subprocesses, against a real scheduler."""
 
 from __future__ import annotations
 
@@ -109,6 +109,19 @@ def test_submit_show_list_cancel_and_watch_a_session(applied: Served) -> None:
 
     as_json = json.loads(ok(cli(applied, "show", name, "--json")))
     assert as_json["name"] == name and as_json["state"] == "SESSION_STATE_CANCELLED"
+
+
+def test_a_session_is_submitted_at_a_priority_and_moved_to_another(applied: Served) -> None:
+    name = ok(
+        cli(applied, "submit", "--template", "two-step", "--priority", "7", "--label", "team=ml")
+    ).strip()
+    assert rows(ok(cli(applied, "show", name)))["priority"] == [
+        "priority", "7", "(fairness", "key", "ml)",
+    ]  # fmt: skip
+    assert ok(cli(applied, "priority", name, "3")).strip() == f"{name} priority 3 (fairness key ml)"
+    assert rows(ok(cli(applied, "sessions")))[name][5] == "3"
+    refused = cli(applied, "priority", name, "10")
+    assert refused.returncode == 2 and "1 to 9" in refused.stderr
 
 
 def test_errors_show_the_code_and_each_field_violation(applied: Served, tmp_path: Path) -> None:

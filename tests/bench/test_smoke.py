@@ -13,7 +13,10 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-SECTIONS = ("throughput", "latency", "dag", "fanout", "streams", "peer", "telemetry")
+SECTIONS = (
+    "throughput", "latency", "dag", "fanout", "streams", "fairness", "critical_path", "peer",
+    "telemetry",
+)  # fmt: skip
 
 
 @pytest.mark.slow
@@ -39,5 +42,7 @@ def test_harness_runs_every_scenario_at_tiny_sizes(tmp_path: Path) -> None:
     assert results["streams"]["stream_errors"] == 0
     assert results["peer"]["pgqueuer"]["runs"][0]["done"] == results["sizes"]["pgqueuer_jobs"]
     assert results["telemetry"]["full"]["spans"] > 0, "the receiver got the spans"
+    assert results["fairness"]["shares_under_weights"]["team_a"] > 0
+    assert results["critical_path"]["makespan_dag_order_s"] > 0
     assert {t["target"] for t in results["targets"]}
     assert "| scenario |" in done.stdout

@@ -301,6 +301,11 @@ class MemoryStore:
             self.registry, self.tasks, self.provisioning, self.access, self.audit
         )
 
+    @asynccontextmanager
+    async def claiming(self) -> AsyncIterator[MemoryUnitOfWork]:
+        self.transactions += 1
+        yield self._work()
+
 
 class OneReplica:
     """Leadership when there is only this replica: granted at once (a new epoch each time),

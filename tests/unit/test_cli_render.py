@@ -280,7 +280,7 @@ def test_sessions_table() -> None:
     s = session(node("a", spb.NODE_STATE_SUCCEEDED), node("b", spb.NODE_STATE_QUEUED))
     inline = spb.Session(name="s-2", state=spb.SESSION_STATE_PENDING, create_time=stamp(60))
     lines = render.sessions_table([s, inline])
-    assert lines[0].split() == ["NAME", "STATE", "TEMPLATE", "CREATED", "NODES"]
+    assert lines[0].split() == ["NAME", "STATE", "TEMPLATE", "CREATED", "PRIORITY", "NODES"]
     assert lines[1].split()[:5] == [NAME, "running", "csv-totals", "2026-03-01", "12:00:00Z"]
     assert lines[1].endswith("  1/2 succeeded · 1 queued")
     assert lines[2].split()[:3] == ["s-2", "pending", "(inline"]

@@ -10,7 +10,7 @@ import pytest
 
 from scheduler.domain import dag
 from scheduler.domain.backoff import Backoff, Retries
-from scheduler.domain.ledger import NodeChange, SessionBook, book
+from scheduler.domain.ledger import NodeChange, QueueMove, SessionBook, book, queue_moves
 from scheduler.domain.registry import RetryPolicy
 from scheduler.domain.sessions import NewNode, NodeState, SessionState
 from scheduler.domain.verdicts import (
@@ -196,7 +196,7 @@ def test_children_are_queued_only_when_nothing_upstream_is_left() -> None:
             dag.ReleasedChild(7, 4, NodeState.WAITING, "x"),
         ]
     )
-    assert changes == [NodeChange(7, 3, NodeState.WAITING, NodeState.QUEUED, 0)]
+    assert changes == [NodeChange(7, 3, NodeState.WAITING, NodeState.QUEUED, 0, runner="w")]
     assert runners == {"w"}
 
 
@@ -221,7 +221,9 @@ def test_cancelling_nodes_dooms_their_descendants_but_a_whole_session_dooms_noth
     assert dag.interrupted(nodes) == ["att"]
     assert dag.cancel_doom(7, nodes, whole_session=False).roots == (1, 2)
     assert dag.cancel_doom(7, nodes, whole_session=True).roots == ()
-    marked = dag.upstream_failed(7, [5], dag.UPSTREAM_CANCELLED_REASON)
+    marked = dag.upstream_failed(
+        7, [dag.Marked(5, NodeState.WAITING, "w")], dag.UPSTREAM_CANCELLED_REASON
+    )
     assert marked == [
         NodeChange(
             7,
@@ -230,14 +232,32 @@ def test_cancelling_nodes_dooms_their_descendants_but_a_whole_session_dooms_noth
             NodeState.UPSTREAM_FAILED,
             0,
             {"reason": "an upstream node was cancelled"},
+            runner="w",
         )
     ]
 
 
 def test_claims_and_requeues_are_logged_in_lock_order() -> None:
-    moved = [dag.Moved(8, 1, 1), dag.Moved(7, 5, 2), dag.Moved(7, 2, 1)]
+    moved = [dag.Moved(8, 1, 1, "w"), dag.Moved(7, 5, 2, "w"), dag.Moved(7, 2, 1, "w")]
     assert [(c.session_id, c.idx) for c in dag.claimed(moved)] == [(7, 2), (7, 5), (8, 1)]
     assert {c.state for c in dag.requeued(moved)} == {NodeState.QUEUED}
+
+
+def test_changes_into_and_out_of_queued_move_the_queues_of_their_runners() -> None:
+    changes = [
+        *dag.claimed([dag.Moved(7, 0, 1, "w", 2.0), dag.Moved(7, 1, 1, "w", 2.0)]),
+        *dag.became_ready([dag.ReleasedChild(7, 5, NodeState.QUEUED, "x")])[0],
+        *dag.requeued([dag.Moved(8, 2, 1, "w")]),
+        *dag.cancelled(8, [dag.CancelledNode(3, NodeState.QUEUED, 0, None, "w")], "stop"),
+        NodeChange(7, 9, NodeState.RUNNING, NodeState.SUCCEEDED, 1, runner="w"),
+    ]
+    assert queue_moves(changes) == [
+        QueueMove(7, "w", queued=-2, dispatched=2, turns=4.0),
+        QueueMove(7, "x", queued=1, dispatched=0, turns=0.0),
+        QueueMove(8, "w", queued=0, dispatched=0, turns=0.0),
+    ]
+    with pytest.raises(ValueError, match="without its Runner"):
+        queue_moves([NodeChange(7, 0, NodeState.WAITING, NodeState.QUEUED, 0)])
 
 
 # --- Session bookkeeping -----------------------------------------------------------------------

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from scheduler.settings import Settings, SettingsError, load
+from scheduler.settings import Settings, SettingsError, load, parse_weights
 
 
 def test_defaults_are_embedded() -> None:
@@ -32,6 +32,11 @@ def test_flag_wins_over_environment_which_wins_over_default() -> None:
         ({"shutdown_grace": "-1"}, {}, "--shutdown-grace", "negative"),
         ({}, {"HEAT_MAX_DAG_NODES": "many"}, "HEAT_MAX_DAG_NODES", "whole number"),
         ({}, {"HEAT_LOG_FORMAT": "xml"}, "HEAT_LOG_FORMAT", "text, json"),
+        ({}, {"HEAT_FAIRNESS_WEIGHTS": "a=3,b"}, "HEAT_FAIRNESS_WEIGHTS", "KEY=WEIGHT"),
+        ({"fairness_weights": "a=0"}, {}, "--fairness-weights", "above 0"),
+        ({"priority_ratio": "0.5"}, {}, "--priority-ratio", "from 1"),
+        ({}, {"HEAT_STRICT_PRIORITY": "maybe"}, "HEAT_STRICT_PRIORITY", "true or false"),
+        ({"fairness_label": ""}, {}, "--fairness-label", "1 to 63"),
     ],
 )
 def test_bad_values_name_the_setting_and_what_is_accepted(
@@ -71,3 +76,13 @@ def test_tls_settings_go_together(tmp_path: Path) -> None:
         {"server_cert": str(pem), "server_key": str(pem), "listen": "0.0.0.0:1"}, env={}
     )
     assert settings.tls and not settings.reflection_on
+
+
+def test_the_dispatch_order_settings() -> None:
+    settings = load(
+        {"fairness_weights": " finance=3, research = 0.5 ,", "strict_priority": "yes"},
+        env={"HEAT_FAIRNESS_LABEL": "tenant", "HEAT_CRITICAL_PATH": "off"},
+    )
+    assert parse_weights(settings.fairness_weights) == (("finance", 3.0), ("research", 0.5))
+    assert settings.fairness_label == "tenant" and settings.priority_ratio == 10.0
+    assert settings.strict_priority and not settings.critical_path

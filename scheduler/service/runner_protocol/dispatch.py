@@ -347,7 +347,7 @@ class Dispatch:
     ) -> tuple[list[ClaimedTask], int]:
         """The tasks claimed for ``owners`` that can be sent, and how many were claimed."""
         request = self._request(dispatcher, owners, self._clock.now())
-        async with self._store.transaction() as work:
+        async with self._store.claiming() as work:
             claimed = await work.tasks.claim(request)
         return self.claimed(claimed, request.now), len(claimed)
 
@@ -363,6 +363,7 @@ class Dispatch:
             max_attempt_timeout=MAX_ATTEMPT_TIMEOUT,
             max_inputs_bytes=self._limits.max_task_bytes,
             heartbeat_interval=self.settings.heartbeat_interval,
+            policy=self.settings.dispatch_order,
         )
 
     def claimed(self, claimed: Sequence[ClaimedTask], now: datetime) -> list[ClaimedTask]:

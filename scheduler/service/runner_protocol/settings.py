@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
+
+from scheduler.domain.dispatch_order import DispatchPolicy
 
 
 @dataclass(frozen=True, slots=True)
@@ -16,6 +18,7 @@ class ProtocolSettings:
     max_push_batch: int = 64
     # Whether idle instances are drained (a provisioner starts and stops them).
     drain_idle: bool = False
+    dispatch_order: DispatchPolicy = field(default_factory=DispatchPolicy)
 
     @property
     def silence(self) -> timedelta:

@@ -51,7 +51,9 @@ CREATE TABLE session_templates (
     description        text        NOT NULL DEFAULT '',
     default_parameters jsonb       NOT NULL DEFAULT '{}',
     create_time        timestamptz NOT NULL DEFAULT now(),
-    update_time        timestamptz NOT NULL DEFAULT now()
+    update_time        timestamptz NOT NULL DEFAULT now(),
+    -- 0: Sessions created from it take the scheduler's default level.
+    default_priority   integer     NOT NULL DEFAULT 0 CHECK (default_priority BETWEEN 0 AND 9)
 );
 
 -- Nodes are rows, not a JSON blob, so the foreign key guards deleting a Node
@@ -109,7 +111,10 @@ CREATE TABLE sessions (
     -- W3C trace context of the span that created the Session (CreateSession's server span, or
     -- the caller's): the parent of its nodes' dispatch spans. Empty when nothing traced it.
     traceparent      text        NOT NULL DEFAULT '',
-    tracestate       text        NOT NULL DEFAULT ''
+    tracestate       text        NOT NULL DEFAULT '',
+    -- Dispatch order: its level (higher first) and its fairness key (a label's value).
+    priority         integer     NOT NULL DEFAULT 5 CHECK (priority BETWEEN 1 AND 9),
+    fairness_key     text        NOT NULL DEFAULT ''
 );
 
 CREATE INDEX sessions_create_time_idx ON sessions (create_time DESC, id DESC);
@@ -156,6 +161,8 @@ CREATE TABLE nodes (
     outputs_bytes      bigint,
     -- The files given to a node, by input name ({"file": "artifacts/<id>"}); NULL for none.
     files              jsonb,
+    -- The longest remaining path from this node to the end of the DAG (the critical path).
+    rank               double precision NOT NULL DEFAULT 0,
     PRIMARY KEY (session_id, idx),
     UNIQUE (session_id, key)
 );
@@ -186,8 +193,8 @@ END $$;
 
 CREATE TRIGGER sessions_take_their_nodes AFTER DELETE ON sessions
     REFERENCING OLD TABLE AS gone FOR EACH STATEMENT EXECUTE FUNCTION sessions_take_their_nodes();
--- The claim: a Runner's queued tasks, oldest first.
-CREATE INDEX nodes_queue_idx ON nodes (runner, ready_time, session_id, idx) WHERE state = 'queued';
+-- The claim: a Session's queued tasks at a Runner, longest remaining path first.
+CREATE INDEX nodes_queue_idx ON nodes (runner, session_id, rank DESC, idx) WHERE state = 'queued';
 -- The timekeeper: leases and attempts that run out, retries that come due.
 CREATE INDEX nodes_lease_idx ON nodes (lease_deadline) WHERE state = 'running';
 CREATE INDEX nodes_attempt_deadline_idx ON nodes (attempt_deadline) WHERE state = 'running';
@@ -332,4 +339,30 @@ CREATE TABLE leader_terms (
     writes          bigint      NOT NULL DEFAULT 0,
     last_write_time timestamptz,
     PRIMARY KEY (duty, epoch)
+);
+
+-- A Session's queue at one Runner: how many of its tasks are queued there, and the share of
+-- the Runner it has had (dispatches, and virtual time: turns, each worth 1 / its share). The
+-- rows of a Session are written only under its row lock (after its nodes, like everything).
+CREATE TABLE queues (
+    runner       text             NOT NULL,
+    session_id   bigint           NOT NULL REFERENCES sessions (id) ON DELETE CASCADE,
+    priority     integer          NOT NULL,
+    fairness_key text             NOT NULL,
+    queued       integer          NOT NULL DEFAULT 0,
+    dispatched   bigint           NOT NULL DEFAULT 0,
+    vtime        double precision NOT NULL DEFAULT 0,
+    PRIMARY KEY (session_id, runner)
+);
+
+-- The claim reads a Runner's non-empty queues; a queue that fills again looks up the front of
+-- its level.
+CREATE INDEX queues_ready_idx ON queues (runner, priority, vtime) WHERE queued > 0;
+
+-- The latest successful attempts' durations of each Node Template, newest first (folded in
+-- when a Session ends; dropped with the template).
+CREATE TABLE template_durations (
+    node_template text               PRIMARY KEY,
+    samples_ms    double precision[] NOT NULL,
+    update_time   timestamptz        NOT NULL
 );

@@ -103,8 +103,13 @@ WHERE t.name = x.name
 RETURNING t.*;
 
 -- delete_node_template --
--- Delete one Node Template.
+-- Delete one Node Template, and the durations measured for it.
+WITH measured AS (DELETE FROM template_durations WHERE node_template = $1)
 DELETE FROM node_templates WHERE name = $1 RETURNING name;
+
+-- template_durations --
+-- The latest successful attempts' durations of the given Node Templates, newest first.
+SELECT node_template, samples_ms FROM template_durations WHERE node_template = ANY($1::text[]);
 
 -- list_node_templates --
 -- A page of Node Templates after a name, optionally only one Runner's.
@@ -138,17 +143,19 @@ ORDER BY 1;
 
 -- insert_session_templates --
 -- Insert a batch of Session Templates (their nodes separately).
-INSERT INTO session_templates (name, description, default_parameters)
-SELECT x.name, x.description, x.default_parameters
-FROM jsonb_to_recordset($1::jsonb) AS x(name text, description text, default_parameters jsonb)
+INSERT INTO session_templates (name, description, default_parameters, default_priority)
+SELECT x.name, x.description, x.default_parameters, x.default_priority
+FROM jsonb_to_recordset($1::jsonb)
+     AS x(name text, description text, default_parameters jsonb, default_priority integer)
 RETURNING name;
 
 -- update_session_templates --
 -- Overwrite the fields of a batch of Session Templates (their nodes separately).
 UPDATE session_templates AS s
 SET description = x.description, default_parameters = x.default_parameters,
-    update_time = now()
-FROM jsonb_to_recordset($1::jsonb) AS x(name text, description text, default_parameters jsonb)
+    default_priority = x.default_priority, update_time = now()
+FROM jsonb_to_recordset($1::jsonb)
+     AS x(name text, description text, default_parameters jsonb, default_priority integer)
 WHERE s.name = x.name
 RETURNING s.name;
 

@@ -1,20 +1,108 @@
 -- claim --
--- Lease up to $2 of a Runner's queued tasks, oldest first, to the instances in $3 (one
--- entry per task); SKIP LOCKED so concurrent claimers never get the same task. Inputs are
--- looked up by primary key, one per upstream node, and left out (NULL) when they weigh more
--- than $8 bytes: that task cannot be sent. The attempt's time is at most $7 ms, whatever the
--- row says, so no stored timeout can overflow the deadline.
-WITH picked AS (
-    SELECT session_id, idx FROM nodes
-    WHERE runner = $1 AND state = 'queued'
-      AND ($6::text[] IS NULL OR node_template = ANY($6))
+-- Lease up to $2 of a Runner's queued tasks to the instances in $3 (one entry per task), in
+-- dispatch order (scheduler/domain/dispatch_order.py, whose ``grants`` this applies):
+--   shares:  the Runner's non-empty queues (one per Session) and what a turn costs each in
+--            virtual time, from its level ($11 strict, else $12 ratio per level), its fairness
+--            key's weight ($9 keys, $10 weights; 1 otherwise) and the Sessions in its key; a
+--            queue counts as at most one turn of its level's slowest ahead of its furthest
+--            behind;
+--   chosen:  the $2 earliest tasks (a queue's j-th turn, from 1, of up to $13 tasks ends at
+--            vtime + j * $13 * stride; at most 2 * ceil($2 * share / shares) + $13 tasks a
+--            queue while that leaves enough), counted per Session;
+--   fair:    that many of each Session's queued nodes, longest remaining path first;
+--   rest:    when nodes were skipped (locked by another claimer, or of templates the
+--            instances do not take), the batch is filled from any Session, so it never comes
+--            back short while work it may take is queued.
+-- SKIP LOCKED, so concurrent claimers never get the same task; the picked rows are updated
+-- by their row address. Inputs are looked up by primary key, one per upstream node, and left
+-- out (NULL) when they weigh more than $8 bytes: that task cannot be sent. The attempt's time
+-- is at most $7 ms, whatever the row says, so no stored timeout can overflow the deadline.
+-- Each row returns what it costs its queue in virtual time (``turns``): the bookkeeping
+-- charges it.
+WITH flows AS (
+    SELECT q.session_id, q.priority, q.vtime, q.queued, q.dispatched,
+           COALESCE(($10::float8[])[array_position($9::text[], q.fairness_key)], 1.0) AS weight,
+           count(*) OVER key AS sessions, row_number() OVER key AS nth
+    FROM queues AS q
+    WHERE q.runner = $1 AND q.queued > 0
       -- A disabled Runner gets no new work.
       AND EXISTS (SELECT 1 FROM runners AS r WHERE r.name = $1 AND r.enabled)
-    ORDER BY ready_time, session_id, idx
+      -- Instances that take only some of the Runner's templates: Sessions with such work
+      -- (one index probe each; a scalar subquery, so it is never planned as a scan of them all).
+      AND ($6::text[] IS NULL
+           OR NOT EXISTS (SELECT 1 FROM node_templates AS t
+                          WHERE t.runner = $1 AND t.name <> ALL($6))
+           OR (SELECT true FROM nodes AS n
+               WHERE n.runner = $1 AND n.state = 'queued'
+                 AND n.session_id = q.session_id AND n.node_template = ANY($6)
+               LIMIT 1))
+    WINDOW key AS (PARTITION BY q.priority, q.fairness_key)
+), shares AS (
+    -- A level's weight is the sum of its keys' weights (each counted once: nth = 1).
+    SELECT session_id, priority, queued, dispatched, stride, vtime AS stored,
+           LEAST(vtime, front + $13::integer * max(stride) OVER (PARTITION BY priority))
+               AS vtime
+    FROM (SELECT f.*, min(f.vtime) OVER level AS front,
+                 sum(f.weight) FILTER (WHERE f.nth = 1) OVER level * f.sessions / f.weight
+                 * CASE WHEN $11 THEN 1
+                        ELSE power($12::float8, (SELECT max(priority) FROM flows) - f.priority)
+                   END AS stride
+          FROM flows AS f
+          WINDOW level AS (PARTITION BY f.priority)) AS s
+), firsts AS (
+    -- Only the $2 queues with the earliest first turns can have any of the $2 turns.
+    SELECT * FROM shares
+    ORDER BY CASE WHEN $11 THEN priority END DESC, vtime + $13::integer * stride, dispatched, session_id
     LIMIT $2
-    FOR UPDATE SKIP LOCKED
+), bounded AS (
+    SELECT f.*, LEAST(f.queued, $2, 2 * ceil($2 * (1.0 / f.stride) / sum(1.0 / f.stride) OVER (
+               PARTITION BY CASE WHEN $11 THEN f.priority END ORDER BY f.session_id
+               ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING)) + $13::integer)::integer
+               AS bound
+    FROM firsts AS f
+), capped AS (
+    -- The bounds hold only while they leave the batch enough turns.
+    SELECT b.*, CASE WHEN sum(b.bound) OVER () >= $2 THEN b.bound
+                     ELSE LEAST(b.queued, $2) END AS most
+    FROM bounded AS b
+), chosen AS (
+    SELECT t.session_id, count(*) AS tasks,
+           min(t.stride) + (min(t.vtime) - min(t.stored)) / count(*) AS turns
+    FROM (SELECT c.session_id, c.stride, c.vtime, c.stored FROM capped AS c
+          CROSS JOIN LATERAL generate_series(1, c.most) AS i
+          ORDER BY CASE WHEN $11 THEN c.priority END DESC,
+                   c.vtime + ((i - 1) / $13::integer + 1) * $13::integer * c.stride,
+                   c.dispatched, c.session_id
+          LIMIT $2) AS t
+    GROUP BY t.session_id
+), fair AS (
+    SELECT n.tid, n.session_id, n.idx, n.upstream, c.turns FROM chosen AS c
+    CROSS JOIN LATERAL (
+        SELECT ctid AS tid, session_id, idx, upstream FROM nodes
+        WHERE runner = $1 AND state = 'queued' AND session_id = c.session_id
+          AND ($6::text[] IS NULL OR node_template = ANY($6))
+        ORDER BY rank DESC, idx
+        LIMIT c.tasks
+        FOR UPDATE SKIP LOCKED
+    ) AS n
+), rest AS (
+    SELECT r.tid, r.session_id, r.idx, r.upstream, s.stride AS turns
+    FROM (SELECT ctid AS tid, session_id, idx, upstream FROM nodes
+          WHERE runner = $1 AND state = 'queued'
+            AND ($6::text[] IS NULL OR node_template = ANY($6))
+            AND EXISTS (SELECT 1 FROM runners AS r WHERE r.name = $1 AND r.enabled)
+            AND ctid <> ALL (ARRAY(SELECT tid FROM fair))
+          ORDER BY session_id, rank DESC, idx
+          LIMIT $2 - (SELECT count(*) FROM fair)
+          FOR UPDATE SKIP LOCKED) AS r
+    LEFT JOIN shares AS s USING (session_id)
+), picked AS (
+    SELECT * FROM fair UNION ALL SELECT * FROM rest
+    LIMIT $2
 ), numbered AS (
-    SELECT session_id, idx, row_number() OVER (ORDER BY session_id, idx) AS rn FROM picked
+    SELECT tid, session_id, idx, upstream, turns,
+           row_number() OVER (ORDER BY session_id, idx) AS rn
+    FROM picked
 )
 UPDATE nodes AS n
 SET state = 'running', attempt = n.attempt + 1, attempt_id = gen_random_uuid(),
@@ -23,25 +111,31 @@ SET state = 'running', attempt = n.attempt + 1, attempt_id = gen_random_uuid(),
     attempt_deadline = $5::timestamptz
         + LEAST(GREATEST(n.attempt_timeout_ms, 1), $7::bigint) * interval '1 millisecond',
     not_before = NULL
-FROM numbered JOIN sessions AS s ON s.id = numbered.session_id
-     CROSS JOIN LATERAL (
-         SELECT COALESCE(sum(COALESCE(u.outputs_bytes, octet_length(u.outputs::text))), 0)
-                    AS inputs_bytes
-         FROM nodes AS me
-         CROSS JOIN unnest(me.upstream) AS up(idx)
-         JOIN nodes AS u ON u.session_id = me.session_id AND u.idx = up.idx
-         WHERE me.session_id = numbered.session_id AND me.idx = numbered.idx
-     ) AS sizes
-WHERE n.session_id = numbered.session_id AND n.idx = numbered.idx
+FROM numbered
+CROSS JOIN LATERAL (SELECT name, parameters, traceparent, tracestate FROM sessions
+                    WHERE id = numbered.session_id LIMIT 1) AS s
+-- Each upstream node by primary key (the LIMIT keeps it a lookup whatever the estimates).
+CROSS JOIN LATERAL (
+    SELECT COALESCE(sum(COALESCE(u.outputs_bytes, octet_length(u.outputs::text))), 0)
+               AS inputs_bytes
+    FROM unnest(numbered.upstream) AS up(idx)
+    CROSS JOIN LATERAL (SELECT outputs_bytes, outputs FROM nodes
+                        WHERE session_id = numbered.session_id AND idx = up.idx LIMIT 1) AS u
+) AS sizes
+-- By address (a TID scan), whatever the planner guesses of the batch's size.
+WHERE n.ctid = ANY (ARRAY(SELECT tid FROM picked)) AND n.ctid = numbered.tid
 RETURNING n.session_id, n.idx, n.key, n.node_template, n.attempt, n.attempt_id::text,
           n.lease_owner, n.lease_deadline, n.attempt_deadline, n.config,
           n.ready_time, s.name AS session_name, s.parameters, s.traceparent, s.tracestate, n.files,
+          COALESCE(numbered.turns, 1) AS turns,
           sizes.inputs_bytes,
           CASE WHEN cardinality(n.upstream) = 0 THEN '{}'::jsonb
                WHEN sizes.inputs_bytes > $8::bigint THEN NULL
                ELSE (SELECT jsonb_object_agg(u.key, u.outputs)
                      FROM unnest(n.upstream) AS up(idx)
-                     JOIN nodes AS u ON u.session_id = n.session_id AND u.idx = up.idx)
+                     CROSS JOIN LATERAL (SELECT key, outputs FROM nodes
+                                         WHERE session_id = n.session_id AND idx = up.idx
+                                         LIMIT 1) AS u)
           END AS inputs;
 
 -- held_nodes --
@@ -106,13 +200,20 @@ WHERE n.session_id = d.session_id AND n.idx = d.idx
 RETURNING n.session_id, n.idx, n.state, n.runner;
 
 -- mark_upstream_failed --
--- Nodes that will never run because something upstream failed or was cancelled.
+-- Nodes that will never run because something upstream failed or was cancelled, with the
+-- state each had.
+WITH target AS (
+    SELECT n.session_id, n.idx, n.state FROM nodes AS n
+    JOIN unnest($1::bigint[], $2::integer[]) AS x(session_id, idx) USING (session_id, idx)
+    WHERE n.state IN ('waiting', 'queued', 'retry_wait')
+    ORDER BY n.session_id, n.idx
+    FOR UPDATE OF n
+)
 UPDATE nodes AS n
 SET state = 'upstream_failed', end_time = $3
-FROM unnest($1::bigint[], $2::integer[]) AS x(session_id, idx)
-WHERE n.session_id = x.session_id AND n.idx = x.idx
-  AND n.state IN ('waiting', 'queued', 'retry_wait')
-RETURNING n.session_id, n.idx;
+FROM target
+WHERE n.session_id = target.session_id AND n.idx = target.idx
+RETURNING n.session_id, n.idx, target.state AS old_state, n.runner;
 
 -- extend_leases --
 -- Push the lease deadline of attempts still running; the ones not returned are gone. A lease

@@ -192,7 +192,15 @@ type Session struct {
 	// Why the Session was cancelled or failed; empty otherwise.
 	StateReason string `protobuf:"bytes,11,opt,name=state_reason,json=stateReason,proto3" json:"state_reason,omitempty"`
 	// The OpenTelemetry trace id of the Session, in hex.
-	TraceId       string `protobuf:"bytes,12,opt,name=trace_id,json=traceId,proto3" json:"trace_id,omitempty"`
+	TraceId string `protobuf:"bytes,12,opt,name=trace_id,json=traceId,proto3" json:"trace_id,omitempty"`
+	// Priority level, 1 (lowest) to 9 (highest): higher levels are dispatched
+	// first. Set at creation (else the Session Template's default_priority,
+	// else 5); changed with UpdateSession.
+	Priority int32 `protobuf:"varint,13,opt,name=priority,proto3" json:"priority,omitempty"`
+	// Output only. The fairness key its Runners are shared by: the value of
+	// the label the scheduler is configured to read (by default "team");
+	// empty without that label.
+	FairnessKey   string `protobuf:"bytes,14,opt,name=fairness_key,json=fairnessKey,proto3" json:"fairness_key,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -307,6 +315,20 @@ func (x *Session) GetStateReason() string {
 func (x *Session) GetTraceId() string {
 	if x != nil {
 		return x.TraceId
+	}
+	return ""
+}
+
+func (x *Session) GetPriority() int32 {
+	if x != nil {
+		return x.Priority
+	}
+	return 0
+}
+
+func (x *Session) GetFairnessKey() string {
+	if x != nil {
+		return x.FairnessKey
 	}
 	return ""
 }
@@ -551,7 +573,7 @@ var File_heat_scheduler_v1_session_proto protoreflect.FileDescriptor
 
 const file_heat_scheduler_v1_session_proto_rawDesc = "" +
 	"\n" +
-	"\x1fheat/scheduler/v1/session.proto\x12\x11heat.scheduler.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xdb\x05\n" +
+	"\x1fheat/scheduler/v1/session.proto\x12\x11heat.scheduler.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9a\x06\n" +
 	"\aSession\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12)\n" +
 	"\x10session_template\x18\x02 \x01(\tR\x0fsessionTemplate\x127\n" +
@@ -570,7 +592,9 @@ const file_heat_scheduler_v1_session_proto_rawDesc = "" +
 	"\bend_time\x18\n" +
 	" \x01(\v2\x1a.google.protobuf.TimestampR\aendTime\x12!\n" +
 	"\fstate_reason\x18\v \x01(\tR\vstateReason\x12\x19\n" +
-	"\btrace_id\x18\f \x01(\tR\atraceId\x1a=\n" +
+	"\btrace_id\x18\f \x01(\tR\atraceId\x12\x1a\n" +
+	"\bpriority\x18\r \x01(\x05R\bpriority\x12!\n" +
+	"\ffairness_key\x18\x0e \x01(\tR\vfairnessKey\x1a=\n" +
 	"\x0fNodeCountsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\x05R\x05value:\x028\x01\x1a9\n" +

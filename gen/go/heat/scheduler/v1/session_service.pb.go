@@ -9,6 +9,7 @@ package schedulerv1
 import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	fieldmaskpb "google.golang.org/protobuf/types/known/fieldmaskpb"
 	structpb "google.golang.org/protobuf/types/known/structpb"
 	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
@@ -86,6 +87,9 @@ type CreateSessionRequest struct {
 	// Idempotency key: a second request with the same key returns the
 	// Session the first one created.
 	RequestId string `protobuf:"bytes,5,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	// Priority level, 1 (lowest) to 9 (highest). Zero means the Session
+	// Template's default_priority, else 5.
+	Priority int32 `protobuf:"varint,6,opt,name=priority,proto3" json:"priority,omitempty"`
 	// Files given to the Session's nodes as named inputs: uploads or URIs.
 	Files         []*FileInput `protobuf:"bytes,7,rep,name=files,proto3" json:"files,omitempty"`
 	unknownFields protoimpl.UnknownFields
@@ -166,6 +170,13 @@ func (x *CreateSessionRequest) GetRequestId() string {
 		return x.RequestId
 	}
 	return ""
+}
+
+func (x *CreateSessionRequest) GetPriority() int32 {
+	if x != nil {
+		return x.Priority
+	}
+	return 0
 }
 
 func (x *CreateSessionRequest) GetFiles() []*FileInput {
@@ -688,6 +699,108 @@ func (x *CancelNodeResponse) GetNode() *Node {
 	return nil
 }
 
+// Request of UpdateSession.
+type UpdateSessionRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The Session, identified by its name, carrying the new values.
+	Session *Session `protobuf:"bytes,1,opt,name=session,proto3" json:"session,omitempty"`
+	// Fields to change: "priority", the only updatable field. Empty means
+	// every updatable field.
+	UpdateMask    *fieldmaskpb.FieldMask `protobuf:"bytes,2,opt,name=update_mask,json=updateMask,proto3" json:"update_mask,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdateSessionRequest) Reset() {
+	*x = UpdateSessionRequest{}
+	mi := &file_heat_scheduler_v1_session_service_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateSessionRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateSessionRequest) ProtoMessage() {}
+
+func (x *UpdateSessionRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_heat_scheduler_v1_session_service_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateSessionRequest.ProtoReflect.Descriptor instead.
+func (*UpdateSessionRequest) Descriptor() ([]byte, []int) {
+	return file_heat_scheduler_v1_session_service_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *UpdateSessionRequest) GetSession() *Session {
+	if x != nil {
+		return x.Session
+	}
+	return nil
+}
+
+func (x *UpdateSessionRequest) GetUpdateMask() *fieldmaskpb.FieldMask {
+	if x != nil {
+		return x.UpdateMask
+	}
+	return nil
+}
+
+// Response of UpdateSession.
+type UpdateSessionResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The Session after the update.
+	Session       *Session `protobuf:"bytes,1,opt,name=session,proto3" json:"session,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdateSessionResponse) Reset() {
+	*x = UpdateSessionResponse{}
+	mi := &file_heat_scheduler_v1_session_service_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateSessionResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateSessionResponse) ProtoMessage() {}
+
+func (x *UpdateSessionResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_heat_scheduler_v1_session_service_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateSessionResponse.ProtoReflect.Descriptor instead.
+func (*UpdateSessionResponse) Descriptor() ([]byte, []int) {
+	return file_heat_scheduler_v1_session_service_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *UpdateSessionResponse) GetSession() *Session {
+	if x != nil {
+		return x.Session
+	}
+	return nil
+}
+
 // Request of WatchSession.
 type WatchSessionRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -702,7 +815,7 @@ type WatchSessionRequest struct {
 
 func (x *WatchSessionRequest) Reset() {
 	*x = WatchSessionRequest{}
-	mi := &file_heat_scheduler_v1_session_service_proto_msgTypes[11]
+	mi := &file_heat_scheduler_v1_session_service_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -714,7 +827,7 @@ func (x *WatchSessionRequest) String() string {
 func (*WatchSessionRequest) ProtoMessage() {}
 
 func (x *WatchSessionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_heat_scheduler_v1_session_service_proto_msgTypes[11]
+	mi := &file_heat_scheduler_v1_session_service_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -727,7 +840,7 @@ func (x *WatchSessionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchSessionRequest.ProtoReflect.Descriptor instead.
 func (*WatchSessionRequest) Descriptor() ([]byte, []int) {
-	return file_heat_scheduler_v1_session_service_proto_rawDescGZIP(), []int{11}
+	return file_heat_scheduler_v1_session_service_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *WatchSessionRequest) GetName() string {
@@ -755,7 +868,7 @@ type NodeChange struct {
 
 func (x *NodeChange) Reset() {
 	*x = NodeChange{}
-	mi := &file_heat_scheduler_v1_session_service_proto_msgTypes[12]
+	mi := &file_heat_scheduler_v1_session_service_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -767,7 +880,7 @@ func (x *NodeChange) String() string {
 func (*NodeChange) ProtoMessage() {}
 
 func (x *NodeChange) ProtoReflect() protoreflect.Message {
-	mi := &file_heat_scheduler_v1_session_service_proto_msgTypes[12]
+	mi := &file_heat_scheduler_v1_session_service_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -780,7 +893,7 @@ func (x *NodeChange) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeChange.ProtoReflect.Descriptor instead.
 func (*NodeChange) Descriptor() ([]byte, []int) {
-	return file_heat_scheduler_v1_session_service_proto_rawDescGZIP(), []int{12}
+	return file_heat_scheduler_v1_session_service_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *NodeChange) GetNode() *Node {
@@ -805,7 +918,7 @@ type SessionChange struct {
 
 func (x *SessionChange) Reset() {
 	*x = SessionChange{}
-	mi := &file_heat_scheduler_v1_session_service_proto_msgTypes[13]
+	mi := &file_heat_scheduler_v1_session_service_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -817,7 +930,7 @@ func (x *SessionChange) String() string {
 func (*SessionChange) ProtoMessage() {}
 
 func (x *SessionChange) ProtoReflect() protoreflect.Message {
-	mi := &file_heat_scheduler_v1_session_service_proto_msgTypes[13]
+	mi := &file_heat_scheduler_v1_session_service_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -830,7 +943,7 @@ func (x *SessionChange) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SessionChange.ProtoReflect.Descriptor instead.
 func (*SessionChange) Descriptor() ([]byte, []int) {
-	return file_heat_scheduler_v1_session_service_proto_rawDescGZIP(), []int{13}
+	return file_heat_scheduler_v1_session_service_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *SessionChange) GetState() SessionState {
@@ -873,7 +986,7 @@ type WatchSessionResponse struct {
 
 func (x *WatchSessionResponse) Reset() {
 	*x = WatchSessionResponse{}
-	mi := &file_heat_scheduler_v1_session_service_proto_msgTypes[14]
+	mi := &file_heat_scheduler_v1_session_service_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -885,7 +998,7 @@ func (x *WatchSessionResponse) String() string {
 func (*WatchSessionResponse) ProtoMessage() {}
 
 func (x *WatchSessionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_heat_scheduler_v1_session_service_proto_msgTypes[14]
+	mi := &file_heat_scheduler_v1_session_service_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -898,7 +1011,7 @@ func (x *WatchSessionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchSessionResponse.ProtoReflect.Descriptor instead.
 func (*WatchSessionResponse) Descriptor() ([]byte, []int) {
-	return file_heat_scheduler_v1_session_service_proto_rawDescGZIP(), []int{14}
+	return file_heat_scheduler_v1_session_service_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *WatchSessionResponse) GetCursor() string {
@@ -971,9 +1084,9 @@ var File_heat_scheduler_v1_session_service_proto protoreflect.FileDescriptor
 
 const file_heat_scheduler_v1_session_service_proto_rawDesc = "" +
 	"\n" +
-	"'heat/scheduler/v1/session_service.proto\x12\x11heat.scheduler.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a heat/scheduler/v1/artifact.proto\x1a\x1fheat/scheduler/v1/session.proto\x1a(heat/scheduler/v1/session_template.proto\"7\n" +
+	"'heat/scheduler/v1/session_service.proto\x12\x11heat.scheduler.v1\x1a google/protobuf/field_mask.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a heat/scheduler/v1/artifact.proto\x1a\x1fheat/scheduler/v1/session.proto\x1a(heat/scheduler/v1/session_template.proto\"7\n" +
 	"\x03Dag\x120\n" +
-	"\x05nodes\x18\x01 \x03(\v2\x1a.heat.scheduler.v1.DagNodeR\x05nodes\"\x8d\x03\n" +
+	"\x05nodes\x18\x01 \x03(\v2\x1a.heat.scheduler.v1.DagNodeR\x05nodes\"\xa9\x03\n" +
 	"\x14CreateSessionRequest\x12+\n" +
 	"\x10session_template\x18\x01 \x01(\tH\x00R\x0fsessionTemplate\x12*\n" +
 	"\x03dag\x18\x02 \x01(\v2\x16.heat.scheduler.v1.DagH\x00R\x03dag\x127\n" +
@@ -982,7 +1095,8 @@ const file_heat_scheduler_v1_session_service_proto_rawDesc = "" +
 	"parameters\x12K\n" +
 	"\x06labels\x18\x04 \x03(\v23.heat.scheduler.v1.CreateSessionRequest.LabelsEntryR\x06labels\x12\x1d\n" +
 	"\n" +
-	"request_id\x18\x05 \x01(\tR\trequestId\x122\n" +
+	"request_id\x18\x05 \x01(\tR\trequestId\x12\x1a\n" +
+	"\bpriority\x18\x06 \x01(\x05R\bpriority\x122\n" +
 	"\x05files\x18\a \x03(\v2\x1c.heat.scheduler.v1.FileInputR\x05files\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
@@ -1015,7 +1129,13 @@ const file_heat_scheduler_v1_session_service_proto_rawDesc = "" +
 	"\x03key\x18\x02 \x01(\tR\x03key\x12\x16\n" +
 	"\x06reason\x18\x03 \x01(\tR\x06reason\"A\n" +
 	"\x12CancelNodeResponse\x12+\n" +
-	"\x04node\x18\x01 \x01(\v2\x17.heat.scheduler.v1.NodeR\x04node\"A\n" +
+	"\x04node\x18\x01 \x01(\v2\x17.heat.scheduler.v1.NodeR\x04node\"\x89\x01\n" +
+	"\x14UpdateSessionRequest\x124\n" +
+	"\asession\x18\x01 \x01(\v2\x1a.heat.scheduler.v1.SessionR\asession\x12;\n" +
+	"\vupdate_mask\x18\x02 \x01(\v2\x1a.google.protobuf.FieldMaskR\n" +
+	"updateMask\"M\n" +
+	"\x15UpdateSessionResponse\x124\n" +
+	"\asession\x18\x01 \x01(\v2\x1a.heat.scheduler.v1.SessionR\asession\"A\n" +
 	"\x13WatchSessionRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
 	"\x06cursor\x18\x02 \x01(\tR\x06cursor\"9\n" +
@@ -1032,7 +1152,7 @@ const file_heat_scheduler_v1_session_service_proto_rawDesc = "" +
 	"\vnode_change\x18\x03 \x01(\v2\x1d.heat.scheduler.v1.NodeChangeH\x00R\n" +
 	"nodeChange\x12I\n" +
 	"\x0esession_change\x18\x04 \x01(\v2 .heat.scheduler.v1.SessionChangeH\x00R\rsessionChangeB\a\n" +
-	"\x05event2\xd2\x04\n" +
+	"\x05event2\xb6\x05\n" +
 	"\x0eSessionService\x12b\n" +
 	"\rCreateSession\x12'.heat.scheduler.v1.CreateSessionRequest\x1a(.heat.scheduler.v1.CreateSessionResponse\x12Y\n" +
 	"\n" +
@@ -1040,7 +1160,8 @@ const file_heat_scheduler_v1_session_service_proto_rawDesc = "" +
 	"\fListSessions\x12&.heat.scheduler.v1.ListSessionsRequest\x1a'.heat.scheduler.v1.ListSessionsResponse\x12b\n" +
 	"\rCancelSession\x12'.heat.scheduler.v1.CancelSessionRequest\x1a(.heat.scheduler.v1.CancelSessionResponse\x12Y\n" +
 	"\n" +
-	"CancelNode\x12$.heat.scheduler.v1.CancelNodeRequest\x1a%.heat.scheduler.v1.CancelNodeResponse\x12a\n" +
+	"CancelNode\x12$.heat.scheduler.v1.CancelNodeRequest\x1a%.heat.scheduler.v1.CancelNodeResponse\x12b\n" +
+	"\rUpdateSession\x12'.heat.scheduler.v1.UpdateSessionRequest\x1a(.heat.scheduler.v1.UpdateSessionResponse\x12a\n" +
 	"\fWatchSession\x12&.heat.scheduler.v1.WatchSessionRequest\x1a'.heat.scheduler.v1.WatchSessionResponse0\x01B\xdd\x01\n" +
 	"\x15com.heat.scheduler.v1B\x13SessionServiceProtoP\x01ZIgithub.com/heatglobal/heat-scheduler/gen/go/heat/scheduler/v1;schedulerv1\xa2\x02\x03HSX\xaa\x02\x11Heat.Scheduler.V1\xca\x02\x11Heat\\Scheduler\\V1\xe2\x02\x1dHeat\\Scheduler\\V1\\GPBMetadata\xea\x02\x13Heat::Scheduler::V1b\x06proto3"
 
@@ -1056,7 +1177,7 @@ func file_heat_scheduler_v1_session_service_proto_rawDescGZIP() []byte {
 	return file_heat_scheduler_v1_session_service_proto_rawDescData
 }
 
-var file_heat_scheduler_v1_session_service_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
+var file_heat_scheduler_v1_session_service_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
 var file_heat_scheduler_v1_session_service_proto_goTypes = []any{
 	(*Dag)(nil),                   // 0: heat.scheduler.v1.Dag
 	(*CreateSessionRequest)(nil),  // 1: heat.scheduler.v1.CreateSessionRequest
@@ -1069,56 +1190,64 @@ var file_heat_scheduler_v1_session_service_proto_goTypes = []any{
 	(*CancelSessionResponse)(nil), // 8: heat.scheduler.v1.CancelSessionResponse
 	(*CancelNodeRequest)(nil),     // 9: heat.scheduler.v1.CancelNodeRequest
 	(*CancelNodeResponse)(nil),    // 10: heat.scheduler.v1.CancelNodeResponse
-	(*WatchSessionRequest)(nil),   // 11: heat.scheduler.v1.WatchSessionRequest
-	(*NodeChange)(nil),            // 12: heat.scheduler.v1.NodeChange
-	(*SessionChange)(nil),         // 13: heat.scheduler.v1.SessionChange
-	(*WatchSessionResponse)(nil),  // 14: heat.scheduler.v1.WatchSessionResponse
-	nil,                           // 15: heat.scheduler.v1.CreateSessionRequest.LabelsEntry
-	(*DagNode)(nil),               // 16: heat.scheduler.v1.DagNode
-	(*structpb.Struct)(nil),       // 17: google.protobuf.Struct
-	(*FileInput)(nil),             // 18: heat.scheduler.v1.FileInput
-	(*Session)(nil),               // 19: heat.scheduler.v1.Session
-	(SessionState)(0),             // 20: heat.scheduler.v1.SessionState
-	(*timestamppb.Timestamp)(nil), // 21: google.protobuf.Timestamp
-	(*Node)(nil),                  // 22: heat.scheduler.v1.Node
+	(*UpdateSessionRequest)(nil),  // 11: heat.scheduler.v1.UpdateSessionRequest
+	(*UpdateSessionResponse)(nil), // 12: heat.scheduler.v1.UpdateSessionResponse
+	(*WatchSessionRequest)(nil),   // 13: heat.scheduler.v1.WatchSessionRequest
+	(*NodeChange)(nil),            // 14: heat.scheduler.v1.NodeChange
+	(*SessionChange)(nil),         // 15: heat.scheduler.v1.SessionChange
+	(*WatchSessionResponse)(nil),  // 16: heat.scheduler.v1.WatchSessionResponse
+	nil,                           // 17: heat.scheduler.v1.CreateSessionRequest.LabelsEntry
+	(*DagNode)(nil),               // 18: heat.scheduler.v1.DagNode
+	(*structpb.Struct)(nil),       // 19: google.protobuf.Struct
+	(*FileInput)(nil),             // 20: heat.scheduler.v1.FileInput
+	(*Session)(nil),               // 21: heat.scheduler.v1.Session
+	(SessionState)(0),             // 22: heat.scheduler.v1.SessionState
+	(*timestamppb.Timestamp)(nil), // 23: google.protobuf.Timestamp
+	(*Node)(nil),                  // 24: heat.scheduler.v1.Node
+	(*fieldmaskpb.FieldMask)(nil), // 25: google.protobuf.FieldMask
 }
 var file_heat_scheduler_v1_session_service_proto_depIdxs = []int32{
-	16, // 0: heat.scheduler.v1.Dag.nodes:type_name -> heat.scheduler.v1.DagNode
+	18, // 0: heat.scheduler.v1.Dag.nodes:type_name -> heat.scheduler.v1.DagNode
 	0,  // 1: heat.scheduler.v1.CreateSessionRequest.dag:type_name -> heat.scheduler.v1.Dag
-	17, // 2: heat.scheduler.v1.CreateSessionRequest.parameters:type_name -> google.protobuf.Struct
-	15, // 3: heat.scheduler.v1.CreateSessionRequest.labels:type_name -> heat.scheduler.v1.CreateSessionRequest.LabelsEntry
-	18, // 4: heat.scheduler.v1.CreateSessionRequest.files:type_name -> heat.scheduler.v1.FileInput
-	19, // 5: heat.scheduler.v1.CreateSessionResponse.session:type_name -> heat.scheduler.v1.Session
-	19, // 6: heat.scheduler.v1.GetSessionResponse.session:type_name -> heat.scheduler.v1.Session
-	20, // 7: heat.scheduler.v1.ListSessionsRequest.states:type_name -> heat.scheduler.v1.SessionState
-	21, // 8: heat.scheduler.v1.ListSessionsRequest.create_time_after:type_name -> google.protobuf.Timestamp
-	21, // 9: heat.scheduler.v1.ListSessionsRequest.create_time_before:type_name -> google.protobuf.Timestamp
-	19, // 10: heat.scheduler.v1.ListSessionsResponse.sessions:type_name -> heat.scheduler.v1.Session
-	19, // 11: heat.scheduler.v1.CancelSessionResponse.session:type_name -> heat.scheduler.v1.Session
-	22, // 12: heat.scheduler.v1.CancelNodeResponse.node:type_name -> heat.scheduler.v1.Node
-	22, // 13: heat.scheduler.v1.NodeChange.node:type_name -> heat.scheduler.v1.Node
-	20, // 14: heat.scheduler.v1.SessionChange.state:type_name -> heat.scheduler.v1.SessionState
-	21, // 15: heat.scheduler.v1.SessionChange.time:type_name -> google.protobuf.Timestamp
-	19, // 16: heat.scheduler.v1.WatchSessionResponse.snapshot:type_name -> heat.scheduler.v1.Session
-	12, // 17: heat.scheduler.v1.WatchSessionResponse.node_change:type_name -> heat.scheduler.v1.NodeChange
-	13, // 18: heat.scheduler.v1.WatchSessionResponse.session_change:type_name -> heat.scheduler.v1.SessionChange
-	1,  // 19: heat.scheduler.v1.SessionService.CreateSession:input_type -> heat.scheduler.v1.CreateSessionRequest
-	3,  // 20: heat.scheduler.v1.SessionService.GetSession:input_type -> heat.scheduler.v1.GetSessionRequest
-	5,  // 21: heat.scheduler.v1.SessionService.ListSessions:input_type -> heat.scheduler.v1.ListSessionsRequest
-	7,  // 22: heat.scheduler.v1.SessionService.CancelSession:input_type -> heat.scheduler.v1.CancelSessionRequest
-	9,  // 23: heat.scheduler.v1.SessionService.CancelNode:input_type -> heat.scheduler.v1.CancelNodeRequest
-	11, // 24: heat.scheduler.v1.SessionService.WatchSession:input_type -> heat.scheduler.v1.WatchSessionRequest
-	2,  // 25: heat.scheduler.v1.SessionService.CreateSession:output_type -> heat.scheduler.v1.CreateSessionResponse
-	4,  // 26: heat.scheduler.v1.SessionService.GetSession:output_type -> heat.scheduler.v1.GetSessionResponse
-	6,  // 27: heat.scheduler.v1.SessionService.ListSessions:output_type -> heat.scheduler.v1.ListSessionsResponse
-	8,  // 28: heat.scheduler.v1.SessionService.CancelSession:output_type -> heat.scheduler.v1.CancelSessionResponse
-	10, // 29: heat.scheduler.v1.SessionService.CancelNode:output_type -> heat.scheduler.v1.CancelNodeResponse
-	14, // 30: heat.scheduler.v1.SessionService.WatchSession:output_type -> heat.scheduler.v1.WatchSessionResponse
-	25, // [25:31] is the sub-list for method output_type
-	19, // [19:25] is the sub-list for method input_type
-	19, // [19:19] is the sub-list for extension type_name
-	19, // [19:19] is the sub-list for extension extendee
-	0,  // [0:19] is the sub-list for field type_name
+	19, // 2: heat.scheduler.v1.CreateSessionRequest.parameters:type_name -> google.protobuf.Struct
+	17, // 3: heat.scheduler.v1.CreateSessionRequest.labels:type_name -> heat.scheduler.v1.CreateSessionRequest.LabelsEntry
+	20, // 4: heat.scheduler.v1.CreateSessionRequest.files:type_name -> heat.scheduler.v1.FileInput
+	21, // 5: heat.scheduler.v1.CreateSessionResponse.session:type_name -> heat.scheduler.v1.Session
+	21, // 6: heat.scheduler.v1.GetSessionResponse.session:type_name -> heat.scheduler.v1.Session
+	22, // 7: heat.scheduler.v1.ListSessionsRequest.states:type_name -> heat.scheduler.v1.SessionState
+	23, // 8: heat.scheduler.v1.ListSessionsRequest.create_time_after:type_name -> google.protobuf.Timestamp
+	23, // 9: heat.scheduler.v1.ListSessionsRequest.create_time_before:type_name -> google.protobuf.Timestamp
+	21, // 10: heat.scheduler.v1.ListSessionsResponse.sessions:type_name -> heat.scheduler.v1.Session
+	21, // 11: heat.scheduler.v1.CancelSessionResponse.session:type_name -> heat.scheduler.v1.Session
+	24, // 12: heat.scheduler.v1.CancelNodeResponse.node:type_name -> heat.scheduler.v1.Node
+	21, // 13: heat.scheduler.v1.UpdateSessionRequest.session:type_name -> heat.scheduler.v1.Session
+	25, // 14: heat.scheduler.v1.UpdateSessionRequest.update_mask:type_name -> google.protobuf.FieldMask
+	21, // 15: heat.scheduler.v1.UpdateSessionResponse.session:type_name -> heat.scheduler.v1.Session
+	24, // 16: heat.scheduler.v1.NodeChange.node:type_name -> heat.scheduler.v1.Node
+	22, // 17: heat.scheduler.v1.SessionChange.state:type_name -> heat.scheduler.v1.SessionState
+	23, // 18: heat.scheduler.v1.SessionChange.time:type_name -> google.protobuf.Timestamp
+	21, // 19: heat.scheduler.v1.WatchSessionResponse.snapshot:type_name -> heat.scheduler.v1.Session
+	14, // 20: heat.scheduler.v1.WatchSessionResponse.node_change:type_name -> heat.scheduler.v1.NodeChange
+	15, // 21: heat.scheduler.v1.WatchSessionResponse.session_change:type_name -> heat.scheduler.v1.SessionChange
+	1,  // 22: heat.scheduler.v1.SessionService.CreateSession:input_type -> heat.scheduler.v1.CreateSessionRequest
+	3,  // 23: heat.scheduler.v1.SessionService.GetSession:input_type -> heat.scheduler.v1.GetSessionRequest
+	5,  // 24: heat.scheduler.v1.SessionService.ListSessions:input_type -> heat.scheduler.v1.ListSessionsRequest
+	7,  // 25: heat.scheduler.v1.SessionService.CancelSession:input_type -> heat.scheduler.v1.CancelSessionRequest
+	9,  // 26: heat.scheduler.v1.SessionService.CancelNode:input_type -> heat.scheduler.v1.CancelNodeRequest
+	11, // 27: heat.scheduler.v1.SessionService.UpdateSession:input_type -> heat.scheduler.v1.UpdateSessionRequest
+	13, // 28: heat.scheduler.v1.SessionService.WatchSession:input_type -> heat.scheduler.v1.WatchSessionRequest
+	2,  // 29: heat.scheduler.v1.SessionService.CreateSession:output_type -> heat.scheduler.v1.CreateSessionResponse
+	4,  // 30: heat.scheduler.v1.SessionService.GetSession:output_type -> heat.scheduler.v1.GetSessionResponse
+	6,  // 31: heat.scheduler.v1.SessionService.ListSessions:output_type -> heat.scheduler.v1.ListSessionsResponse
+	8,  // 32: heat.scheduler.v1.SessionService.CancelSession:output_type -> heat.scheduler.v1.CancelSessionResponse
+	10, // 33: heat.scheduler.v1.SessionService.CancelNode:output_type -> heat.scheduler.v1.CancelNodeResponse
+	12, // 34: heat.scheduler.v1.SessionService.UpdateSession:output_type -> heat.scheduler.v1.UpdateSessionResponse
+	16, // 35: heat.scheduler.v1.SessionService.WatchSession:output_type -> heat.scheduler.v1.WatchSessionResponse
+	29, // [29:36] is the sub-list for method output_type
+	22, // [22:29] is the sub-list for method input_type
+	22, // [22:22] is the sub-list for extension type_name
+	22, // [22:22] is the sub-list for extension extendee
+	0,  // [0:22] is the sub-list for field type_name
 }
 
 func init() { file_heat_scheduler_v1_session_service_proto_init() }
@@ -1133,7 +1262,7 @@ func file_heat_scheduler_v1_session_service_proto_init() {
 		(*CreateSessionRequest_SessionTemplate)(nil),
 		(*CreateSessionRequest_Dag)(nil),
 	}
-	file_heat_scheduler_v1_session_service_proto_msgTypes[14].OneofWrappers = []any{
+	file_heat_scheduler_v1_session_service_proto_msgTypes[16].OneofWrappers = []any{
 		(*WatchSessionResponse_Snapshot)(nil),
 		(*WatchSessionResponse_NodeChange)(nil),
 		(*WatchSessionResponse_SessionChange)(nil),
@@ -1144,7 +1273,7 @@ func file_heat_scheduler_v1_session_service_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_heat_scheduler_v1_session_service_proto_rawDesc), len(file_heat_scheduler_v1_session_service_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   16,
+			NumMessages:   18,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -24,6 +24,7 @@ const (
 	SessionService_ListSessions_FullMethodName  = "/heat.scheduler.v1.SessionService/ListSessions"
 	SessionService_CancelSession_FullMethodName = "/heat.scheduler.v1.SessionService/CancelSession"
 	SessionService_CancelNode_FullMethodName    = "/heat.scheduler.v1.SessionService/CancelNode"
+	SessionService_UpdateSession_FullMethodName = "/heat.scheduler.v1.SessionService/UpdateSession"
 	SessionService_WatchSession_FullMethodName  = "/heat.scheduler.v1.SessionService/WatchSession"
 )
 
@@ -47,6 +48,9 @@ type SessionServiceClient interface {
 	// Cancels one node of a running Session; its downstream nodes are not
 	// run.
 	CancelNode(ctx context.Context, in *CancelNodeRequest, opts ...grpc.CallOption) (*CancelNodeResponse, error)
+	// Changes the fields of a Session named by the update mask: its priority.
+	// Its queued tasks are dispatched by the new value at once.
+	UpdateSession(ctx context.Context, in *UpdateSessionRequest, opts ...grpc.CallOption) (*UpdateSessionResponse, error)
 	// Streams the Session's current state, then every change, until it ends.
 	// Resumes after a cursor without missing or repeating a change.
 	WatchSession(ctx context.Context, in *WatchSessionRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchSessionResponse], error)
@@ -110,6 +114,16 @@ func (c *sessionServiceClient) CancelNode(ctx context.Context, in *CancelNodeReq
 	return out, nil
 }
 
+func (c *sessionServiceClient) UpdateSession(ctx context.Context, in *UpdateSessionRequest, opts ...grpc.CallOption) (*UpdateSessionResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(UpdateSessionResponse)
+	err := c.cc.Invoke(ctx, SessionService_UpdateSession_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *sessionServiceClient) WatchSession(ctx context.Context, in *WatchSessionRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchSessionResponse], error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	stream, err := c.cc.NewStream(ctx, &SessionService_ServiceDesc.Streams[0], SessionService_WatchSession_FullMethodName, cOpts...)
@@ -149,6 +163,9 @@ type SessionServiceServer interface {
 	// Cancels one node of a running Session; its downstream nodes are not
 	// run.
 	CancelNode(context.Context, *CancelNodeRequest) (*CancelNodeResponse, error)
+	// Changes the fields of a Session named by the update mask: its priority.
+	// Its queued tasks are dispatched by the new value at once.
+	UpdateSession(context.Context, *UpdateSessionRequest) (*UpdateSessionResponse, error)
 	// Streams the Session's current state, then every change, until it ends.
 	// Resumes after a cursor without missing or repeating a change.
 	WatchSession(*WatchSessionRequest, grpc.ServerStreamingServer[WatchSessionResponse]) error
@@ -176,6 +193,9 @@ func (UnimplementedSessionServiceServer) CancelSession(context.Context, *CancelS
 }
 func (UnimplementedSessionServiceServer) CancelNode(context.Context, *CancelNodeRequest) (*CancelNodeResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method CancelNode not implemented")
+}
+func (UnimplementedSessionServiceServer) UpdateSession(context.Context, *UpdateSessionRequest) (*UpdateSessionResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method UpdateSession not implemented")
 }
 func (UnimplementedSessionServiceServer) WatchSession(*WatchSessionRequest, grpc.ServerStreamingServer[WatchSessionResponse]) error {
 	return status.Error(codes.Unimplemented, "method WatchSession not implemented")
@@ -291,6 +311,24 @@ func _SessionService_CancelNode_Handler(srv interface{}, ctx context.Context, de
 	return interceptor(ctx, in, info, handler)
 }
 
+func _SessionService_UpdateSession_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(UpdateSessionRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SessionServiceServer).UpdateSession(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: SessionService_UpdateSession_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SessionServiceServer).UpdateSession(ctx, req.(*UpdateSessionRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _SessionService_WatchSession_Handler(srv interface{}, stream grpc.ServerStream) error {
 	m := new(WatchSessionRequest)
 	if err := stream.RecvMsg(m); err != nil {
@@ -328,6 +366,10 @@ var SessionService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "CancelNode",
 			Handler:    _SessionService_CancelNode_Handler,
+		},
+		{
+			MethodName: "UpdateSession",
+			Handler:    _SessionService_UpdateSession_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

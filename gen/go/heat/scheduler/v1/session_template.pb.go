@@ -40,9 +40,12 @@ type SessionTemplate struct {
 	// Output only. When the template was created.
 	CreateTime *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
 	// Output only. When the template was last changed.
-	UpdateTime    *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	UpdateTime *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
+	// Priority level, 1 (lowest) to 9 (highest), of Sessions created from it
+	// that do not set one. Zero means the scheduler's default, 5.
+	DefaultPriority int32 `protobuf:"varint,7,opt,name=default_priority,json=defaultPriority,proto3" json:"default_priority,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *SessionTemplate) Reset() {
@@ -115,6 +118,13 @@ func (x *SessionTemplate) GetUpdateTime() *timestamppb.Timestamp {
 		return x.UpdateTime
 	}
 	return nil
+}
+
+func (x *SessionTemplate) GetDefaultPriority() int32 {
+	if x != nil {
+		return x.DefaultPriority
+	}
+	return 0
 }
 
 // One node of a DAG, as written in a Session Template or an inline Session.
@@ -196,7 +206,7 @@ var File_heat_scheduler_v1_session_template_proto protoreflect.FileDescriptor
 
 const file_heat_scheduler_v1_session_template_proto_rawDesc = "" +
 	"\n" +
-	"(heat/scheduler/v1/session_template.proto\x12\x11heat.scheduler.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xbb\x02\n" +
+	"(heat/scheduler/v1/session_template.proto\x12\x11heat.scheduler.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe6\x02\n" +
 	"\x0fSessionTemplate\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12 \n" +
 	"\vdescription\x18\x02 \x01(\tR\vdescription\x120\n" +
@@ -205,7 +215,8 @@ const file_heat_scheduler_v1_session_template_proto_rawDesc = "" +
 	"\vcreate_time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"createTime\x12;\n" +
 	"\vupdate_time\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"updateTime\"\x90\x01\n" +
+	"updateTime\x12)\n" +
+	"\x10default_priority\x18\a \x01(\x05R\x0fdefaultPriority\"\x90\x01\n" +
 	"\aDagNode\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12#\n" +
 	"\rnode_template\x18\x02 \x01(\tR\fnodeTemplate\x12/\n" +

@@ -26,7 +26,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fheat/scheduler/v1/session.proto\x12\x11heat.scheduler.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc8\x04\n\x07Session\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x18\n\x10session_template\x18\x02 \x01(\t\x12+\n\nparameters\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12.\n\x05state\x18\x04 \x01(\x0e\x32\x1f.heat.scheduler.v1.SessionState\x12&\n\x05nodes\x18\x05 \x03(\x0b\x32\x17.heat.scheduler.v1.Node\x12?\n\x0bnode_counts\x18\x06 \x03(\x0b\x32*.heat.scheduler.v1.Session.NodeCountsEntry\x12\x36\n\x06labels\x18\x07 \x03(\x0b\x32&.heat.scheduler.v1.Session.LabelsEntry\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstart_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0cstate_reason\x18\x0b \x01(\t\x12\x10\n\x08trace_id\x18\x0c \x01(\t\x1a\x31\n\x0fNodeCountsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x05:\x02\x38\x01\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xb1\x04\n\x04Node\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x15\n\rnode_template\x18\x02 \x01(\t\x12\x0e\n\x06runner\x18\x03 \x01(\t\x12\'\n\x06\x63onfig\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x12\n\ndepends_on\x18\x05 \x03(\t\x12+\n\x05state\x18\x06 \x01(\x0e\x32\x1c.heat.scheduler.v1.NodeState\x12\x0f\n\x07\x61ttempt\x18\x07 \x01(\x05\x12\'\n\x07outputs\x18\x08 \x01(\x0b\x32\x16.google.protobuf.Value\x12+\n\x05\x65rror\x18\t \x01(\x0b\x32\x1c.heat.scheduler.v1.NodeError\x12.\n\nready_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstart_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x11next_attempt_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\x05\x66iles\x18\x0e \x03(\x0b\x32\".heat.scheduler.v1.Node.FilesEntry\x1a,\n\nFilesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"j\n\tNodeError\x12\x0f\n\x07\x61ttempt\x18\x01 \x01(\x05\x12\x11\n\tretryable\x18\x02 \x01(\x08\x12\x0f\n\x07message\x18\x03 \x01(\t\x12(\n\x07\x64\x65tails\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct*\xb7\x01\n\x0cSessionState\x12\x1d\n\x19SESSION_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15SESSION_STATE_PENDING\x10\x01\x12\x19\n\x15SESSION_STATE_RUNNING\x10\x02\x12\x1b\n\x17SESSION_STATE_SUCCEEDED\x10\x03\x12\x18\n\x14SESSION_STATE_FAILED\x10\x04\x12\x1b\n\x17SESSION_STATE_CANCELLED\x10\x05*\xf4\x01\n\tNodeState\x12\x1a\n\x16NODE_STATE_UNSPECIFIED\x10\x00\x12\x16\n\x12NODE_STATE_WAITING\x10\x01\x12\x15\n\x11NODE_STATE_QUEUED\x10\x02\x12\x16\n\x12NODE_STATE_RUNNING\x10\x03\x12\x19\n\x15NODE_STATE_RETRY_WAIT\x10\x04\x12\x18\n\x14NODE_STATE_SUCCEEDED\x10\x05\x12\x15\n\x11NODE_STATE_FAILED\x10\x06\x12\x18\n\x14NODE_STATE_CANCELLED\x10\x07\x12\x1e\n\x1aNODE_STATE_UPSTREAM_FAILED\x10\x08\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fheat/scheduler/v1/session.proto\x12\x11heat.scheduler.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf0\x04\n\x07Session\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x18\n\x10session_template\x18\x02 \x01(\t\x12+\n\nparameters\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12.\n\x05state\x18\x04 \x01(\x0e\x32\x1f.heat.scheduler.v1.SessionState\x12&\n\x05nodes\x18\x05 \x03(\x0b\x32\x17.heat.scheduler.v1.Node\x12?\n\x0bnode_counts\x18\x06 \x03(\x0b\x32*.heat.scheduler.v1.Session.NodeCountsEntry\x12\x36\n\x06labels\x18\x07 \x03(\x0b\x32&.heat.scheduler.v1.Session.LabelsEntry\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstart_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0cstate_reason\x18\x0b \x01(\t\x12\x10\n\x08trace_id\x18\x0c \x01(\t\x12\x10\n\x08priority\x18\r \x01(\x05\x12\x14\n\x0c\x66\x61irness_key\x18\x0e \x01(\t\x1a\x31\n\x0fNodeCountsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x05:\x02\x38\x01\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xb1\x04\n\x04Node\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x15\n\rnode_template\x18\x02 \x01(\t\x12\x0e\n\x06runner\x18\x03 \x01(\t\x12\'\n\x06\x63onfig\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x12\n\ndepends_on\x18\x05 \x03(\t\x12+\n\x05state\x18\x06 \x01(\x0e\x32\x1c.heat.scheduler.v1.NodeState\x12\x0f\n\x07\x61ttempt\x18\x07 \x01(\x05\x12\'\n\x07outputs\x18\x08 \x01(\x0b\x32\x16.google.protobuf.Value\x12+\n\x05\x65rror\x18\t \x01(\x0b\x32\x1c.heat.scheduler.v1.NodeError\x12.\n\nready_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstart_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x11next_attempt_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\x05\x66iles\x18\x0e \x03(\x0b\x32\".heat.scheduler.v1.Node.FilesEntry\x1a,\n\nFilesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"j\n\tNodeError\x12\x0f\n\x07\x61ttempt\x18\x01 \x01(\x05\x12\x11\n\tretryable\x18\x02 \x01(\x08\x12\x0f\n\x07message\x18\x03 \x01(\t\x12(\n\x07\x64\x65tails\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct*\xb7\x01\n\x0cSessionState\x12\x1d\n\x19SESSION_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15SESSION_STATE_PENDING\x10\x01\x12\x19\n\x15SESSION_STATE_RUNNING\x10\x02\x12\x1b\n\x17SESSION_STATE_SUCCEEDED\x10\x03\x12\x18\n\x14SESSION_STATE_FAILED\x10\x04\x12\x1b\n\x17SESSION_STATE_CANCELLED\x10\x05*\xf4\x01\n\tNodeState\x12\x1a\n\x16NODE_STATE_UNSPECIFIED\x10\x00\x12\x16\n\x12NODE_STATE_WAITING\x10\x01\x12\x15\n\x11NODE_STATE_QUEUED\x10\x02\x12\x16\n\x12NODE_STATE_RUNNING\x10\x03\x12\x19\n\x15NODE_STATE_RETRY_WAIT\x10\x04\x12\x18\n\x14NODE_STATE_SUCCEEDED\x10\x05\x12\x15\n\x11NODE_STATE_FAILED\x10\x06\x12\x18\n\x14NODE_STATE_CANCELLED\x10\x07\x12\x1e\n\x1aNODE_STATE_UPSTREAM_FAILED\x10\x08\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,20 +39,20 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SESSION_LABELSENTRY']._serialized_options = b'8\001'
   _globals['_NODE_FILESENTRY']._loaded_options = None
   _globals['_NODE_FILESENTRY']._serialized_options = b'8\001'
-  _globals['_SESSIONSTATE']._serialized_start=1377
-  _globals['_SESSIONSTATE']._serialized_end=1560
-  _globals['_NODESTATE']._serialized_start=1563
-  _globals['_NODESTATE']._serialized_end=1807
+  _globals['_SESSIONSTATE']._serialized_start=1417
+  _globals['_SESSIONSTATE']._serialized_end=1600
+  _globals['_NODESTATE']._serialized_start=1603
+  _globals['_NODESTATE']._serialized_end=1847
   _globals['_SESSION']._serialized_start=118
-  _globals['_SESSION']._serialized_end=702
-  _globals['_SESSION_NODECOUNTSENTRY']._serialized_start=606
-  _globals['_SESSION_NODECOUNTSENTRY']._serialized_end=655
-  _globals['_SESSION_LABELSENTRY']._serialized_start=657
-  _globals['_SESSION_LABELSENTRY']._serialized_end=702
-  _globals['_NODE']._serialized_start=705
-  _globals['_NODE']._serialized_end=1266
-  _globals['_NODE_FILESENTRY']._serialized_start=1222
-  _globals['_NODE_FILESENTRY']._serialized_end=1266
-  _globals['_NODEERROR']._serialized_start=1268
-  _globals['_NODEERROR']._serialized_end=1374
+  _globals['_SESSION']._serialized_end=742
+  _globals['_SESSION_NODECOUNTSENTRY']._serialized_start=646
+  _globals['_SESSION_NODECOUNTSENTRY']._serialized_end=695
+  _globals['_SESSION_LABELSENTRY']._serialized_start=697
+  _globals['_SESSION_LABELSENTRY']._serialized_end=742
+  _globals['_NODE']._serialized_start=745
+  _globals['_NODE']._serialized_end=1306
+  _globals['_NODE_FILESENTRY']._serialized_start=1262
+  _globals['_NODE_FILESENTRY']._serialized_end=1306
+  _globals['_NODEERROR']._serialized_start=1308
+  _globals['_NODEERROR']._serialized_end=1414
 # @@protoc_insertion_point(module_scope)

@@ -165,6 +165,8 @@ class Session(_message.Message):
     END_TIME_FIELD_NUMBER: _builtins.int
     STATE_REASON_FIELD_NUMBER: _builtins.int
     TRACE_ID_FIELD_NUMBER: _builtins.int
+    PRIORITY_FIELD_NUMBER: _builtins.int
+    FAIRNESS_KEY_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Unique name of the Session, assigned by the scheduler."""
     session_template: _builtins.str
@@ -175,6 +177,16 @@ class Session(_message.Message):
     """Why the Session was cancelled or failed; empty otherwise."""
     trace_id: _builtins.str
     """The OpenTelemetry trace id of the Session, in hex."""
+    priority: _builtins.int
+    """Priority level, 1 (lowest) to 9 (highest): higher levels are dispatched
+    first. Set at creation (else the Session Template's default_priority,
+    else 5); changed with UpdateSession.
+    """
+    fairness_key: _builtins.str
+    """Output only. The fairness key its Runners are shared by: the value of
+    the label the scheduler is configured to read (by default "team");
+    empty without that label.
+    """
     @_builtins.property
     def parameters(self) -> _struct_pb2.Struct:
         """Session parameters, given to every node's task."""
@@ -218,10 +230,12 @@ class Session(_message.Message):
         end_time: _timestamp_pb2.Timestamp | None = ...,
         state_reason: _builtins.str = ...,
         trace_id: _builtins.str = ...,
+        priority: _builtins.int = ...,
+        fairness_key: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "end_time", b"end_time", "parameters", b"parameters", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "end_time", b"end_time", "labels", b"labels", "name", b"name", "node_counts", b"node_counts", "nodes", b"nodes", "parameters", b"parameters", "session_template", b"session_template", "start_time", b"start_time", "state", b"state", "state_reason", b"state_reason", "trace_id", b"trace_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "end_time", b"end_time", "fairness_key", b"fairness_key", "labels", b"labels", "name", b"name", "node_counts", b"node_counts", "nodes", b"nodes", "parameters", b"parameters", "priority", b"priority", "session_template", b"session_template", "start_time", b"start_time", "state", b"state", "state_reason", b"state_reason", "trace_id", b"trace_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -22,6 +22,7 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from heat.scheduler.v1 import artifact_pb2 as heat_dot_scheduler_dot_v1_dot_artifact__pb2
@@ -29,7 +30,7 @@ from heat.scheduler.v1 import session_pb2 as heat_dot_scheduler_dot_v1_dot_sessi
 from heat.scheduler.v1 import session_template_pb2 as heat_dot_scheduler_dot_v1_dot_session__template__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'heat/scheduler/v1/session_service.proto\x12\x11heat.scheduler.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a heat/scheduler/v1/artifact.proto\x1a\x1fheat/scheduler/v1/session.proto\x1a(heat/scheduler/v1/session_template.proto\"0\n\x03\x44\x61g\x12)\n\x05nodes\x18\x01 \x03(\x0b\x32\x1a.heat.scheduler.v1.DagNode\"\xc5\x02\n\x14\x43reateSessionRequest\x12\x1a\n\x10session_template\x18\x01 \x01(\tH\x00\x12%\n\x03\x64\x61g\x18\x02 \x01(\x0b\x32\x16.heat.scheduler.v1.DagH\x00\x12+\n\nparameters\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x43\n\x06labels\x18\x04 \x03(\x0b\x32\x33.heat.scheduler.v1.CreateSessionRequest.LabelsEntry\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12+\n\x05\x66iles\x18\x07 \x03(\x0b\x32\x1c.heat.scheduler.v1.FileInput\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x08\n\x06source\"D\n\x15\x43reateSessionResponse\x12+\n\x07session\x18\x01 \x01(\x0b\x32\x1a.heat.scheduler.v1.Session\"!\n\x11GetSessionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"A\n\x12GetSessionResponse\x12+\n\x07session\x18\x01 \x01(\x0b\x32\x1a.heat.scheduler.v1.Session\"\xf6\x01\n\x13ListSessionsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12/\n\x06states\x18\x03 \x03(\x0e\x32\x1f.heat.scheduler.v1.SessionState\x12\x18\n\x10session_template\x18\x04 \x01(\t\x12\x35\n\x11\x63reate_time_after\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x36\n\x12\x63reate_time_before\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"]\n\x14ListSessionsResponse\x12,\n\x08sessions\x18\x01 \x03(\x0b\x32\x1a.heat.scheduler.v1.Session\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"4\n\x14\x43\x61ncelSessionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"D\n\x15\x43\x61ncelSessionResponse\x12+\n\x07session\x18\x01 \x01(\x0b\x32\x1a.heat.scheduler.v1.Session\"A\n\x11\x43\x61ncelNodeRequest\x12\x0f\n\x07session\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\";\n\x12\x43\x61ncelNodeResponse\x12%\n\x04node\x18\x01 \x01(\x0b\x32\x17.heat.scheduler.v1.Node\"3\n\x13WatchSessionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06\x63ursor\x18\x02 \x01(\t\"3\n\nNodeChange\x12%\n\x04node\x18\x01 \x01(\x0b\x32\x17.heat.scheduler.v1.Node\"\x7f\n\rSessionChange\x12.\n\x05state\x18\x01 \x01(\x0e\x32\x1f.heat.scheduler.v1.SessionState\x12\x14\n\x0cstate_reason\x18\x02 \x01(\t\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xd1\x01\n\x14WatchSessionResponse\x12\x0e\n\x06\x63ursor\x18\x01 \x01(\t\x12.\n\x08snapshot\x18\x02 \x01(\x0b\x32\x1a.heat.scheduler.v1.SessionH\x00\x12\x34\n\x0bnode_change\x18\x03 \x01(\x0b\x32\x1d.heat.scheduler.v1.NodeChangeH\x00\x12:\n\x0esession_change\x18\x04 \x01(\x0b\x32 .heat.scheduler.v1.SessionChangeH\x00\x42\x07\n\x05\x65vent2\xd2\x04\n\x0eSessionService\x12\x62\n\rCreateSession\x12\'.heat.scheduler.v1.CreateSessionRequest\x1a(.heat.scheduler.v1.CreateSessionResponse\x12Y\n\nGetSession\x12$.heat.scheduler.v1.GetSessionRequest\x1a%.heat.scheduler.v1.GetSessionResponse\x12_\n\x0cListSessions\x12&.heat.scheduler.v1.ListSessionsRequest\x1a\'.heat.scheduler.v1.ListSessionsResponse\x12\x62\n\rCancelSession\x12\'.heat.scheduler.v1.CancelSessionRequest\x1a(.heat.scheduler.v1.CancelSessionResponse\x12Y\n\nCancelNode\x12$.heat.scheduler.v1.CancelNodeRequest\x1a%.heat.scheduler.v1.CancelNodeResponse\x12\x61\n\x0cWatchSession\x12&.heat.scheduler.v1.WatchSessionRequest\x1a\'.heat.scheduler.v1.WatchSessionResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'heat/scheduler/v1/session_service.proto\x12\x11heat.scheduler.v1\x1a google/protobuf/field_mask.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a heat/scheduler/v1/artifact.proto\x1a\x1fheat/scheduler/v1/session.proto\x1a(heat/scheduler/v1/session_template.proto\"0\n\x03\x44\x61g\x12)\n\x05nodes\x18\x01 \x03(\x0b\x32\x1a.heat.scheduler.v1.DagNode\"\xd7\x02\n\x14\x43reateSessionRequest\x12\x1a\n\x10session_template\x18\x01 \x01(\tH\x00\x12%\n\x03\x64\x61g\x18\x02 \x01(\x0b\x32\x16.heat.scheduler.v1.DagH\x00\x12+\n\nparameters\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x43\n\x06labels\x18\x04 \x03(\x0b\x32\x33.heat.scheduler.v1.CreateSessionRequest.LabelsEntry\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\x10\n\x08priority\x18\x06 \x01(\x05\x12+\n\x05\x66iles\x18\x07 \x03(\x0b\x32\x1c.heat.scheduler.v1.FileInput\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x08\n\x06source\"D\n\x15\x43reateSessionResponse\x12+\n\x07session\x18\x01 \x01(\x0b\x32\x1a.heat.scheduler.v1.Session\"!\n\x11GetSessionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"A\n\x12GetSessionResponse\x12+\n\x07session\x18\x01 \x01(\x0b\x32\x1a.heat.scheduler.v1.Session\"\xf6\x01\n\x13ListSessionsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12/\n\x06states\x18\x03 \x03(\x0e\x32\x1f.heat.scheduler.v1.SessionState\x12\x18\n\x10session_template\x18\x04 \x01(\t\x12\x35\n\x11\x63reate_time_after\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x36\n\x12\x63reate_time_before\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"]\n\x14ListSessionsResponse\x12,\n\x08sessions\x18\x01 \x03(\x0b\x32\x1a.heat.scheduler.v1.Session\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"4\n\x14\x43\x61ncelSessionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"D\n\x15\x43\x61ncelSessionResponse\x12+\n\x07session\x18\x01 \x01(\x0b\x32\x1a.heat.scheduler.v1.Session\"A\n\x11\x43\x61ncelNodeRequest\x12\x0f\n\x07session\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\";\n\x12\x43\x61ncelNodeResponse\x12%\n\x04node\x18\x01 \x01(\x0b\x32\x17.heat.scheduler.v1.Node\"t\n\x14UpdateSessionRequest\x12+\n\x07session\x18\x01 \x01(\x0b\x32\x1a.heat.scheduler.v1.Session\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"D\n\x15UpdateSessionResponse\x12+\n\x07session\x18\x01 \x01(\x0b\x32\x1a.heat.scheduler.v1.Session\"3\n\x13WatchSessionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06\x63ursor\x18\x02 \x01(\t\"3\n\nNodeChange\x12%\n\x04node\x18\x01 \x01(\x0b\x32\x17.heat.scheduler.v1.Node\"\x7f\n\rSessionChange\x12.\n\x05state\x18\x01 \x01(\x0e\x32\x1f.heat.scheduler.v1.SessionState\x12\x14\n\x0cstate_reason\x18\x02 \x01(\t\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xd1\x01\n\x14WatchSessionResponse\x12\x0e\n\x06\x63ursor\x18\x01 \x01(\t\x12.\n\x08snapshot\x18\x02 \x01(\x0b\x32\x1a.heat.scheduler.v1.SessionH\x00\x12\x34\n\x0bnode_change\x18\x03 \x01(\x0b\x32\x1d.heat.scheduler.v1.NodeChangeH\x00\x12:\n\x0esession_change\x18\x04 \x01(\x0b\x32 .heat.scheduler.v1.SessionChangeH\x00\x42\x07\n\x05\x65vent2\xb6\x05\n\x0eSessionService\x12\x62\n\rCreateSession\x12\'.heat.scheduler.v1.CreateSessionRequest\x1a(.heat.scheduler.v1.CreateSessionResponse\x12Y\n\nGetSession\x12$.heat.scheduler.v1.GetSessionRequest\x1a%.heat.scheduler.v1.GetSessionResponse\x12_\n\x0cListSessions\x12&.heat.scheduler.v1.ListSessionsRequest\x1a\'.heat.scheduler.v1.ListSessionsResponse\x12\x62\n\rCancelSession\x12\'.heat.scheduler.v1.CancelSessionRequest\x1a(.heat.scheduler.v1.CancelSessionResponse\x12Y\n\nCancelNode\x12$.heat.scheduler.v1.CancelNodeRequest\x1a%.heat.scheduler.v1.CancelNodeResponse\x12\x62\n\rUpdateSession\x12\'.heat.scheduler.v1.UpdateSessionRequest\x1a(.heat.scheduler.v1.UpdateSessionResponse\x12\x61\n\x0cWatchSession\x12&.heat.scheduler.v1.WatchSessionRequest\x1a\'.heat.scheduler.v1.WatchSessionResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,38 +39,42 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_CREATESESSIONREQUEST_LABELSENTRY']._loaded_options = None
   _globals['_CREATESESSIONREQUEST_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_DAG']._serialized_start=234
-  _globals['_DAG']._serialized_end=282
-  _globals['_CREATESESSIONREQUEST']._serialized_start=285
-  _globals['_CREATESESSIONREQUEST']._serialized_end=610
-  _globals['_CREATESESSIONREQUEST_LABELSENTRY']._serialized_start=555
-  _globals['_CREATESESSIONREQUEST_LABELSENTRY']._serialized_end=600
-  _globals['_CREATESESSIONRESPONSE']._serialized_start=612
-  _globals['_CREATESESSIONRESPONSE']._serialized_end=680
-  _globals['_GETSESSIONREQUEST']._serialized_start=682
-  _globals['_GETSESSIONREQUEST']._serialized_end=715
-  _globals['_GETSESSIONRESPONSE']._serialized_start=717
-  _globals['_GETSESSIONRESPONSE']._serialized_end=782
-  _globals['_LISTSESSIONSREQUEST']._serialized_start=785
-  _globals['_LISTSESSIONSREQUEST']._serialized_end=1031
-  _globals['_LISTSESSIONSRESPONSE']._serialized_start=1033
-  _globals['_LISTSESSIONSRESPONSE']._serialized_end=1126
-  _globals['_CANCELSESSIONREQUEST']._serialized_start=1128
-  _globals['_CANCELSESSIONREQUEST']._serialized_end=1180
-  _globals['_CANCELSESSIONRESPONSE']._serialized_start=1182
-  _globals['_CANCELSESSIONRESPONSE']._serialized_end=1250
-  _globals['_CANCELNODEREQUEST']._serialized_start=1252
-  _globals['_CANCELNODEREQUEST']._serialized_end=1317
-  _globals['_CANCELNODERESPONSE']._serialized_start=1319
-  _globals['_CANCELNODERESPONSE']._serialized_end=1378
-  _globals['_WATCHSESSIONREQUEST']._serialized_start=1380
-  _globals['_WATCHSESSIONREQUEST']._serialized_end=1431
-  _globals['_NODECHANGE']._serialized_start=1433
-  _globals['_NODECHANGE']._serialized_end=1484
-  _globals['_SESSIONCHANGE']._serialized_start=1486
-  _globals['_SESSIONCHANGE']._serialized_end=1613
-  _globals['_WATCHSESSIONRESPONSE']._serialized_start=1616
-  _globals['_WATCHSESSIONRESPONSE']._serialized_end=1825
-  _globals['_SESSIONSERVICE']._serialized_start=1828
-  _globals['_SESSIONSERVICE']._serialized_end=2422
+  _globals['_DAG']._serialized_start=268
+  _globals['_DAG']._serialized_end=316
+  _globals['_CREATESESSIONREQUEST']._serialized_start=319
+  _globals['_CREATESESSIONREQUEST']._serialized_end=662
+  _globals['_CREATESESSIONREQUEST_LABELSENTRY']._serialized_start=607
+  _globals['_CREATESESSIONREQUEST_LABELSENTRY']._serialized_end=652
+  _globals['_CREATESESSIONRESPONSE']._serialized_start=664
+  _globals['_CREATESESSIONRESPONSE']._serialized_end=732
+  _globals['_GETSESSIONREQUEST']._serialized_start=734
+  _globals['_GETSESSIONREQUEST']._serialized_end=767
+  _globals['_GETSESSIONRESPONSE']._serialized_start=769
+  _globals['_GETSESSIONRESPONSE']._serialized_end=834
+  _globals['_LISTSESSIONSREQUEST']._serialized_start=837
+  _globals['_LISTSESSIONSREQUEST']._serialized_end=1083
+  _globals['_LISTSESSIONSRESPONSE']._serialized_start=1085
+  _globals['_LISTSESSIONSRESPONSE']._serialized_end=1178
+  _globals['_CANCELSESSIONREQUEST']._serialized_start=1180
+  _globals['_CANCELSESSIONREQUEST']._serialized_end=1232
+  _globals['_CANCELSESSIONRESPONSE']._serialized_start=1234
+  _globals['_CANCELSESSIONRESPONSE']._serialized_end=1302
+  _globals['_CANCELNODEREQUEST']._serialized_start=1304
+  _globals['_CANCELNODEREQUEST']._serialized_end=1369
+  _globals['_CANCELNODERESPONSE']._serialized_start=1371
+  _globals['_CANCELNODERESPONSE']._serialized_end=1430
+  _globals['_UPDATESESSIONREQUEST']._serialized_start=1432
+  _globals['_UPDATESESSIONREQUEST']._serialized_end=1548
+  _globals['_UPDATESESSIONRESPONSE']._serialized_start=1550
+  _globals['_UPDATESESSIONRESPONSE']._serialized_end=1618
+  _globals['_WATCHSESSIONREQUEST']._serialized_start=1620
+  _globals['_WATCHSESSIONREQUEST']._serialized_end=1671
+  _globals['_NODECHANGE']._serialized_start=1673
+  _globals['_NODECHANGE']._serialized_end=1724
+  _globals['_SESSIONCHANGE']._serialized_start=1726
+  _globals['_SESSIONCHANGE']._serialized_end=1853
+  _globals['_WATCHSESSIONRESPONSE']._serialized_start=1856
+  _globals['_WATCHSESSIONRESPONSE']._serialized_end=2065
+  _globals['_SESSIONSERVICE']._serialized_start=2068
+  _globals['_SESSIONSERVICE']._serialized_end=2762
 # @@protoc_insertion_point(module_scope)

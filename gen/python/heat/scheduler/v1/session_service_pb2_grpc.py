@@ -61,6 +61,11 @@ class SessionServiceStub:
                 request_serializer=heat_dot_scheduler_dot_v1_dot_session__service__pb2.CancelNodeRequest.SerializeToString,
                 response_deserializer=heat_dot_scheduler_dot_v1_dot_session__service__pb2.CancelNodeResponse.FromString,
                 _registered_method=True)
+        self.UpdateSession = channel.unary_unary(
+                '/heat.scheduler.v1.SessionService/UpdateSession',
+                request_serializer=heat_dot_scheduler_dot_v1_dot_session__service__pb2.UpdateSessionRequest.SerializeToString,
+                response_deserializer=heat_dot_scheduler_dot_v1_dot_session__service__pb2.UpdateSessionResponse.FromString,
+                _registered_method=True)
         self.WatchSession = channel.unary_stream(
                 '/heat.scheduler.v1.SessionService/WatchSession',
                 request_serializer=heat_dot_scheduler_dot_v1_dot_session__service__pb2.WatchSessionRequest.SerializeToString,
@@ -111,6 +116,14 @@ class SessionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UpdateSession(self, request, context):
+        """Changes the fields of a Session named by the update mask: its priority.
+        Its queued tasks are dispatched by the new value at once.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def WatchSession(self, request, context):
         """Streams the Session's current state, then every change, until it ends.
         Resumes after a cursor without missing or repeating a change.
@@ -146,6 +159,11 @@ def add_SessionServiceServicer_to_server(servicer, server):
                     servicer.CancelNode,
                     request_deserializer=heat_dot_scheduler_dot_v1_dot_session__service__pb2.CancelNodeRequest.FromString,
                     response_serializer=heat_dot_scheduler_dot_v1_dot_session__service__pb2.CancelNodeResponse.SerializeToString,
+            ),
+            'UpdateSession': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateSession,
+                    request_deserializer=heat_dot_scheduler_dot_v1_dot_session__service__pb2.UpdateSessionRequest.FromString,
+                    response_serializer=heat_dot_scheduler_dot_v1_dot_session__service__pb2.UpdateSessionResponse.SerializeToString,
             ),
             'WatchSession': grpc.unary_stream_rpc_method_handler(
                     servicer.WatchSession,
@@ -290,6 +308,33 @@ class SessionService:
             '/heat.scheduler.v1.SessionService/CancelNode',
             heat_dot_scheduler_dot_v1_dot_session__service__pb2.CancelNodeRequest.SerializeToString,
             heat_dot_scheduler_dot_v1_dot_session__service__pb2.CancelNodeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/heat.scheduler.v1.SessionService/UpdateSession',
+            heat_dot_scheduler_dot_v1_dot_session__service__pb2.UpdateSessionRequest.SerializeToString,
+            heat_dot_scheduler_dot_v1_dot_session__service__pb2.UpdateSessionResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -51,6 +51,10 @@ class SessionServiceStub:
     """Cancels one node of a running Session; its downstream nodes are not
     run.
     """
+    UpdateSession: _grpc.UnaryUnaryMultiCallable[_session_service_pb2.UpdateSessionRequest, _session_service_pb2.UpdateSessionResponse]
+    """Changes the fields of a Session named by the update mask: its priority.
+    Its queued tasks are dispatched by the new value at once.
+    """
     WatchSession: _grpc.UnaryStreamMultiCallable[_session_service_pb2.WatchSessionRequest, _session_service_pb2.WatchSessionResponse]
     """Streams the Session's current state, then every change, until it ends.
     Resumes after a cursor without missing or repeating a change.
@@ -78,6 +82,10 @@ class SessionServiceAsyncStub(SessionServiceStub):
     CancelNode: _aio.UnaryUnaryMultiCallable[_session_service_pb2.CancelNodeRequest, _session_service_pb2.CancelNodeResponse]  # type: ignore[assignment]
     """Cancels one node of a running Session; its downstream nodes are not
     run.
+    """
+    UpdateSession: _aio.UnaryUnaryMultiCallable[_session_service_pb2.UpdateSessionRequest, _session_service_pb2.UpdateSessionResponse]  # type: ignore[assignment]
+    """Changes the fields of a Session named by the update mask: its priority.
+    Its queued tasks are dispatched by the new value at once.
     """
     WatchSession: _aio.UnaryStreamMultiCallable[_session_service_pb2.WatchSessionRequest, _session_service_pb2.WatchSessionResponse]  # type: ignore[assignment]
     """Streams the Session's current state, then every change, until it ends.
@@ -133,6 +141,16 @@ class SessionServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_session_service_pb2.CancelNodeResponse, _abc.Awaitable[_session_service_pb2.CancelNodeResponse]]:
         """Cancels one node of a running Session; its downstream nodes are not
         run.
+        """
+
+    @_abc_1.abstractmethod
+    def UpdateSession(
+        self,
+        request: _session_service_pb2.UpdateSessionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_session_service_pb2.UpdateSessionResponse, _abc.Awaitable[_session_service_pb2.UpdateSessionResponse]]:
+        """Changes the fields of a Session named by the update mask: its priority.
+        Its queued tasks are dispatched by the new value at once.
         """
 
     @_abc_1.abstractmethod

@@ -26,7 +26,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(heat/scheduler/v1/session_template.proto\x12\x11heat.scheduler.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf6\x01\n\x0fSessionTemplate\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12)\n\x05nodes\x18\x03 \x03(\x0b\x32\x1a.heat.scheduler.v1.DagNode\x12\x33\n\x12\x64\x65\x66\x61ult_parameters\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"j\n\x07\x44\x61gNode\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x15\n\rnode_template\x18\x02 \x01(\t\x12\'\n\x06\x63onfig\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x12\n\ndepends_on\x18\x04 \x03(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(heat/scheduler/v1/session_template.proto\x12\x11heat.scheduler.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x90\x02\n\x0fSessionTemplate\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12)\n\x05nodes\x18\x03 \x03(\x0b\x32\x1a.heat.scheduler.v1.DagNode\x12\x33\n\x12\x64\x65\x66\x61ult_parameters\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x18\n\x10\x64\x65\x66\x61ult_priority\x18\x07 \x01(\x05\"j\n\x07\x44\x61gNode\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x15\n\rnode_template\x18\x02 \x01(\t\x12\'\n\x06\x63onfig\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x12\n\ndepends_on\x18\x04 \x03(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,7 +34,7 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'heat.scheduler.v1.session_t
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_SESSIONTEMPLATE']._serialized_start=127
-  _globals['_SESSIONTEMPLATE']._serialized_end=373
-  _globals['_DAGNODE']._serialized_start=375
-  _globals['_DAGNODE']._serialized_end=481
+  _globals['_SESSIONTEMPLATE']._serialized_end=399
+  _globals['_DAGNODE']._serialized_start=401
+  _globals['_DAGNODE']._serialized_end=507
 # @@protoc_insertion_point(module_scope)

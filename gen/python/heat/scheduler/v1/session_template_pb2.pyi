@@ -35,10 +35,15 @@ class SessionTemplate(_message.Message):
     DEFAULT_PARAMETERS_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    DEFAULT_PRIORITY_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Unique name, a DNS-1123 label; the template's identifier."""
     description: _builtins.str
     """Free text shown to operators."""
+    default_priority: _builtins.int
+    """Priority level, 1 (lowest) to 9 (highest), of Sessions created from it
+    that do not set one. Zero means the scheduler's default, 5.
+    """
     @_builtins.property
     def nodes(self) -> _containers.RepeatedCompositeFieldContainer[Global___DagNode]:
         """The nodes of the DAG, at least one. Keys are unique; dependencies form
@@ -66,10 +71,11 @@ class SessionTemplate(_message.Message):
         default_parameters: _struct_pb2.Struct | None = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        default_priority: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "default_parameters", b"default_parameters", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "default_parameters", b"default_parameters", "description", b"description", "name", b"name", "nodes", b"nodes", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "default_parameters", b"default_parameters", "default_priority", b"default_priority", "description", b"description", "name", b"name", "nodes", b"nodes", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -101,6 +101,24 @@ export declare type Session = Message<"heat.scheduler.v1.Session"> & {
    * @generated from field: string trace_id = 12;
    */
   traceId: string;
+
+  /**
+   * Priority level, 1 (lowest) to 9 (highest): higher levels are dispatched
+   * first. Set at creation (else the Session Template's default_priority,
+   * else 5); changed with UpdateSession.
+   *
+   * @generated from field: int32 priority = 13;
+   */
+  priority: number;
+
+  /**
+   * Output only. The fairness key its Runners are shared by: the value of
+   * the label the scheduler is configured to read (by default "team");
+   * empty without that label.
+   *
+   * @generated from field: string fairness_key = 14;
+   */
+  fairnessKey: string;
 };
 
 /**

@@ -7,7 +7,7 @@ import type { JsonObject, Message } from "@bufbuild/protobuf";
 import type { DagNode } from "./session_template_pb.js";
 import type { FileInput } from "./artifact_pb.js";
 import type { Node, Session, SessionState } from "./session_pb.js";
-import type { Timestamp } from "@bufbuild/protobuf/wkt";
+import type { FieldMask, Timestamp } from "@bufbuild/protobuf/wkt";
 
 /**
  * Describes the file heat/scheduler/v1/session_service.proto.
@@ -84,6 +84,14 @@ export declare type CreateSessionRequest = Message<"heat.scheduler.v1.CreateSess
    * @generated from field: string request_id = 5;
    */
   requestId: string;
+
+  /**
+   * Priority level, 1 (lowest) to 9 (highest). Zero means the Session
+   * Template's default_priority, else 5.
+   *
+   * @generated from field: int32 priority = 6;
+   */
+  priority: number;
 
   /**
    * Files given to the Session's nodes as named inputs: uploads or URIs.
@@ -343,6 +351,54 @@ export declare type CancelNodeResponse = Message<"heat.scheduler.v1.CancelNodeRe
 export declare const CancelNodeResponseSchema: GenMessage<CancelNodeResponse>;
 
 /**
+ * Request of UpdateSession.
+ *
+ * @generated from message heat.scheduler.v1.UpdateSessionRequest
+ */
+export declare type UpdateSessionRequest = Message<"heat.scheduler.v1.UpdateSessionRequest"> & {
+  /**
+   * The Session, identified by its name, carrying the new values.
+   *
+   * @generated from field: heat.scheduler.v1.Session session = 1;
+   */
+  session?: Session | undefined;
+
+  /**
+   * Fields to change: "priority", the only updatable field. Empty means
+   * every updatable field.
+   *
+   * @generated from field: google.protobuf.FieldMask update_mask = 2;
+   */
+  updateMask?: FieldMask | undefined;
+};
+
+/**
+ * Describes the message heat.scheduler.v1.UpdateSessionRequest.
+ * Use `create(UpdateSessionRequestSchema)` to create a new message.
+ */
+export declare const UpdateSessionRequestSchema: GenMessage<UpdateSessionRequest>;
+
+/**
+ * Response of UpdateSession.
+ *
+ * @generated from message heat.scheduler.v1.UpdateSessionResponse
+ */
+export declare type UpdateSessionResponse = Message<"heat.scheduler.v1.UpdateSessionResponse"> & {
+  /**
+   * The Session after the update.
+   *
+   * @generated from field: heat.scheduler.v1.Session session = 1;
+   */
+  session?: Session | undefined;
+};
+
+/**
+ * Describes the message heat.scheduler.v1.UpdateSessionResponse.
+ * Use `create(UpdateSessionResponseSchema)` to create a new message.
+ */
+export declare const UpdateSessionResponseSchema: GenMessage<UpdateSessionResponse>;
+
+/**
  * Request of WatchSession.
  *
  * @generated from message heat.scheduler.v1.WatchSessionRequest
@@ -534,6 +590,17 @@ export declare const SessionService: GenService<{
     methodKind: "unary";
     input: typeof CancelNodeRequestSchema;
     output: typeof CancelNodeResponseSchema;
+  },
+  /**
+   * Changes the fields of a Session named by the update mask: its priority.
+   * Its queued tasks are dispatched by the new value at once.
+   *
+   * @generated from rpc heat.scheduler.v1.SessionService.UpdateSession
+   */
+  updateSession: {
+    methodKind: "unary";
+    input: typeof UpdateSessionRequestSchema;
+    output: typeof UpdateSessionResponseSchema;
   },
   /**
    * Streams the Session's current state, then every change, until it ends.

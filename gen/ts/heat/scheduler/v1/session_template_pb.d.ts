@@ -61,6 +61,14 @@ export declare type SessionTemplate = Message<"heat.scheduler.v1.SessionTemplate
    * @generated from field: google.protobuf.Timestamp update_time = 6;
    */
   updateTime?: Timestamp | undefined;
+
+  /**
+   * Priority level, 1 (lowest) to 9 (highest), of Sessions created from it
+   * that do not set one. Zero means the scheduler's default, 5.
+   *
+   * @generated from field: int32 default_priority = 7;
+   */
+  defaultPriority: number;
 };
 
 /**
