@@ -29,7 +29,7 @@ from scheduler.domain.errors import PermissionDenied, Unauthenticated
 
 class Role(enum.Enum):
     ADMIN = "admin"  # everything: registry writes, credentials, tokens, the audit trail
-    OPERATOR = "operator"  # create, cancel and watch Sessions; read the registry
+    OPERATOR = "operator"  # create, cancel, reprioritise and watch Sessions; read the registry
     VIEWER = "viewer"  # read-only
     RUNNER = "runner"  # the runner protocol, for its own Runner only
 
@@ -41,7 +41,7 @@ class Permission(enum.Enum):
     PUBLIC = "anyone, without an identity"
     IDENTIFIED = "any caller identity"
     READ = "read the registry and Sessions"
-    RUN_SESSIONS = "create and cancel Sessions"
+    RUN_SESSIONS = "create, cancel and reprioritise Sessions"
     ADMINISTER = "change the registry, credentials and tokens; read the audit trail"
     RUNNER_PROTOCOL = "the runner protocol"
 
@@ -102,7 +102,7 @@ RULES: Final[Mapping[str, Permission]] = {
     **{_SESSIONS + m: Permission.READ for m in ("GetSession", "ListSessions", "WatchSession")},
     **{
         _SESSIONS + m: Permission.RUN_SESSIONS
-        for m in ("CreateSession", "CancelSession", "CancelNode")
+        for m in ("CreateSession", "CancelSession", "CancelNode", "UpdateSession")
     },
     **{
         _RUNNERS + m: Permission.RUNNER_PROTOCOL

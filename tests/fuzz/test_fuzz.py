@@ -164,7 +164,15 @@ def fuzzed(fuzz_dsn: str) -> Iterator[Fuzzed]:
             created = spb_grpc.SessionServiceStub(channel).CreateSession(
                 spb.CreateSessionRequest(session_template="tmpl")
             )
-            known = ["w", "step", "tmpl", created.session.name, "a", "heat.scheduler.v1"]
+            known = [
+                "w",
+                "step",
+                "tmpl",
+                created.session.name,
+                "a",
+                "heat.scheduler.v1",
+                "priority",
+            ]
             rss = _rss_mb(served.process.pid)
             yield Fuzzed(served, channel, anonymous, known, secret, canary_secret, rss)
     finally:

@@ -25,6 +25,7 @@ from heat.scheduler.v1 import (
     registry_service_pb2,
     runner_pb2,
     runner_service_pb2,
+    session_pb2,
     session_service_pb2,
 )
 from heat.scheduler.v1 import access_service_pb2_grpc as apb_grpc
@@ -83,7 +84,7 @@ EXPECTED: dict[str, frozenset[str]] = {
     },
     **{
         f"heat.scheduler.v1.SessionService/{m}": frozenset({A, OP})
-        for m in ("CreateSession", "CancelSession", "CancelNode")
+        for m in ("CreateSession", "CancelSession", "CancelNode", "UpdateSession")
     },
     **{
         f"heat.scheduler.v1.RunnerService/{m}": frozenset({R})
@@ -328,6 +329,12 @@ async def test_changes_are_audited_with_the_caller(scheduler: Scheduler) -> None
     async with authorized_channel(scheduler.address, operator.secret) as channel:
         sessions = spb_grpc.SessionServiceStub(channel)
         created = await sessions.CreateSession(DAG)
+        await sessions.UpdateSession(
+            spb.UpdateSessionRequest(
+                session=session_pb2.Session(name=created.session.name, priority=8),
+                update_mask=FieldMask(paths=["priority"]),
+            )
+        )
         await sessions.CancelSession(spb.CancelSessionRequest(name=created.session.name))
     events = (await access.ListAuditEvents(access_service_pb2.ListAuditEventsRequest())).events
     seen = [(e.caller.subject, e.action, e.resource, e.name) for e in reversed(events)]
@@ -338,16 +345,19 @@ async def test_changes_are_audited_with_the_caller(scheduler: Scheduler) -> None
         ("tk-bootstrap", "create", "node_template", "echo"),
         ("tk-bootstrap", "update", "runner", "w"),
         (operator.id, "create", "session", created.session.name),
+        (operator.id, "update", "session", created.session.name),
         (operator.id, "cancel", "session", created.session.name),
     ]
     first = events[-1]
     assert first.caller.kind == access_pb2.CALLER_KIND_SYSTEM and first.name == "tk-bootstrap"
-    update = next(e for e in events if e.action == "update")
+    update = next(e for e in events if e.action == "update" and e.resource == "runner")
     assert dict(update.detail) == {"fields": "enabled"}
+    moved = next(e for e in events if e.action == "update" and e.resource == "session")
+    assert dict(moved.detail) == {"priority": 8, "previous_priority": 5}
     page = await access.ListAuditEvents(
         access_service_pb2.ListAuditEventsRequest(page_size=2, subject=operator.id)
     )
-    assert [e.action for e in page.events] == ["cancel", "create"] and not page.next_page_token
+    assert [e.action for e in page.events] == ["cancel", "update"] and page.next_page_token
 
 
 # -- the first admin token -------------------------------------------------------------------

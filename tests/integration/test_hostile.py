@@ -113,6 +113,15 @@ async def test_each_kind_of_bad_field_is_invalid_argument(scheduler: Scheduler) 
         ),
         "cancel reason": sessions.CancelSession(spb.CancelSessionRequest(name="s", reason=nul)),
         "cancel node key": sessions.CancelNode(spb.CancelNodeRequest(session="s", key=nul)),
+        "update mask path": sessions.UpdateSession(
+            build(spb.UpdateSessionRequest, session={"name": "s"}, update_mask={"paths": [nul]})
+        ),
+        "priority 2^31 - 1": sessions.UpdateSession(
+            build(spb.UpdateSessionRequest, session={"name": "s", "priority": 2**31 - 1})
+        ),
+        "priority -1 at creation": sessions.CreateSession(
+            spb.CreateSessionRequest(session_template="x", priority=-1)
+        ),
         "credential description": registry.IssueRunnerCredential(
             rpb.IssueRunnerCredentialRequest(runner="w", description=nul)
         ),
