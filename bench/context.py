@@ -42,6 +42,8 @@ class Sizes:
     # 7. fairness
     fairness_big: int = 10_000
     fairness_share_nodes: int = 6_000
+    claim_sessions: int = 1_000  # Sessions of 20 queued nodes, for the claims' cost
+    claim_rounds: int = 200
     # 8. the critical path: branches of 2 nodes, a chain, each node sleeping, one runner
     cp_branches: int = 300
     cp_chain: int = 60
@@ -96,6 +98,8 @@ class Sizes:
             pgqueuer_workers=(1,),
             fairness_big=4_000,
             fairness_share_nodes=2_000,
+            claim_sessions=200,
+            claim_rounds=100,
             cp_branches=150,
             cp_chain=30,
             cp_sleep_ms=20.0,
@@ -124,6 +128,8 @@ class Sizes:
             pgqueuer_workers=(1,),
             fairness_big=200,
             fairness_share_nodes=100,
+            claim_sessions=10,
+            claim_rounds=8,
             cp_branches=5,
             cp_chain=4,
             cp_sleep_ms=2.0,

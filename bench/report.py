@@ -356,7 +356,7 @@ def table(results: dict[str, Any]) -> str:
     small = fair.get("small_behind_big") or {}
     if "ratio" in small:
         row(
-            "7 fairness",
+            "9 fairness",
             f"3-node chain behind {_num(small['big_nodes'])} ready nodes,"
             f" R={small['runners']} x cap {small['capacity_per_runner']}",
             f"{_num(small['small_behind_big_s'] * 1000)} ms vs"
@@ -369,18 +369,32 @@ def table(results: dict[str, Any]) -> str:
     shares = fair.get("shares_under_weights") or {}
     if "team_a" in shares:
         row(
-            "7 fairness",
+            "9 fairness",
             f"weights a=3, b=1; first {_num(shares['window_dispatches'])} dispatches",
             f"{_num(shares['team_a'])} : {_num(shares['team_b'])} ({_num(shares['ratio'], 2)} : 1)",
             "",
             "",
         )
+    claims = fair.get("claims") or {}
+    if "many_sessions" in claims:
+        one, many = claims["one_session"], claims["many_sessions"]
+        for credits in (1, 32):
+            key = f"claim_{credits}_ms"
+            row(
+                "9 fairness",
+                f"claim of {credits}, {_num(many['queued_nodes'])} queued: 1 Session vs"
+                f" {_num(many['sessions'])}",
+                f"p50 {_num(one[key]['p50'], 2)} ms vs {_num(many[key]['p50'], 2)} ms"
+                f" (p90 {_num(one[key]['p90'], 2)} vs {_num(many[key]['p90'], 2)})",
+                "",
+                "",
+            )
     if "error" in fair:
-        row("7 fairness", "error", str(fair["error"]), "", "")
+        row("9 fairness", "error", str(fair["error"]), "", "")
     cp = results.get("critical_path") or {}
     if "speedup" in cp:
         row(
-            "8 critical path",
+            "10 critical path",
             f"chain of {cp['chain']} + {cp['branches']} branches of 2, {_num(cp['sleep_ms'])} ms"
             f" each, 1 runner x cap {cp['runner_capacity']}",
             f"makespan {_num(cp['makespan_critical_path_s'], 2)} s critical path first,"
@@ -390,7 +404,7 @@ def table(results: dict[str, Any]) -> str:
             "",
         )
     elif "error" in cp:
-        row("8 critical path", "error", str(cp["error"]), "", "")
+        row("10 critical path", "error", str(cp["error"]), "", "")
     for r in _get(results, "peer", "pgbench", "runs") or []:
         row(
             "6 pgbench",

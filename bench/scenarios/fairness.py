@@ -11,20 +11,42 @@ Shares under weights: a scheduler with ``--fairness-weights a=3,b=1``; a Session
 labelled ``team=a`` and one labelled ``team=b`` are created before the runners connect.
 Figure: of the first N dispatches (both still have work), the ratio of team a's to team b's
 (target 3), by claim order (nodes.start_time, then claim batch).
+
+Claims with many queued Sessions: the same backlog (M x 20 queued nodes) as one Session and as
+M Sessions of 20, created before anything claims; one instance on the raw stubs grants 1
+credit K times, then 32 credits K / 4 times, and times each grant until its last task arrives
+(the scheduler's claim transaction, a durable commit, and the push over gRPC; nothing is
+posted, no lease runs out meanwhile). The difference between the two is what sharing a
+Runner among M Sessions costs a claim.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
-from heat.scheduler.v1 import session_service_pb2_grpc
+import grpc
+from heat.scheduler.v1 import runner_service_pb2 as rpb
+from heat.scheduler.v1 import runner_service_pb2_grpc, session_service_pb2_grpc
 
 from bench.context import Context, Env
-from bench.harness import chain, create_session, independent, log, runners, wait_sessions_end
+from bench.harness import (
+    CHANNEL_OPTIONS,
+    RUNNER,
+    chain,
+    create_session,
+    independent,
+    log,
+    percentiles,
+    runners,
+    wait_sessions_end,
+)
 
 SMALL = 3
+CLAIM_SESSION_NODES = 20
 
 
 async def _lifetime(conn: asyncpg.Connection, name: str) -> float:
@@ -159,9 +181,74 @@ async def _first_dispatches(env: Env, n: int) -> dict[str, int]:
     return {r["name"]: r["n"] for r in rows}
 
 
-async def run(ctx: Context) -> dict[str, Any]:
+async def _claim_times(env: Env, credits: int, rounds: int) -> list[float]:
+    """Milliseconds from granting ``credits`` to receiving that many tasks, ``rounds`` times."""
+    requests: asyncio.Queue[rpb.ClaimTaskRequest] = asyncio.Queue()
+    start = rpb.ClaimStart(runner=RUNNER, instance_id=f"claims-{credits}", credits=0)
+    await requests.put(rpb.ClaimTaskRequest(start=start))
+
+    async def feed() -> AsyncIterator[rpb.ClaimTaskRequest]:
+        while True:
+            yield await requests.get()
+
+    times = []
+    async with grpc.aio.insecure_channel(env.scheduler.address, options=CHANNEL_OPTIONS) as ch:
+        stream = runner_service_pb2_grpc.RunnerServiceStub(ch).ClaimTask(
+            feed(), metadata=(("authorization", f"Bearer {env.secret}"),)
+        )
+        for _ in range(rounds):
+            started = time.perf_counter()
+            await requests.put(rpb.ClaimTaskRequest(credit=rpb.ClaimCredit(credits=credits)))
+            got = 0
+            while got < credits:
+                response = await stream.read()
+                assert isinstance(response, rpb.ClaimTaskResponse)
+                got += response.HasField("task")
+            times.append((time.perf_counter() - started) * 1000)
+        stream.cancel()
+    return times
+
+
+async def _claims(ctx: Context, sessions: int) -> dict[str, Any]:
+    sizes = ctx.sizes
+    backlog = sizes.claim_sessions * CLAIM_SESSION_NODES
+    per_session = backlog // sessions
+    async with (
+        ctx.scheduler(f"fairness_claims_{sessions}") as env,
+        env.scheduler.channel() as channel,
+    ):
+        stub = session_service_pb2_grpc.SessionServiceStub(channel)
+        gate = asyncio.Semaphore(8)
+
+        async def submit() -> None:
+            async with gate:
+                await create_session(stub, independent(per_session))
+
+        await asyncio.gather(*(submit() for _ in range(sessions)))
+        rounds = sizes.claim_rounds
+        one = await _claim_times(env, 1, rounds)
+        batch = await _claim_times(env, 32, max(1, rounds // 4))
     return {
+        "sessions": sessions,
+        "queued_nodes": backlog,
+        "claim_1_ms": percentiles(one),
+        "claim_32_ms": percentiles(batch),
+    }
+
+
+async def run(ctx: Context) -> dict[str, Any]:
+    out: dict[str, Any] = {
         "small_behind_big": await _small_behind_big(ctx),
         "shares_under_weights": await _shares(ctx),
-        "method": __doc__,
     }
+    one = await _claims(ctx, 1)
+    many = await _claims(ctx, ctx.sizes.claim_sessions)
+    out["claims"] = {"one_session": one, "many_sessions": many}
+    log(
+        f"fairness: claim of 1 task with {one['queued_nodes']} queued in 1 Session"
+        f" {one['claim_1_ms']['p50']:.2f} ms, in {many['sessions']} Sessions"
+        f" {many['claim_1_ms']['p50']:.2f} ms (p50); of 32 tasks"
+        f" {one['claim_32_ms']['p50']:.2f} / {many['claim_32_ms']['p50']:.2f} ms"
+    )
+    out["method"] = __doc__
+    return out

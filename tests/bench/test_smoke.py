@@ -43,6 +43,7 @@ def test_harness_runs_every_scenario_at_tiny_sizes(tmp_path: Path) -> None:
     assert results["peer"]["pgqueuer"]["runs"][0]["done"] == results["sizes"]["pgqueuer_jobs"]
     assert results["telemetry"]["full"]["spans"] > 0, "the receiver got the spans"
     assert results["fairness"]["shares_under_weights"]["team_a"] > 0
+    assert results["fairness"]["claims"]["many_sessions"]["claim_32_ms"]["count"] > 0
     assert results["critical_path"]["makespan_dag_order_s"] > 0
     assert {t["target"] for t in results["targets"]}
     assert "| scenario |" in done.stdout
