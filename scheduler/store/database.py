@@ -202,13 +202,14 @@ class PgStore:
                     "BEGIN; SET LOCAL plan_cache_mode = force_generic_plan; SET LOCAL jit = off"
                 )
                 try:
-                    work = PgUnitOfWork(conn)
+                    work = PgUnitOfWork(conn, self._telemetry)
                     yield work
                     await work.announce()
                 except BaseException:
                     await conn.execute("ROLLBACK")
                     raise
                 await conn.execute("COMMIT")
+        _log_audit(work.audit.recorded)
         local = replace(work.changes, deadlines=[])
         if local:
             self._feed.changed(local)
