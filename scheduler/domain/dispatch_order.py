@@ -22,9 +22,11 @@ Pure. The rules, in the order they apply (the README's "Dispatch order" says the
    before that.
 
 How the store applies this: ``grants`` is what the claim statement computes for a batch of
-credits (``claim`` in ``store/sql/queries/tasks.sql``, set-based); ``charge`` and ``resumed``
-are what the bookkeeping statement writes back (``update_sessions``), ``moved_to`` what a
-change of level does (``set_priority``). The integration tests hold the SQL to them.
+credits (``claim`` in ``store/sql/queries/tasks.sql``, set-based), over the queues as
+``pending`` moves them when the claim runs in the transaction that made the work ready (a
+settlement's hand-off: its moves are booked after the claim); ``charge`` and ``resumed`` are
+what the bookkeeping statement writes back (``update_sessions``), ``moved_to`` what a change
+of level does (``set_priority``). The integration tests hold the SQL to them.
 """
 
 from __future__ import annotations
@@ -228,6 +230,21 @@ def resumed(vtime: float, priority: int, others: Iterable[Queue]) -> float:
     anywhere = [q.vtime for q in others if q.queued > 0]
     front = min(level) if level else min(anywhere) if anywhere else None
     return vtime if front is None else max(vtime, front)
+
+
+def pending(queues: Sequence[Queue], moves: Mapping[int, int]) -> list[Queue]:
+    """The queues as a claim sees them in a transaction whose own moves (tasks that joined, +,
+    or left, -, each Session's queue: a settlement's children made ready) are not written yet:
+    as the bookkeeping will write them, a queue that was empty and fills again ``resumed``."""
+    out = []
+    for q in queues:
+        moved = moves.get(q.session_id, 0)
+        if q.queued > 0:
+            q = replace(q, queued=max(q.queued + moved, 0))
+        elif moved > 0:
+            q = replace(q, queued=moved, vtime=resumed(q.vtime, q.priority, queues))
+        out.append(q)
+    return out
 
 
 def moved_to(priority: int, others: Iterable[Queue], vtime: float) -> float:

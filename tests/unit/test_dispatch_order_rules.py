@@ -21,6 +21,7 @@ from scheduler.domain.dispatch_order import (
     grants,
     moved_to,
     node_costs,
+    pending,
     priority_of,
     priority_problem,
     resumed,
@@ -42,10 +43,9 @@ class Runner:
 
     def add(self, session_id: int, tasks: int, *, priority: int = 5, key: str = "") -> None:
         """A Session's tasks become ready (a new Session, or nodes released)."""
-        old = self.queues.get(session_id) or Queue(session_id, priority, key, 0)
-        others = [q for q in self.queues.values() if q.session_id != session_id]
-        vtime = resumed(old.vtime, old.priority, others) if old.queued == 0 else old.vtime
-        self.queues[session_id] = replace(old, queued=old.queued + tasks, vtime=vtime)
+        self.queues.setdefault(session_id, Queue(session_id, priority, key, 0))
+        moved = pending(list(self.queues.values()), {session_id: tasks})
+        self.queues = {q.session_id: q for q in moved}
 
     def claim(self, credits: int) -> Counter[int]:
         got = grants(list(self.queues.values()), credits, self.policy)
@@ -198,6 +198,9 @@ def test_a_queue_resumes_at_the_front_of_its_level_else_of_the_runner() -> None:
     assert resumed(70.0, 5, others) == 70.0  # never back to before its own past
     assert resumed(0.0, 7, others) == 40.0
     assert resumed(5.0, 7, []) == 5.0
+    # The same, for a claim that sees a transaction's own moves before they are written.
+    seen = pending(others, {3: 2, 1: -1, 2: 0})
+    assert [(q.queued, q.vtime) for q in seen] == [(2, 40.0), (3, 90.0), (2, 40.0)]
     assert moved_to(6, others, 500.0) == 90.0  # a change of level takes effect at once
     assert moved_to(7, [], 500.0) == 500.0
 
