@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 
 from scheduler.domain import dag
 from scheduler.domain.artifacts import task_inputs
-from scheduler.domain.ledger import NodeChange
+from scheduler.domain.ledger import NodeChange, QueueMove, queue_moves
 from scheduler.domain.ports import Changes, ClaimPlanner
 from scheduler.domain.registry import RetryPolicy
 from scheduler.domain.runner_protocol import AttemptState, ClaimedTask, ClaimRequest
@@ -51,14 +51,15 @@ class PgTasks:
         return claimed
 
     async def _claims(
-        self, requests: Sequence[ClaimRequest]
+        self, requests: Sequence[ClaimRequest], pending: Sequence[QueueMove] = ()
     ) -> tuple[list[list[ClaimedTask]], list[NodeChange]]:
-        """Several claims, and their changes for the books (which the caller writes). A Runner
-        whose queue a claim emptied needs nobody woken for it."""
+        """Several claims, and their changes for the books (which the caller writes); each
+        sees the queues moved by ``pending`` (the transaction's changes not booked yet) and by
+        the claims before it. A Runner whose queue a claim emptied needs nobody woken for it."""
         claimed: list[list[ClaimedTask]] = []
         changes: list[NodeChange] = []
         for request in requests:
-            tasks, moved = await self._claim(request)
+            tasks, moved = await self._claim(request, [*pending, *queue_moves(changes)])
             claimed.append(tasks)
             changes += moved
         self._changes.ready_runners -= dag.drained(
@@ -67,9 +68,13 @@ class PgTasks:
         )
         return claimed, changes
 
-    async def _claim(self, request: ClaimRequest) -> tuple[list[ClaimedTask], list[NodeChange]]:
-        """The claim, and its changes for the books (which the caller writes)."""
+    async def _claim(
+        self, request: ClaimRequest, pending: Sequence[QueueMove] = ()
+    ) -> tuple[list[ClaimedTask], list[NodeChange]]:
+        """The claim, and its changes for the books (which the caller writes); ``pending``:
+        the queue moves of this transaction that are not booked yet."""
         policy = request.policy
+        pending = [m for m in pending if m.runner == request.runner and m.queued]
         rows = await self._db.fetch(
             "claim",
             request.runner,
@@ -85,6 +90,9 @@ class PgTasks:
             policy.strict_priority,
             policy.priority_ratio,
             policy.quantum,
+            [m.session_id for m in pending],
+            [m.runner for m in pending],
+            [m.queued for m in pending],
         )
         if not rows:
             return [], []
@@ -161,7 +169,9 @@ class PgTasks:
             changes, ready = await self._apply(settlement, now)
         claimed: list[list[ClaimedTask]] = []
         if claims is not None:
-            claimed, moved = await self._claims(claims(ready))
+            # The claims see the queues the books will write: a Session whose queue was empty
+            # and got a node ready here is dispatched in its turn now, not at the next claim.
+            claimed, moved = await self._claims(claims(ready), queue_moves(changes))
             changes += moved
         # The books last, once: Session rows are locked after every node row, in id order;
         # the verdicts go in with them (or alone when nothing changed).

@@ -26,7 +26,14 @@ from heat.scheduler.v1 import session_service_pb2_grpc as spb_grpc
 from scheduler.domain import dispatch_order
 from scheduler.domain.dispatch_order import DispatchPolicy, Queue
 from scheduler.domain.runner_protocol import ClaimRequest
-from tests.integration.test_protocol import Claimer, post, setup_registry, success
+from tests.integration.test_protocol import (
+    Claimer,
+    post,
+    session_state,
+    setup_registry,
+    success,
+)
+from tests.integration.test_protocol_batches import BatchClaimer, post_batch
 from tests.support import Scheduler, failure, serving
 
 
@@ -127,6 +134,38 @@ async def test_a_small_session_behind_a_huge_one_finishes_within_twice_its_time_
         assert sum(1 for s, _ in worker.dispatched if s == huge) == 4 * (3 + rounds_behind) - 3
     finally:
         await worker.close()
+    await check_queues(db_dsn)
+
+
+async def test_a_settlement_claims_along_the_node_it_makes_ready_in_a_session_with_an_empty_queue(
+    scheduler: Scheduler, db_dsn: str
+) -> None:
+    """A result makes the next node of a chain ready while its Session has nothing else queued
+    and another Session has a backlog: the settlement's own claim (the hand-off, for the credit
+    the result gave back) sees that Session's queue filled again, at the front, and takes it."""
+    secret = await setup_registry(scheduler)
+    huge = await create(scheduler, nodes(60))
+    claimer = BatchClaimer(scheduler, secret, "i1", credits=4)
+    try:
+        assert (await claimer.read()).WhichOneof("response") == "started"
+        held = await claimer.tasks(4)
+        # The small Session comes while every credit is out; the next results bring it in.
+        small = await create(scheduler, nodes(2, chain=True))
+        await post_batch(scheduler, secret, *(success(t.attempt_id, {}) for t in held))
+        held = await claimer.tasks(4)
+        (first,) = [t for t in held if t.session == small]
+        assert first.node_key == "n0"
+        # Its queue is empty now: n1 waits on n0. n0's result gives one credit back.
+        await post_batch(scheduler, secret, success(first.attempt_id, {}))
+        (handed,) = await claimer.tasks(1)
+        assert (handed.session, handed.node_key) == (small, "n1")
+        nodes_of = {n.key: n for n in (await session_state(scheduler, small)).session.nodes}
+        # One transaction: n0's result, n1 ready, n1 claimed.
+        assert nodes_of["n0"].end_time == nodes_of["n1"].start_time
+        others = [t for t in held if t.session == huge]
+        await post_batch(scheduler, secret, *(success(t.attempt_id, {}) for t in [*others, handed]))
+    finally:
+        await claimer.close()
     await check_queues(db_dsn)
 
 

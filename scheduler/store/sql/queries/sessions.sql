@@ -65,8 +65,9 @@ FOR UPDATE;
 -- move their queues, in one round trip; a settlement's verdicts ride along (its results rows,
 -- remembered so a repeated post gets the same answer: inserted here, after the Session rows
 -- are locked). A queue that fills again resumes at the front of its level, else of the Runner
--- (dispatch_order.resumed). The durations of the successful nodes of the Sessions that end
--- here are folded into their templates' latest $30 (newest first).
+-- (dispatch_order.resumed), before its turns are charged. The durations of the successful
+-- nodes of the Sessions that end here are folded into their templates' latest $30 (newest
+-- first).
 WITH updated AS (
     UPDATE sessions AS s
     SET event_seq = x.event_seq, open_nodes = x.open_nodes, failed_nodes = x.failed_nodes,
@@ -94,7 +95,9 @@ WITH updated AS (
     SET queued = greatest(q.queued + x.queued, 0),
         dispatched = q.dispatched + x.dispatched,
         vtime = x.turns + CASE
-            WHEN q.queued > 0 OR q.queued + x.queued = 0 THEN q.vtime
+            -- (Also when a claim of this transaction took all it got: that claim saw it
+            -- resumed, and counted its turns from there.)
+            WHEN q.queued > 0 OR (x.queued <= 0 AND x.dispatched = 0) THEN q.vtime
             ELSE greatest(q.vtime, COALESCE(
                 (SELECT min(o.vtime) FROM queues AS o
                  WHERE o.runner = q.runner AND o.priority = q.priority AND o.queued > 0),

@@ -19,12 +19,38 @@
 -- is at most $7 ms, whatever the row says, so no stored timeout can overflow the deadline.
 -- Each row returns what it costs its queue in virtual time (``turns``): the bookkeeping
 -- charges it.
-WITH flows AS (
+-- $14..$16 (Session, Runner, tasks that joined or left): the queue moves of this
+-- transaction's own changes, which the bookkeeping writes only after the claim (a
+-- settlement's children made ready, its retries, what it marked as never to run). The claim
+-- sees the queues as they will be (dispatch_order.pending): a queue that was empty and fills
+-- again resumes at the front of its level, else of the Runner, as the bookkeeping will resume
+-- it.
+WITH pending AS (
+    SELECT p.session_id, sum(p.queued)::integer AS queued
+    FROM unnest($14::bigint[], $15::text[], $16::integer[]) AS p(session_id, runner, queued)
+    WHERE p.runner = $1
+    GROUP BY p.session_id
+), queued_now AS (
+    SELECT q.session_id, q.priority, q.fairness_key, q.dispatched, q.vtime,
+           q.queued + COALESCE(p.queued, 0) AS queued
+    FROM queues AS q LEFT JOIN pending AS p USING (session_id)
+    WHERE q.runner = $1 AND q.queued > 0
+    UNION ALL
+    SELECT q.session_id, q.priority, q.fairness_key, q.dispatched,
+           greatest(q.vtime, COALESCE(
+               (SELECT min(o.vtime) FROM queues AS o
+                WHERE o.runner = $1 AND o.priority = q.priority AND o.queued > 0),
+               (SELECT min(o.vtime) FROM queues AS o WHERE o.runner = $1 AND o.queued > 0),
+               q.vtime)) AS vtime,
+           p.queued
+    FROM pending AS p JOIN queues AS q ON q.session_id = p.session_id AND q.runner = $1
+    WHERE q.queued = 0 AND p.queued > 0
+), flows AS (
     SELECT q.session_id, q.priority, q.vtime, q.queued, q.dispatched,
            COALESCE(($10::float8[])[array_position($9::text[], q.fairness_key)], 1.0) AS weight,
            count(*) OVER key AS sessions, row_number() OVER key AS nth
-    FROM queues AS q
-    WHERE q.runner = $1 AND q.queued > 0
+    FROM queued_now AS q
+    WHERE q.queued > 0
       -- A disabled Runner gets no new work.
       AND EXISTS (SELECT 1 FROM runners AS r WHERE r.name = $1 AND r.enabled)
       -- Instances that take only some of the Runner's templates: Sessions with such work
