@@ -164,10 +164,7 @@ class PgStore:
                 work = PgUnitOfWork(conn, self._telemetry)
                 yield work
                 await work.announce()
-        _log_audit(work.audit.recorded)
-        local = replace(work.changes, deadlines=[])
-        if local:
-            self._feed.changed(local)
+        self._committed(work)
 
     @asynccontextmanager
     async def fenced(self, term: Term) -> AsyncIterator[PgUnitOfWork]:
@@ -184,10 +181,7 @@ class PgStore:
                     raise NotLeader(f"the term ({term.describe()}) is over")
                 yield work
                 await work.announce()
-        _log_audit(work.audit.recorded)
-        local = replace(work.changes, deadlines=[])
-        if local:
-            self._feed.changed(local)
+        self._committed(work)
 
     @asynccontextmanager
     async def claiming(self) -> AsyncIterator[PgUnitOfWork]:
@@ -213,6 +207,12 @@ class PgStore:
                     await conn.execute("ROLLBACK")
                     raise
                 await conn.execute("COMMIT")
+        self._committed(work)
+
+    def _committed(self, work: PgUnitOfWork) -> None:
+        """What follows a commit in this process: the audit log lines, and the changes told to
+        this replica's waiters at once (deadlines excepted: they reach the timekeeper, which may
+        lead on another replica, by NOTIFY)."""
         _log_audit(work.audit.recorded)
         local = replace(work.changes, deadlines=[])
         if local:
