@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from datetime import datetime
+from typing import Any
 
 from scheduler.domain import dag
 from scheduler.domain.dispatch_order import MAX_DURATION_SAMPLES
@@ -19,6 +20,21 @@ from scheduler.domain.ports import Changes
 from scheduler.domain.sessions import NodeState, SessionState
 from scheduler.domain.verdicts import RecordedVerdict
 from scheduler.store.queries import Statements
+
+
+def verdict_columns(verdicts: Sequence[RecordedVerdict], now: datetime) -> tuple[list[Any], ...]:
+    """The parameters that remember ``verdicts`` (answers to repeated results), column by column,
+    in the order every statement that writes them takes."""
+    return (
+        [v.node.attempt_id for v in verdicts],
+        [v.node.session_id for v in verdicts],
+        [v.node.idx for v in verdicts],
+        [v.node.attempt for v in verdicts],
+        [v.reply.status.value for v in verdicts],
+        [v.reply.message for v in verdicts],
+        [now] * len(verdicts),
+        [v.outcome.value for v in verdicts],
+    )
 
 
 class Books:
@@ -73,14 +89,7 @@ class Books:
             [e.state for e in events],
             [e.attempt for e in events],
             [e.detail for e in events],
-            [v.node.attempt_id for v in verdicts],
-            [v.node.session_id for v in verdicts],
-            [v.node.idx for v in verdicts],
-            [v.node.attempt for v in verdicts],
-            [v.reply.status.value for v in verdicts],
-            [v.reply.message for v in verdicts],
-            [now] * len(verdicts),
-            [v.outcome.value for v in verdicts],
+            *verdict_columns(verdicts, now),
             [m.session_id for m in moves],
             [m.runner for m in moves],
             [m.queued for m in moves],

@@ -28,7 +28,7 @@ from scheduler.domain.verdicts import (
     Reply,
     ResultStatus,
 )
-from scheduler.store.bookkeeping import Books, doom
+from scheduler.store.bookkeeping import Books, doom, verdict_columns
 from scheduler.store.queries import Statements
 
 
@@ -224,17 +224,7 @@ class PgTasks:
     async def _remember(self, verdicts: Sequence[RecordedVerdict], now: datetime) -> None:
         if not verdicts:
             return
-        await self._db.fetch(
-            "insert_verdicts",
-            [v.node.attempt_id for v in verdicts],
-            [v.node.session_id for v in verdicts],
-            [v.node.idx for v in verdicts],
-            [v.node.attempt for v in verdicts],
-            [v.reply.status.value for v in verdicts],
-            [v.reply.message for v in verdicts],
-            [now] * len(verdicts),
-            [v.outcome.value for v in verdicts],
-        )
+        await self._db.fetch("insert_verdicts", *verdict_columns(verdicts, now))
 
     async def extend_leases(
         self, runner: str, attempt_ids: Sequence[str], deadline: datetime, now: datetime
