@@ -103,6 +103,15 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     await conn.set_type_codec("json", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
+async def _as_it_is(conn: asyncpg.Connection) -> None:
+    """A connection goes back to the pool without asyncpg's reset statement (advisory locks,
+    cursors, LISTEN, settings): a round trip after every commit, on the way to the hand-off's
+    push, that cleans up nothing. A unit of work changes no session state (its settings are
+    ``set_config(..., true)``, its transaction's own; advisory locks and LISTEN live on
+    connections of their own, outside the pool), and asyncpg still rolls back a transaction
+    left open before it calls this."""
+
+
 def _milliseconds(duration: timedelta) -> str:
     return f"{max(round(duration.total_seconds() * 1000), 1)}ms"
 
@@ -146,6 +155,7 @@ class PgStore:
                 min_size=2,
                 max_size=max_size,
                 init=_init_connection,
+                reset=_as_it_is,
                 server_settings={
                     "idle_in_transaction_session_timeout": _milliseconds(idle_limit),
                     # Claims run in many transactions (the dispatcher's, settlements' and

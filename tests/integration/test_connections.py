@@ -1,15 +1,20 @@
-"""Connections: a maximum age (so long runner streams move to new replicas) and keepalive."""
+"""Connections: a maximum age (so long runner streams move to new replicas) and keepalive; the
+store's pool connections, which go back to the pool with nothing sent after the commit."""
 
 from __future__ import annotations
 
 import asyncio
 
+import asyncpg
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from scheduler.app import connection_options
+from scheduler.domain.errors import NotFound
+from scheduler.service.signals import Signals
 from scheduler.settings import Settings
+from scheduler.store.database import PgStore
 from tests.support import serving
 
 
@@ -48,3 +53,38 @@ def test_connection_options_follow_the_settings() -> None:
         900_000,
         60_000,
     )
+
+
+async def _pool_backends(admin: asyncpg.Connection) -> list[asyncpg.Record]:
+    """What each other connection to this database last ran, and whether it is in a
+    transaction."""
+    return await admin.fetch(
+        "SELECT query, state FROM pg_stat_activity"
+        " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        " AND backend_type = 'client backend'"
+    )
+
+
+async def test_a_unit_of_work_sends_nothing_after_its_commit(db_dsn: str) -> None:
+    store = await PgStore.open(db_dsn, Signals(), max_size=2)
+    admin = await asyncpg.connect(db_dsn)
+    try:
+        async with store.transaction() as work:
+            assert await work.registry.runners_by_name(["nobody"]) == {}
+        # The connection went back to the pool: its last statement is the COMMIT, not the
+        # reset asyncpg sends by default (a round trip before the hand-off's push).
+        last = [r["query"] for r in await _pool_backends(admin)]
+        assert "COMMIT;" in last
+        assert not [q for q in last if "pg_advisory_unlock_all" in q or "RESET ALL" in q]
+
+        # A unit of work that fails leaves no transaction open on the connection it returns.
+        with pytest.raises(NotFound):
+            async with store.transaction() as work:
+                await work.registry.runners_by_name(["nobody"])
+                raise NotFound("runner", "nobody")  # a caller's error, mid-transaction
+        assert {r["state"] for r in await _pool_backends(admin)} == {"idle"}
+        async with store.transaction() as work:
+            assert await work.registry.runners_by_name(["nobody"]) == {}
+    finally:
+        await admin.close()
+        await store.close()
