@@ -12,8 +12,9 @@ C frames too, at 50 Hz, only while holding the GIL, since native unwinding of ev
 halved the run's throughput). It prints tasks/s, CPU per 1,000 tasks per process group, every
 statement with its calls and time per 1,000 tasks, commits per 1,000 tasks, and where the
 scheduler's samples were (charged to the innermost frame of a package, and by function).
-``--uvloop`` runs the scheduler and the runners on uvloop (HEAT_EVENT_LOOP=uvloop), to compare.
-Figures, not tests.
+``--uvloop`` runs the scheduler and the runners on uvloop (``pip install uvloop`` first; it is
+installed as the event loop policy by a ``sitecustomize`` on PYTHONPATH), to compare. Figures,
+not tests.
 """
 
 from __future__ import annotations
@@ -158,7 +159,12 @@ async def _spy(pid: int, out: Path, *, native: bool) -> asyncio.subprocess.Proce
 async def amain(args: argparse.Namespace) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="heat-profile-"))
     if args.uvloop:
-        os.environ["HEAT_EVENT_LOOP"] = "uvloop"  # the scheduler and the runners inherit it
+        # The scheduler and the runner processes inherit PYTHONPATH: each installs uvloop's
+        # policy as it starts, so its asyncio.run() makes a uvloop loop.
+        (work / "sitecustomize.py").write_text("import uvloop\n\nuvloop.install()\n")
+        os.environ["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(work), os.environ.get("PYTHONPATH", "")) if p
+        )
     pg = await Postgres.start()
     result: dict[str, Any] = {}
     try:
