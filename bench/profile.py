@@ -48,6 +48,11 @@ from bench.harness import (
 
 _FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^:()]*)(?::\d+)?\)$")
 _BASE = ("stdlib", "native")
+# Leaf frames of a thread that waits: the event loop's select, an idle executor worker, a
+# thread whose target blocks in C (gRPC's). Without --native py-spy counts them as running.
+_IDLE = frozenset(
+    {"EpollSelector.select", "_worker", "Thread.run", "epoll_wait", "PyThread_acquire_lock_timed"}
+)
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -80,7 +85,7 @@ def spy_tables(raw: str, top: int) -> str:
     """Self samples per function and per package from py-spy's raw (collapsed) output."""
     functions: Counter[str] = Counter()
     packages: Counter[str] = Counter()
-    total = 0
+    total = idle = 0
     for line in raw.splitlines():
         stack, _, count = line.rpartition(" ")
         if not stack or not count.isdigit():
@@ -89,6 +94,9 @@ def spy_tables(raw: str, top: int) -> str:
         files = [m["file"] if m else "" for m in map(_FRAME.match, stack.split(";"))]
         leaf = _FRAME.match(stack.split(";")[-1])
         func = leaf["func"] if leaf else stack.split(";")[-1]
+        if func in _IDLE:
+            idle += n
+            continue
         functions[f"{func} ({Path(files[-1]).name})"] += n
         # Charged to the innermost frame of a package (ours or a library's): the standard
         # library and the interpreter work for whoever called them.
@@ -97,7 +105,8 @@ def spy_tables(raw: str, top: int) -> str:
         total += n
     if not total:
         return "(no samples)"
-    out = [f"scheduler samples: {total}", "", "| where (innermost package frame) | share |"]
+    out = [f"scheduler samples: {total} busy, {idle} idle (left out)", ""]
+    out += ["| where (innermost package frame) | share |"]
     out += ["| --- | --- |"]
     out += [f"| {p} | {100 * n / total:.1f} % |" for p, n in packages.most_common(12)]
     out += ["", "| function (self) | share |", "| --- | --- |"]
