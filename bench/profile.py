@@ -13,14 +13,18 @@ halved the run's throughput). It prints tasks/s, CPU per 1,000 tasks per process
 statement with its calls and time per 1,000 tasks, commits per 1,000 tasks, and where the
 scheduler's samples were (charged to the innermost frame of a package, and by function).
 ``--uvloop`` runs the scheduler and the runners on uvloop (``pip install uvloop`` first; it is
-installed as the event loop policy by a ``sitecustomize`` on PYTHONPATH), to compare. Figures,
-not tests.
+installed as the event loop policy by a ``sitecustomize`` on PYTHONPATH), to compare.
+``--telemetry default`` (or ``full``) runs the scheduler and the runners with the telemetry
+scenario's OTEL_* environment of that mode (OTLP/gRPC to a receiver in this process), and
+``--session-size 20`` splits the nodes into Sessions of 20 (so trace sampling, decided per
+Session, applies as in that scenario): where telemetry's CPU goes. Figures, not tests.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import re
 import shutil
@@ -45,6 +49,8 @@ from bench.harness import (
     span,
     wait_sessions_end,
 )
+from bench.scenarios.telemetry import MODES, environment, mode_env
+from tests.otlp import Receiver
 
 _FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^:()]*)(?::\d+)?\)$")
 _BASE = ("stdlib", "native")
@@ -65,6 +71,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         "--native", action="store_true", help="py-spy --native --gil at 50 Hz (C frames too)"
     )
     parser.add_argument("--uvloop", action="store_true", help="scheduler and runners on uvloop")
+    parser.add_argument("--telemetry", choices=MODES, default="off", help="telemetry mode")
+    parser.add_argument(
+        "--scheduler-only", action="store_true", help="telemetry in the scheduler, not runners"
+    )
+    parser.add_argument(
+        "--session-size", type=int, default=0, help="nodes per Session (0: one Session)"
+    )
     parser.add_argument("--top", type=int, default=25, help="functions shown")
     parser.add_argument("--keep", type=Path, help="write py-spy's raw samples here")
     return parser.parse_args(argv)
@@ -176,52 +189,67 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
         )
     pg = await Postgres.start()
     result: dict[str, Any] = {}
+    size = args.session_size or args.nodes
     try:
         ctx = Context(Sizes.quick(), pg, work)
-        async with ctx.scheduler("profile") as env, env.scheduler.channel() as channel:
+        async with contextlib.AsyncExitStack() as stack:
+            values: dict[str, str] = {}
+            if args.telemetry != "off":
+                receiver = await stack.enter_async_context(Receiver(keep=False))
+                values = mode_env(args.telemetry, receiver.endpoint)
+            with environment(values):
+                env = await stack.enter_async_context(ctx.scheduler("profile"))
+            channel = await stack.enter_async_context(env.scheduler.channel())
             stub = session_service_pb2_grpc.SessionServiceStub(channel)
-            name, _ = await create_session(stub, independent(args.nodes))
+            names = [
+                (await create_session(stub, independent(size)))[0]
+                for _ in range(max(1, args.nodes // size))
+            ]
+            nodes = size * len(names)
             admin = await asyncpg.connect(pg.admin_dsn)
             try:
-                async with runners(
-                    env.scheduler.address, env.secret, args.runners, args.capacity,
-                    env.runner_log, prefix="p",
-                ) as group:  # fmt: skip
-                    if pg.statements:
-                        await admin.execute("SELECT pg_stat_statements_reset()")
-                    commits0 = await _commits(admin, "profile")
-                    spy = (
-                        None
-                        if args.no_spy
-                        else await _spy(env.scheduler.pid, work / "spy.txt", native=args.native)
-                    )
-                    meter = CpuMeter(pg, env.schedulers, [p.pid for p in group.processes])
-                    meter.begin()
-                    await group.go()
-                    await wait_sessions_end(env.conn, [name], 900)
-                    cpu = meter.per_thousand(args.nodes)
-                    commits = await _commits(admin, "profile") - commits0
-                    rows = await _statements(admin, "profile") if pg.statements else []
-                    if spy is not None:
-                        spy.send_signal(signal.SIGINT)
-                        await spy.wait()
-                result = await span(env.conn, [name])
+                with environment({} if args.scheduler_only else values):
+                    group_of = runners(
+                        env.scheduler.address, env.secret, args.runners, args.capacity,
+                        env.runner_log, prefix="p",
+                    )  # fmt: skip
+                    group = await stack.enter_async_context(group_of)
+                if pg.statements:
+                    await admin.execute("SELECT pg_stat_statements_reset()")
+                commits0 = await _commits(admin, "profile")
+                spy = (
+                    None
+                    if args.no_spy
+                    else await _spy(env.scheduler.pid, work / "spy.txt", native=args.native)
+                )
+                meter = CpuMeter(pg, env.schedulers, [p.pid for p in group.processes])
+                meter.begin()
+                await group.go()
+                await wait_sessions_end(env.conn, names, 900)
+                cpu = meter.per_thousand(nodes)
+                commits = await _commits(admin, "profile") - commits0
+                rows = await _statements(admin, "profile") if pg.statements else []
+                if spy is not None:
+                    spy.send_signal(signal.SIGINT)
+                    await spy.wait()
+                result = await span(env.conn, names)
             finally:
                 await admin.close()
     finally:
         await pg.stop()
     print(
-        f"one Session of {args.nodes} nodes, {args.runners} runner processes"
-        f"{' on uvloop' if args.uvloop else ''}: {result['tasks_per_s']:.0f} tasks/s"
+        f"{len(names)} Session(s) of {size} nodes, {args.runners} runner processes"
+        f"{' on uvloop' if args.uvloop else ''}, telemetry {args.telemetry}: "
+        f"{result['tasks_per_s']:.0f} tasks/s"
     )
     print(
         "CPU ms per 1,000 tasks: "
         + ", ".join(f"{k} {v:.0f}" for k, v in cpu.items())
-        + f"; commits per 1,000 tasks: {1000 * commits / args.nodes:.1f}"
+        + f"; commits per 1,000 tasks: {1000 * commits / nodes:.1f}"
     )
     if rows:
         print()
-        print(statement_table(rows, args.nodes))
+        print(statement_table(rows, nodes))
     raw = work / "spy.txt"
     if raw.exists():
         text = raw.read_text()
