@@ -37,6 +37,7 @@ log = logging.getLogger("heat_runtime")
 
 DEFAULT_RATIO: Final = 0.1
 _NOTHING: Final = nullcontext()
+_UNSAMPLED_CACHE: Final = 1024  # unsampled traces whose context is kept parsed
 
 
 class Tracing:
@@ -72,24 +73,32 @@ class _OtelTracing(Tracing):
         self._propagator = TraceContextTextMapPropagator()
         self._provider = provider  # set up here: flushed at shutdown
         self._tracer = trace.get_tracer("heat_runtime", VERSION)
+        self._unsampled: dict[tuple[str, str], Any] = {}  # context of an unsampled trace
 
-    @contextlib.contextmanager
     def attempt(
         self, template: str, trace_context: Mapping[str, str], attributes: Mapping[str, Any]
-    ) -> Iterator[Any]:
-        parent = self._propagator.extract(dict(trace_context))
-        if not _sampled(trace_context.get("traceparent", "")):
+    ) -> AbstractContextManager[Any]:
+        traceparent = trace_context.get("traceparent", "")
+        if not _sampled(traceparent):
             # The scheduler does not record this trace: nothing below it is either. Only its
-            # context is made current, so the processor's own spans follow that decision.
-            token = self._context.attach(parent)
-            try:
-                yield None
-            finally:
-                self._context.detach(token)
-            return
+            # context is made current, so the processor's own spans follow that decision. The
+            # tasks of one unsampled Session all carry its one context: parsed once.
+            key = (traceparent, trace_context.get("tracestate", ""))
+            parent = self._unsampled.get(key)
+            if parent is None:
+                if len(self._unsampled) >= _UNSAMPLED_CACHE:
+                    self._unsampled.clear()
+                parent = self._unsampled[key] = self._propagator.extract(dict(trace_context))
+            return _Attached(self._context, parent)
+        return self._span(template, trace_context, attributes)
+
+    @contextlib.contextmanager
+    def _span(
+        self, template: str, trace_context: Mapping[str, str], attributes: Mapping[str, Any]
+    ) -> Iterator[Any]:
         with self._tracer.start_as_current_span(
             f"attempt {template}",
-            context=parent,
+            context=self._propagator.extract(dict(trace_context)),
             kind=self._trace.SpanKind.CONSUMER,
             attributes=dict(attributes),
             record_exception=False,
@@ -112,6 +121,23 @@ class _OtelTracing(Tracing):
     def shutdown(self) -> None:
         if self._provider is not None:
             self._provider.shutdown()
+
+
+class _Attached:
+    """``context`` current inside the block (an unsampled attempt: no span); yields None."""
+
+    __slots__ = ("_api", "_context", "_token")
+
+    def __init__(self, api: Any, context: Any) -> None:
+        self._api = api
+        self._context = context
+        self._token: Any = None
+
+    def __enter__(self) -> None:
+        self._token = self._api.attach(self._context)
+
+    def __exit__(self, *exc: object) -> None:
+        self._api.detach(self._token)
 
 
 def _sampled(traceparent: str) -> bool:
