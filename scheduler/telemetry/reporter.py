@@ -46,9 +46,14 @@ class SpanIds(RandomIdGenerator):
 
 def context_of(span: trace.Span) -> TraceContext:
     """The W3C context of ``span`` (empty when it has none)."""
-    carrier: dict[str, str] = {}
-    PROPAGATOR.inject(carrier, context=trace.set_span_in_context(span))
-    return TraceContext(carrier.get("traceparent", ""), carrier.get("tracestate", ""))
+    found = span.get_span_context()
+    if not found.is_valid:
+        return NO_TRACE
+    # As TraceContextTextMapPropagator.inject writes it, without a Context and a carrier.
+    return TraceContext(
+        f"00-{found.trace_id:032x}-{found.span_id:016x}-{found.trace_flags:02x}",
+        found.trace_state.to_header() if found.trace_state else "",
+    )
 
 
 def _ns(at: datetime) -> int:
@@ -86,15 +91,26 @@ class Reporter:
     def dispatched(self, tasks: Sequence[ClaimedTask], now: datetime) -> list[ClaimedTask]:
         instruments = self._instruments
         if instruments is not None:
+            record = instruments.dispatch_duration.record
+            labels = self._labels
             for task in tasks:
                 if task.ready_time is not None:
-                    waited = max((now - task.ready_time).total_seconds(), 0.0)
-                    instruments.dispatch_duration.record(waited, self._labels(task.runner))
+                    waited = (now - task.ready_time).total_seconds()
+                    record(waited if waited > 0.0 else 0.0, labels(task.runner))
         if self._tracer is None:
             return list(tasks)
         # A Session whose trace is not sampled records nothing below it: its tasks carry its
-        # own context (not sampled either), and no span is made for them at all.
-        return [self._dispatch_span(task, now) if task.trace.sampled else task for task in tasks]
+        # own context (not sampled either), and no span is made for them at all. (The flag is
+        # read once per Session context in the batch: its tasks share it.)
+        sampled: dict[str, bool] = {}
+        out: list[ClaimedTask] = []
+        for task in tasks:
+            parent = task.trace.traceparent
+            wanted = sampled.get(parent)
+            if wanted is None:
+                wanted = sampled[parent] = task.trace.sampled
+            out.append(self._dispatch_span(task, now) if wanted else task)
+        return out
 
     def _dispatch_span(self, task: ClaimedTask, now: datetime) -> ClaimedTask:
         assert self._tracer is not None
@@ -127,8 +143,13 @@ class Reporter:
         if self._instruments is not None:
             self._count(settled, answered, now)
         if self._tracer is not None:
+            sampled: dict[str, bool] = {}
             for item in settled:
-                if item.node.trace.sampled:
+                parent = item.node.trace.traceparent
+                wanted = sampled.get(parent)
+                if wanted is None:
+                    wanted = sampled[parent] = item.node.trace.sampled
+                if wanted:
                     self._settle_span(item, now)
 
     def _settle_span(self, item: Settled, now: datetime) -> None:
@@ -207,13 +228,17 @@ class Reporter:
         results: Counter[tuple[str, str, str]] = Counter()
         expirations: Counter[tuple[str, str]] = Counter()
         retries: Counter[str] = Counter()
+        record = instruments.attempt_duration.record
+        labels = self._labels
+        forbidden = ResultStatus.FORBIDDEN
         for item in settled:
-            runner = item.node.runner
+            node = item.node
+            runner = node.runner
             outcome = _outcome(item)
             results[runner, item.status.value, outcome] += 1
-            if item.node.started is not None and item.status is not ResultStatus.FORBIDDEN:
-                took = max((now - item.node.started).total_seconds(), 0.0)
-                instruments.attempt_duration.record(took, self._labels(runner, outcome))
+            if node.started is not None and item.status is not forbidden:
+                took = (now - node.started).total_seconds()
+                record(took if took > 0.0 else 0.0, labels(runner, outcome))
             if item.expiry and item.new_state is not None:
                 expirations[runner, item.expiry] += 1
             if item.new_state is NodeState.RETRY_WAIT:
