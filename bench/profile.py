@@ -166,6 +166,12 @@ def statement_table(rows: list[asyncpg.Record], tasks: int) -> str:
     return "\n".join(out)
 
 
+def _span_kind(name: str) -> str:
+    """A span's name without what varies per node (``dispatch noop`` -> ``dispatch``)."""
+    first = name.split(" ", 1)[0]
+    return first if first in ("dispatch", "attempt", "settle") else name
+
+
 async def _spy(pid: int, out: Path, *, native: bool) -> asyncio.subprocess.Process:
     spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or "py-spy"
     rate = "50" if native else "100"
@@ -190,12 +196,13 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
     pg = await Postgres.start()
     result: dict[str, Any] = {}
     size = args.session_size or args.nodes
+    receiver: Receiver | None = None
     try:
         ctx = Context(Sizes.quick(), pg, work)
         async with contextlib.AsyncExitStack() as stack:
             values: dict[str, str] = {}
             if args.telemetry != "off":
-                receiver = await stack.enter_async_context(Receiver(keep=False))
+                receiver = await stack.enter_async_context(Receiver())
                 values = mode_env(args.telemetry, receiver.endpoint)
             with environment(values):
                 env = await stack.enter_async_context(ctx.scheduler("profile"))
@@ -233,6 +240,7 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
                     spy.send_signal(signal.SIGINT)
                     await spy.wait()
                 result = await span(env.conn, names)
+                await stack.aclose()  # the runners and the scheduler flush their spans
             finally:
                 await admin.close()
     finally:
@@ -257,6 +265,14 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
             args.keep.write_text(text)
         print()
         print(spy_tables(text, args.top))
+    if receiver is not None:
+        # What was traced, per 1,000 tasks (the scheduler's and the runners' spans, CreateSession
+        # and its statements included).
+        kinds = Counter(_span_kind(s.name) for s in receiver.spans())
+        print()
+        print("spans per 1,000 tasks: " + ", ".join(
+            f"{name} {1000 * count / nodes:.1f}" for name, count in kinds.most_common()
+        ))  # fmt: skip
     shutil.rmtree(work, ignore_errors=True)
     return result
 
