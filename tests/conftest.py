@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote, urlsplit, urlunsplit
@@ -29,6 +29,7 @@ from tests.support import open_tmp_dir
 
 TEST_DATABASE_URL_ENV = "HEAT_TEST_DATABASE_URL"
 TEMPLATE_DB = "heat_template"
+MakeDb = Callable[[], Awaitable[str]]
 
 
 @dataclass(frozen=True)
@@ -111,3 +112,28 @@ async def db_pool(db_dsn: str) -> AsyncIterator[asyncpg.Pool]:
         yield pool
     finally:
         await pool.close()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def make_empty_db(pg_server: PgServer) -> AsyncIterator[MakeDb]:
+    """Creates empty (unmigrated) databases on demand; the DSN of each; drops them after."""
+    names: list[str] = []
+
+    async def make() -> str:
+        name = f"test_{uuid.uuid4().hex}"
+        admin = await asyncpg.connect(pg_server.dsn)
+        try:
+            await admin.execute(f"CREATE DATABASE {name} TEMPLATE template0")
+        finally:
+            await admin.close()
+        names.append(name)
+        dsn: str = pg_server.dsn_for(name)
+        return dsn
+
+    yield make
+    admin = await asyncpg.connect(pg_server.dsn)
+    try:
+        for name in names:
+            await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    finally:
+        await admin.close()

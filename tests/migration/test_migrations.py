@@ -5,14 +5,11 @@ from __future__ import annotations
 import asyncio
 import difflib
 import shutil
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
 from importlib.resources import files
 from pathlib import Path
 
 import asyncpg
 import pytest
-import pytest_asyncio
 
 from scheduler.embedded import PostgresNotInstalled, find_pg_bin
 from scheduler.store.migrations import (
@@ -21,36 +18,10 @@ from scheduler.store.migrations import (
     available_migrations,
     migrate,
 )
-
-MakeDb = Callable[[], Awaitable[str]]
+from tests.conftest import MakeDb
 
 # Lines of a pg_dump that describe the dump, not the schema. \restrict carries a random key.
 _DUMP_NOISE = ("--", "SET ", "SELECT pg_catalog.set_config(", "\\restrict", "\\unrestrict")
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def make_empty_db(pg_server) -> AsyncIterator[MakeDb]:
-    """Creates empty (unmigrated) databases on demand; the DSN of each; drops them after."""
-    names: list[str] = []
-
-    async def make() -> str:
-        name = f"test_{uuid.uuid4().hex}"
-        admin = await asyncpg.connect(pg_server.dsn)
-        try:
-            await admin.execute(f"CREATE DATABASE {name} TEMPLATE template0")
-        finally:
-            await admin.close()
-        names.append(name)
-        dsn: str = pg_server.dsn_for(name)
-        return dsn
-
-    yield make
-    admin = await asyncpg.connect(pg_server.dsn)
-    try:
-        for name in names:
-            await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-    finally:
-        await admin.close()
 
 
 def _pg_dump(pg_server) -> Path:
