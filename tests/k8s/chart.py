@@ -17,7 +17,7 @@ from tests.k8s.cluster import ROOT, Cluster
 CHART = ROOT / "helm" / "heat-scheduler"
 VALUES_FILES = sorted((CHART / "ci").glob("*-values.yaml"))
 RELEASE = "heat-scheduler"  # the release's full name is the chart's: heat-scheduler
-# Needed by the chart; with --no-hooks its Secret (a hook) is not made, and no pod runs it.
+# Needed by the chart; with --no-hooks its Secret (a hook) is not made, and no pod reads it.
 TEST_VALUES = [
     "--set", "database.url=postgresql://unused@db.invalid/heat", "--set", "insecure=true",
 ]  # fmt: skip
@@ -69,8 +69,9 @@ class Identity:
 
 
 async def install(cluster: Cluster, namespace: str, *values: str) -> Identity:
-    """`helm install` the chart into ``namespace`` (no hooks: no controller would run its
-    migration Job), then a token of the chart's ServiceAccount from TokenRequest."""
+    """`helm install` the chart into ``namespace`` without its hooks (the migration Job: these
+    tests migrate their database themselves; the hook's own test runs it), then a token of the
+    chart's ServiceAccount from TokenRequest."""
     await helm(
         cluster, "install", RELEASE, str(CHART), "--namespace", namespace, "--no-hooks",
         *TEST_VALUES, *values, namespace=namespace,

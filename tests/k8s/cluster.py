@@ -13,9 +13,10 @@
 - an audit log of every request made by a ServiceAccount (who, verb, resource), to check that
   a Role holds nothing beyond what its user does.
 
-No kube-scheduler, controller-manager or kubelet run: the tests bind pods and write their
-status themselves (:mod:`tests.k8s.kubelet`), and a namespace is never deleted (each test
-takes a fresh one).
+No kube-scheduler or kubelet run: the tests bind pods and write their status themselves
+(:mod:`tests.k8s.kubelet`), and a namespace is never deleted (each test takes a fresh one).
+Of kube-controller-manager's controllers only the Job controller runs, and only for the tests
+that ask for it (:func:`running_job_controller`: the chart's migration hook is a Job).
 """
 
 from __future__ import annotations
@@ -61,7 +62,8 @@ rules:
 
 
 def k8s_tools() -> Path:
-    """The folder of kube-apiserver, etcd and helm: built by scripts/k8s-tools when missing."""
+    """The folder of kube-apiserver, kube-controller-manager, etcd and helm: built by
+    scripts/k8s-tools when missing."""
     done = subprocess.run([str(TOOLS_SCRIPT)], check=True, stdout=subprocess.PIPE, text=True)
     return Path(done.stdout.strip().splitlines()[-1])
 
@@ -333,3 +335,34 @@ async def running_cluster(folder: Path, tools: Path) -> AsyncIterator[Cluster]:
 
         await _wait_until_up("kube-apiserver", apiserver, api_log, ready)
         yield cluster
+
+
+@asynccontextmanager
+async def running_job_controller(cluster: Cluster) -> AsyncIterator[None]:
+    """kube-controller-manager with the Job controller alone (no leader election, no port of its
+    own), acting as the tests' admin; stopped when the block ends. It makes a Job's pods and
+    records their ends in the Job's status, as in a real cluster."""
+    folder = cluster.folder / f"kcm-{secrets.token_hex(3)}"
+    folder.mkdir()
+    log = folder / "kube-controller-manager.log"
+    process = _spawn(
+        [
+            str(cluster.tools / "kube-controller-manager"),
+            f"--kubeconfig={cluster.kubeconfig(folder / 'kubeconfig', namespace='default')}",
+            "--controllers=job-controller",
+            "--leader-elect=false",
+            "--secure-port=0",
+            "--v=2",
+        ],
+        log,
+    )
+    try:
+
+        async def started() -> bool:  # its informers have listed Jobs and pods
+            text = log.read_text(errors="replace")
+            return "Starting job controller" in text and "Caches are synced" in text
+
+        await _wait_until_up("kube-controller-manager", process, log, started)
+        yield
+    finally:
+        _stop(process)

@@ -203,13 +203,24 @@ async def container_env(kube: Kube, pod: JsonObj) -> dict[str, str]:
     return env
 
 
+def argv_of(container: JsonObj, entrypoint: Sequence[str]) -> list[str]:
+    """What a container runs, by Kubernetes' rule: its ``command`` in place of the image's
+    entrypoint, then its ``args``."""
+    return [*(container.get("command") or entrypoint), *(container.get("args") or [])]
+
+
 class ProcessKubelet:
     """Watches a namespace's pods and runs each new one as a process.
 
-    The image names the command (``commands``); an image it does not know cannot be pulled
-    (ImagePullBackOff). A started process makes the pod Running and Ready; its exit makes it
-    Succeeded (0) or Failed (reason Error, with the exit code). A graceful deletion SIGTERMs
-    the process, and its exit completes the deletion; a pod removed outright is killed.
+    The image names the entrypoint (``commands``), which the container's ``command`` replaces
+    and its ``args`` follow; an image it does not know cannot be pulled (ImagePullBackOff). A
+    started process makes the pod Running and Ready; its exit makes it Succeeded (0) or Failed
+    (reason Error, with the exit code). A graceful deletion SIGTERMs the process, and its exit
+    completes the deletion; a pod removed outright is killed.
+
+    No cluster DNS or Service proxy runs here: ``services`` maps a Service's address
+    (``name.namespace.svc:port``) to the local address behind it, replaced in the arguments and
+    the environment a process gets.
     """
 
     def __init__(
@@ -218,12 +229,14 @@ class ProcessKubelet:
         namespace: str,
         commands: Mapping[str, Sequence[str]],
         env: Mapping[str, str],
+        services: Mapping[str, str] | None = None,
     ) -> None:
         self.kube = kube
         self.namespace = namespace
         self.kubelet = Kubelet(kube, namespace)
         self.commands = commands
         self.env = dict(env)
+        self.services = dict(services or {})
         self.containers: dict[str, Container] = {}
         self.seen: list[JsonObj] = []  # every pod as it was first seen (its spec, as admitted)
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -289,9 +302,10 @@ class ProcessKubelet:
         container = self.containers[name]
         if not await self._write(self.kubelet.schedule(name)):
             return
-        image = pod["spec"]["containers"][0]["image"]
-        command = self.commands.get(image)
-        if command is None:
+        spec = pod["spec"]["containers"][0]
+        image = spec["image"]
+        entrypoint = self.commands.get(image)
+        if entrypoint is None:
             await self._write(
                 self.kubelet.wait(name, "ImagePullBackOff", f'pulling "{image}" failed')
             )
@@ -305,7 +319,9 @@ class ProcessKubelet:
             return
         container.env = env
         container.process = await asyncio.create_subprocess_exec(
-            *command, env={**self.env, **env}, stdin=asyncio.subprocess.DEVNULL
+            *map(self._routed, argv_of(spec, entrypoint)),
+            env={**self.env, **{k: self._routed(v) for k, v in env.items()}},
+            stdin=asyncio.subprocess.DEVNULL,
         )
         await self._write(self.kubelet.run(name))
         self._spawn(self._wait(container, pod))
@@ -320,6 +336,11 @@ class ProcessKubelet:
             await self._write(self.kubelet.succeed(container.pod))
         else:
             await self._write(self.kubelet.fail(container.pod, exit_code=container.exit_code))
+
+    def _routed(self, text: str) -> str:
+        for service, local in self.services.items():
+            text = text.replace(service, local)
+        return text
 
     @staticmethod
     async def _write(change: Coroutine[Any, Any, object]) -> bool:

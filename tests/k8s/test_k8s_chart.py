@@ -4,10 +4,13 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 import pytest_asyncio
 import yaml
@@ -16,6 +19,9 @@ from heat.scheduler.v1 import session_pb2 as s
 from scheduler import app
 from scheduler.provisioner._k8s_template import load_pod_template
 from scheduler.settings import Settings, SettingsError
+from scheduler.store.migrations import available_migrations
+from tests import support
+from tests.conftest import MakeDb
 from tests.integration.test_provisioning import apply, finished, submit
 from tests.k8s.chart import (
     CHART,
@@ -28,7 +34,7 @@ from tests.k8s.chart import (
     install,
     render,
 )
-from tests.k8s.cluster import Cluster, free_port
+from tests.k8s.cluster import Cluster, free_port, running_job_controller
 from tests.k8s.helpers import until
 from tests.k8s.kube import Kube, KubeError, path
 from tests.k8s.kubelet import ProcessKubelet
@@ -128,6 +134,56 @@ async def test_helm_install_creates_the_objects(
     [container] = deployment["spec"]["template"]["spec"]["containers"]
     assert container["readinessProbe"]["grpc"] == {"port": 50051, "service": ""}
     assert container["livenessProbe"]["grpc"] == {"port": 50051, "service": "liveness"}
+
+
+async def test_helm_runs_the_migrations_hook_and_helm_test_checks_health(
+    cluster: Cluster, kube: Kube, namespace: str, make_empty_db: MakeDb, tmp_path: Path
+) -> None:
+    """With hooks, as a user installs it: the pre-install Job migrates the empty database (the
+    Job controller makes its pod, the node runs the image's ``heat-scheduler migrate``), and
+    ``helm test``'s pod fails while nothing serves and passes once the scheduler does."""
+    dsn = await make_empty_db()
+    values = tmp_path / "values.yaml"
+    values.write_text(yaml.safe_dump({"database": {"url": dsn}, "insecure": True}))
+    [job] = [o for o in await render(cluster, "-f", str(values)) if o["kind"] == "Job"]
+    image = job["spec"]["template"]["spec"]["containers"][0]["image"]
+    venv = Path(sys.executable).parent  # the image's Python and entrypoint, here
+    kubelet = ProcessKubelet(
+        kube,
+        namespace,
+        {image: [str(venv / "heat-scheduler")]},
+        {**os.environ, "PATH": f"{venv}:{os.environ.get('PATH', '')}"},
+        services={f"{RELEASE}.{namespace}.svc:50051": f"127.0.0.1:{free_port()}"},
+    )
+    await kubelet.start()
+    try:
+        async with running_job_controller(cluster):
+            await helm(
+                cluster, "install", RELEASE, str(CHART), "--namespace", namespace,
+                "-f", str(values), "--timeout", "120s", namespace=namespace,
+            )  # fmt: skip
+        conn = await asyncpg.connect(dsn)
+        try:
+            applied = [r["name"] for r in await conn.fetch("SELECT name FROM schema_migrations")]
+        finally:
+            await conn.close()
+        assert applied == [m.name for m in available_migrations()]
+        [migrator] = [
+            p for p in kubelet.seen if p["metadata"]["name"].startswith(job["metadata"]["name"])
+        ]
+        assert migrator["metadata"]["ownerReferences"][0]["kind"] == "Job"
+        assert kubelet.containers[migrator["metadata"]["name"]].exit_code == 0
+        assert await kube.items(PATHS["Job"].format(ns=namespace)) == []  # hook-succeeded
+
+        with pytest.raises(HelmError, match="test-health"):
+            await helm(cluster, "test", RELEASE, "-n", namespace, namespace=namespace)
+        async with support.serving(dsn) as sc:
+            kubelet.services[f"{RELEASE}.{namespace}.svc:50051"] = sc.address
+            out = await helm(cluster, "test", RELEASE, "-n", namespace, namespace=namespace)
+        assert f"TEST SUITE:     {RELEASE}-test-health" in out
+        assert "Phase:          Succeeded" in out
+    finally:
+        await kubelet.close()
 
 
 async def test_the_role_holds_exactly_the_verbs_the_scheduler_uses(
