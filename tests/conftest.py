@@ -86,21 +86,24 @@ async def template_db(pg_server: PgServer) -> AsyncIterator[str]:
         await admin.close()
 
 
+async def _as_admin(pg_server: PgServer, *statements: str) -> None:
+    """Run statements on the server's own database (CREATE/DROP DATABASE cannot run in the
+    database they name)."""
+    admin = await asyncpg.connect(pg_server.dsn)
+    try:
+        for statement in statements:
+            await admin.execute(statement)
+    finally:
+        await admin.close()
+
+
 @pytest_asyncio.fixture(loop_scope="session")
 async def db_dsn(pg_server: PgServer, template_db: str) -> AsyncIterator[str]:
     """The DSN of a fresh, migrated database of this test's own."""
     name = f"test_{uuid.uuid4().hex}"
-    admin = await asyncpg.connect(pg_server.dsn)
-    try:
-        await admin.execute(f"CREATE DATABASE {name} TEMPLATE {template_db}")
-    finally:
-        await admin.close()
+    await _as_admin(pg_server, f"CREATE DATABASE {name} TEMPLATE {template_db}")
     yield pg_server.dsn_for(name)
-    admin = await asyncpg.connect(pg_server.dsn)
-    try:
-        await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-    finally:
-        await admin.close()
+    await _as_admin(pg_server, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 @pytest_asyncio.fixture(loop_scope="session")
@@ -121,19 +124,9 @@ async def make_empty_db(pg_server: PgServer) -> AsyncIterator[MakeDb]:
 
     async def make() -> str:
         name = f"test_{uuid.uuid4().hex}"
-        admin = await asyncpg.connect(pg_server.dsn)
-        try:
-            await admin.execute(f"CREATE DATABASE {name} TEMPLATE template0")
-        finally:
-            await admin.close()
+        await _as_admin(pg_server, f"CREATE DATABASE {name} TEMPLATE template0")
         names.append(name)
-        dsn: str = pg_server.dsn_for(name)
-        return dsn
+        return pg_server.dsn_for(name)
 
     yield make
-    admin = await asyncpg.connect(pg_server.dsn)
-    try:
-        for name in names:
-            await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-    finally:
-        await admin.close()
+    await _as_admin(pg_server, *(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)" for name in names))
