@@ -38,6 +38,7 @@ from scheduler import app
 from scheduler.embedded import EmbeddedPostgres
 from scheduler.settings import Settings
 from scheduler.store.queries import Statements
+from scheduler.store.sql import queries
 from tests.support import admin_token_file, authorized_channel, open_tmp_dir
 
 _BLOCK = re.compile(r"^-- ([a-z_][a-z0-9_]*) --$", re.MULTILINE)
@@ -45,7 +46,7 @@ _BLOCK = re.compile(r"^-- ([a-z_][a-z0-9_]*) --$", re.MULTILINE)
 
 def _names() -> dict[str, str]:
     """Query text -> block name, from the store's .sql files."""
-    folder = Path(app.__file__).parent / "store" / "sql" / "queries"
+    folder = Path(queries.__file__).parent
     names = {}
     for path in sorted(folder.glob("*.sql")):
         parts = _BLOCK.split(path.read_text(encoding="utf-8"))

@@ -10,7 +10,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from scheduler.app import connection_options
+from scheduler.app.grpc_server import connection_options
 from scheduler.domain.errors import NotFound
 from scheduler.service.signals import Signals
 from scheduler.settings import Settings

@@ -13,7 +13,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from scheduler.app import LIVENESS, SERVICE_NAMES
+from scheduler.app.grpc_server import LIVENESS, SERVICE_NAMES
 from tests.support import serving
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -16,7 +16,7 @@ import pytest_asyncio
 import yaml
 from heat.scheduler.v1 import session_pb2 as s
 
-from scheduler import app
+from scheduler.app.backends import make_provisioner
 from scheduler.provisioner._k8s_template import load_pod_template
 from scheduler.settings import Settings, SettingsError
 from scheduler.store.migrations import available_migrations
@@ -277,7 +277,7 @@ async def test_the_charts_pod_template_is_used_at_start(
     # The chart's ServiceAccount may dry-run its pods: the template is checked and accepted.
     loaded["spec"].pop("priorityClassName")  # (no such class in the test cluster)
     template.write_text(yaml.safe_dump(loaded))
-    provisioner = await app.make_provisioner(template_settings(scheduler_kubeconfig, template))
+    provisioner = await make_provisioner(template_settings(scheduler_kubeconfig, template))
     await provisioner.close()  # type: ignore[attr-defined]
 
 
@@ -298,7 +298,7 @@ async def test_a_template_the_api_refuses_stops_the_start(
     path_ = tmp_path / "template.yaml"
     path_.write_text(yaml.safe_dump(template))
     with pytest.raises(SettingsError) as caught:
-        await app.make_provisioner(template_settings(scheduler_kubeconfig, path_))
+        await make_provisioner(template_settings(scheduler_kubeconfig, path_))
     assert "setting k8s_pod_template" in str(caught.value)
     assert words in str(caught.value)
 
@@ -318,7 +318,7 @@ async def test_a_template_with_an_unknown_field_is_refused_at_start(tmp_path: Pa
         },
     )
     with pytest.raises(SettingsError) as caught:
-        await app.make_provisioner(config)
+        await make_provisioner(config)
     assert "HEAT_K8S_POD_TEMPLATE" in str(caught.value)
     assert "spec.containers[0].imagePullPolcy: unknown field (did you mean imagePullPolicy?)" in (
         str(caught.value)

@@ -4,7 +4,7 @@ ones inside functions too):
     transport -> service -> domain <- store, provisioner, telemetry, artifacts
 
 The domain and the services know no database driver, no gRPC, no Kubernetes client, no
-OpenTelemetry SDK; only the wiring module (scheduler/app.py) imports every room. Telemetry is
+OpenTelemetry SDK; only the wiring (scheduler/app/) imports every room. Telemetry is
 cross-cutting: the services report through a port of the domain
 (``scheduler.domain.telemetry``), which the telemetry room keeps with the SDK; it may use
 gRPC (its RPC interceptor) and the settings (its errors), never a service or the store.

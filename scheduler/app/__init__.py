@@ -12,51 +12,51 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from datetime import timedelta
-from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from heat.scheduler.v1 import (
-    access_service_pb2,
     access_service_pb2_grpc,
-    artifact_service_pb2,
     artifact_service_pb2_grpc,
-    registry_service_pb2,
     registry_service_pb2_grpc,
-    runner_service_pb2,
     runner_service_pb2_grpc,
-    session_service_pb2,
     session_service_pb2_grpc,
 )
 
-from scheduler.artifacts.filesystem import FileBlobStore
-from scheduler.artifacts.s3 import S3BlobStore, S3Client, S3Config
-from scheduler.artifacts.sources import Sources
-from scheduler.domain import access as access_rules
-from scheduler.domain.artifacts import parse_allowed
+from scheduler.app.admin_token import bootstrap_admin
+from scheduler.app.backends import (
+    advertised,
+    artifact_store,
+    instance_environment,
+    make_provisioner,
+)
+from scheduler.app.grpc_server import (
+    LIVENESS,
+    SERVICE_NAMES,
+    certificates,
+    client_roles,
+    connection_options,
+    health_server,
+    listen,
+)
 from scheduler.domain.clock import SystemClock
 from scheduler.domain.dispatch_order import DispatchPolicy
-from scheduler.domain.errors import SchedulerError
 from scheduler.domain.health import Health
 from scheduler.domain.leadership import LeaderView, LeaseSettings
 from scheduler.domain.limits import VALIDATION_BUDGET, Limits
-from scheduler.domain.ports import BlobStore, Provisioner
-from scheduler.domain.provisioning import InstanceSpec
-from scheduler.domain.registry import Runner
+from scheduler.domain.ports import Provisioner
 from scheduler.embedded import EmbeddedPostgres
-from scheduler.provisioner.errors import ProvisionerError
-from scheduler.provisioner.local import LocalProvisioner
 from scheduler.service.access import Access
-from scheduler.service.artifacts import Artifacts, ArtifactSettings
+from scheduler.service.artifacts import Artifacts
 from scheduler.service.provisioning import ProvisionSettings, Reconciler
 from scheduler.service.registry import Registry
 from scheduler.service.runner_protocol import ProtocolSettings, RunnerProtocol
 from scheduler.service.sessions import Sessions
 from scheduler.service.signals import Signals
 from scheduler.service.supervisor import SupervisionSettings, Supervisor
-from scheduler.settings import Settings, SettingsError, check, parse_commands, parse_weights
+from scheduler.settings import Settings, SettingsError, check, parse_weights
 from scheduler.store.database import PgStore, migrate_database
 from scheduler.store.leadership import LeaseLeadership
 from scheduler.store.notifications import Listener
@@ -68,29 +68,14 @@ from scheduler.transport.health import HealthService
 from scheduler.transport.registry import RegistryServicer
 from scheduler.transport.runner import RunnerServicer
 from scheduler.transport.sessions import SessionServicer
-from scheduler.transport.tls import CertificateFiles, TlsError
 
 __all__ = ["Running", "database", "migrate_database", "running", "serve"]
-
-if TYPE_CHECKING:
-    from scheduler.provisioner.kubernetes import KubernetesProvisioner
 
 log = logging.getLogger("scheduler")
 
 EMBEDDED_DATABASE = "heat"
 IDLE_MARGIN = timedelta(seconds=5)
 EMBEDDED_CONDITION = "embedded PostgreSQL"
-SERVICE_NAMES = (
-    registry_service_pb2.DESCRIPTOR.services_by_name["RegistryService"].full_name,
-    session_service_pb2.DESCRIPTOR.services_by_name["SessionService"].full_name,
-    runner_service_pb2.DESCRIPTOR.services_by_name["RunnerService"].full_name,
-    access_service_pb2.DESCRIPTOR.services_by_name["AccessService"].full_name,
-    artifact_service_pb2.DESCRIPTOR.services_by_name["ArtifactService"].full_name,
-)
-
-
-LIVENESS = "liveness"  # SERVING while the process runs: what a liveness probe asks
-
 
 DATABASE_CONDITION = "database"
 
@@ -179,8 +164,8 @@ async def running(
     hand in their own).
     """
     check(settings)
-    client_roles = _client_roles(settings)
-    certificates = _certificates(settings)
+    roles = client_roles(settings)
+    tls = certificates(settings)
     if telemetry is None:
         telemetry = SchedulerTelemetry(
             TelemetryConfig.from_env(metrics_listen=settings.metrics_listen)
@@ -263,9 +248,7 @@ async def running(
             ("grpc.so_reuseport", 0),
             *connection_options(settings),
         ]
-        access = Access(
-            store, clock, limits, runner_of=protocol.authenticate, client_roles=client_roles
-        )
+        access = Access(store, clock, limits, runner_of=protocol.authenticate, client_roles=roles)
         await bootstrap_admin(access, settings)
         # Telemetry outermost: its span and status are what the caller sees after the others.
         # Then the error interceptor, so refusals of the access check become statuses.
@@ -311,29 +294,20 @@ async def running(
             reflection.enable_server_reflection(
                 (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
             )
-        try:
-            if certificates is not None:
-                port = server.add_secure_port(settings.listen, certificates.credentials())
-            else:
-                port = server.add_insecure_port(settings.listen)
-        except RuntimeError:
-            raise SettingsError(
-                f"setting listen (--listen / HEAT_LISTEN): cannot listen on {settings.listen}; "
-                "the port is taken or the address is not this machine's"
-            ) from None
+        port = listen(server, settings.listen, tls)
         await server.start()
         await health_servicer.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
         health_servicer.start()  # migrations just reached the database; the listener says otherwise
 
-        health_server = await _health_server(settings, health_servicer)
+        health_only = await health_server(settings, health_servicer)
 
         async def shutdown() -> None:
             signals.close()
             await health_servicer.stop()
             await health_servicer.enter_graceful_shutdown()
             await server.stop(settings.shutdown_grace)
-            if health_server is not None:
-                await health_server.stop(0)
+            if health_only is not None:
+                await health_only.stop(0)
 
         stack.push_async_callback(shutdown)
         host = settings.listen.rsplit(":", 1)[0]
@@ -391,208 +365,6 @@ async def running(
         )
 
 
-async def _health_server(settings: Settings, servicer: HealthService) -> grpc.aio.Server | None:
-    """A plaintext listener with the health service alone (no caller identity is needed for
-    it anywhere), for probes that speak no TLS; None unless ``health_listen`` is set."""
-    if not settings.health_listen:
-        return None
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
-    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
-    try:
-        server.add_insecure_port(settings.health_listen)
-    except RuntimeError:
-        raise SettingsError(
-            f"setting health_listen (--health-listen / HEAT_HEALTH_LISTEN): cannot listen on "
-            f"{settings.health_listen}; the port is taken or the address is not this machine's"
-        ) from None
-    await server.start()
-    return server
-
-
-def _client_roles(settings: Settings) -> dict[str, access_rules.Role]:
-    try:
-        return access_rules.parse_client_roles(settings.client_roles)
-    except ValueError as exc:
-        raise SettingsError(
-            f"setting client_roles (--client-roles / HEAT_CLIENT_ROLES): {exc}"
-        ) from None
-
-
-def _certificates(settings: Settings) -> CertificateFiles | None:
-    if not settings.tls:
-        return None
-    try:
-        return CertificateFiles(
-            Path(settings.server_cert),
-            Path(settings.server_key),
-            Path(settings.client_ca) if settings.client_ca else None,
-        )
-    except TlsError as exc:
-        raise SettingsError(f"setting server_cert / server_key / client_ca: {exc}") from None
-
-
-def instance_environment(settings: Settings) -> tuple[tuple[str, str], ...]:
-    """The TLS variables runner instances get: files on this machine for local processes;
-    for pods the CA's content (its path means nothing there; a pod's own client certificate
-    comes from its pod template)."""
-    env: list[tuple[str, str]] = []
-    if settings.runner_tls_ca:
-        if settings.provisioner == "kubernetes":
-            env.append(("HEAT_TLS_CA", Path(settings.runner_tls_ca).read_text()))
-        else:
-            env.append(("HEAT_TLS_CA", str(Path(settings.runner_tls_ca).resolve())))
-    if settings.runner_tls_cert and settings.provisioner != "kubernetes":
-        env.append(("HEAT_TLS_CERT", str(Path(settings.runner_tls_cert).resolve())))
-        env.append(("HEAT_TLS_KEY", str(Path(settings.runner_tls_key).resolve())))
-    return tuple(env)
-
-
-async def bootstrap_admin(access: Access, settings: Settings) -> None:
-    """The first admin identity, without a window where anyone may call as admin.
-
-    - ``admin_token_file`` given (e.g. a mounted Kubernetes Secret): its content is the
-      bootstrap admin token; a changed file replaces it (the old one stops working).
-    - Otherwise ``data_dir/admin-token``: at the first start on a database (no bootstrap token
-      stored yet) a new token is written there, 0600, and the CLI on this machine finds it by
-      default. Such a file only ever fills an empty place: a replica starting later on the same
-      database (or losing a race to be first) keeps the token that is stored.
-    """
-    path = settings.admin_token_path()
-    given = bool(settings.admin_token_file)
-    if path.exists():
-        secret = await asyncio.to_thread(_read_token, path)
-    elif given:
-        raise SettingsError(
-            f"setting admin_token_file (--admin-token-file / HEAT_ADMIN_TOKEN_FILE): {path} "
-            "does not exist; point it at the file holding the first admin token, or leave it "
-            "empty to have one made in the data folder"
-        )
-    elif await access.bootstrap_exists():
-        log.info(
-            "the first admin token was made at an earlier start; it is not in %s (issue more "
-            "with: heat-scheduler tokens issue --role admin)",
-            path,
-        )
-        return
-    else:
-        secret = access_rules.new_token_secret()
-        await asyncio.to_thread(_write_token, path, secret)
-        log.info("wrote the first admin token", extra={"file": str(path)})
-    outcome = await access.bootstrap(secret, source=str(path), replace=given)
-    if outcome.changed:
-        log.info("the first admin token is set", extra={"file": str(path)})
-    elif not given and not await access.is_bootstrap(secret):
-        log.warning(
-            "%s holds no token of this database (its first admin token was made elsewhere); "
-            "remove the file, or issue a token with: heat-scheduler tokens issue --role admin",
-            path,
-        )
-
-
-def _read_token(path: Path) -> str:
-    mode = path.stat().st_mode
-    if mode & 0o077 and not path.is_symlink():
-        # Kubernetes mounts Secrets through symlinks, with modes of its own choosing.
-        log.warning("the admin token file %s may be read by others (mode %o)", path, mode & 0o777)
-    secret = path.read_text(encoding="utf-8").strip()
-    problem = access_rules.check_given_secret(secret)
-    if problem:
-        raise SettingsError(
-            f"setting admin_token_file (--admin-token-file / HEAT_ADMIN_TOKEN_FILE): the token "
-            f"in {path} {problem}"
-        )
-    return secret
-
-
-def _write_token(path: Path, secret: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # O_EXCL: never over another token; 0600 from the start, never readable by others.
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(secret + "\n")
-
-
-async def artifact_store(
-    settings: Settings, stack: AsyncExitStack
-) -> tuple[ArtifactSettings, BlobStore, Sources]:
-    """The artefact store the settings name (closed with ``stack``), and the URI reader."""
-    try:
-        allowed = parse_allowed(settings.artifact_sources)
-    except ValueError as error:
-        raise SettingsError(
-            f"setting artifact_sources (--artifact-sources / HEAT_ARTIFACT_SOURCES): {error}"
-        ) from None
-    s3 = None
-    if settings.s3_endpoint:
-        config = s3_config(settings, settings.artifact_store)
-        s3 = S3Client.create(config)
-        stack.push_async_callback(s3.close)
-    blobs: BlobStore
-    try:
-        if settings.artifact_store.startswith("s3://"):
-            blobs = await S3BlobStore.open(s3_config(settings, settings.artifact_store))
-        else:
-            folder = settings.artifact_store.removeprefix("file://")
-            path = Path(folder) if folder else settings.data_dir / "artifacts"
-            blobs = await FileBlobStore.open(path.resolve())
-    except SchedulerError as error:
-        raise SettingsError(
-            f"setting artifact_store (--artifact-store / HEAT_ARTIFACT_STORE): {error}"
-        ) from None
-    stack.push_async_callback(blobs.close)
-    retention = settings.artifact_retention
-    log.info("artefact store", extra={"store": blobs.description})
-    return (
-        ArtifactSettings(
-            retention=None if retention is None else timedelta(seconds=retention),
-            sources=allowed,
-        ),
-        blobs,
-        Sources(allowed, s3),
-    )
-
-
-def s3_config(settings: Settings, store: str) -> S3Config:
-    bucket, _, prefix = store.removeprefix("s3://").partition("/")
-    if prefix and not prefix.endswith("/"):
-        prefix += "/"
-    return S3Config(
-        endpoint=settings.s3_endpoint,
-        bucket=bucket,
-        prefix=prefix,
-        region=settings.s3_region,
-        access_key_id=settings.s3_access_key_id,
-        secret_access_key=settings.s3_secret_access_key,
-        session_token=settings.s3_session_token,
-    )
-
-
-def connection_options(settings: Settings) -> list[tuple[str, int]]:
-    """Keepalive (dead peers and NAT entries go away) and a maximum connection age (runner
-    streams move to new replicas after a rollout: told to go away, they reconnect through the
-    Service)."""
-    options = [
-        # runners keep streams open for hours: let them ping on them every 10 s or more
-        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
-        ("grpc.keepalive_permit_without_calls", 1),
-        ("grpc.http2.max_pings_without_data", 0),
-    ]
-    if settings.grpc_keepalive_time > 0:
-        options += [
-            ("grpc.keepalive_time_ms", int(settings.grpc_keepalive_time * 1000)),
-            ("grpc.keepalive_timeout_ms", int(settings.grpc_keepalive_timeout * 1000)),
-        ]
-    if settings.grpc_max_connection_age > 0:
-        options += [
-            ("grpc.max_connection_age_ms", int(settings.grpc_max_connection_age * 1000)),
-            (
-                "grpc.max_connection_age_grace_ms",
-                int(settings.grpc_max_connection_age_grace * 1000),
-            ),
-        ]
-    return options
-
-
 def dispatch_policy(settings: Settings) -> DispatchPolicy:
     return DispatchPolicy(
         fairness_label=settings.fairness_label,
@@ -601,73 +373,6 @@ def dispatch_policy(settings: Settings) -> DispatchPolicy:
         strict_priority=settings.strict_priority,
         critical_path=settings.critical_path,
     )
-
-
-def advertised(host: str, port: int) -> str:
-    """The address instances on this machine dial when we listen on every interface."""
-    if host in ("0.0.0.0", "[::]", ""):  # noqa: S104 (compared, not bound)
-        host = "127.0.0.1"
-    return f"{host}:{port}"
-
-
-async def make_provisioner(settings: Settings) -> Provisioner:
-    if settings.provisioner == "kubernetes":
-        from scheduler.provisioner._k8s_template import TemplateError, load_pod_template
-        from scheduler.provisioner.kubernetes import KubernetesProvisioner
-
-        template = None
-        if settings.k8s_pod_template:
-            try:
-                template = load_pod_template(Path(settings.k8s_pod_template))
-            except TemplateError as exc:
-                raise SettingsError(
-                    "setting k8s_pod_template (--k8s-pod-template / HEAT_K8S_POD_TEMPLATE): "
-                    f"{settings.k8s_pod_template}: {exc}"
-                ) from None
-        provisioner = await KubernetesProvisioner.connect(
-            kubeconfig=settings.kubeconfig or None,
-            context=settings.k8s_context or None,
-            namespace=settings.k8s_namespace or None,
-            scheduler_name=settings.scheduler_name,
-            pod_template=template,
-        )
-        if template:
-            try:
-                await check_pod_template(provisioner, settings)
-            except BaseException:
-                await provisioner.close()
-                raise
-        return provisioner
-    return LocalProvisioner(
-        parse_commands(settings.local_runners),
-        state_dir=settings.data_dir.resolve() / "local-instances" / settings.scheduler_name,
-        inherit=[n.strip() for n in settings.local_runner_env.split(",") if n.strip()],
-        max_processes=settings.local_max_processes,
-    )
-
-
-async def check_pod_template(provisioner: KubernetesProvisioner, settings: Settings) -> None:
-    """Refuse to start when the API will not admit a pod built from the template (its types,
-    values, the namespace's Pod Security admission, our permission to create pods); a server
-    that does not answer is only logged: the provisioner retries on its own."""
-    probe = Runner(
-        name="template-check",
-        container_image="registry.invalid/heat/template-check:0",
-        cpu_limit="100m",
-        memory_limit="64Mi",
-    )
-    spec = InstanceSpec(
-        probe, settings.advertise_address or settings.listen, settings.scheduler_name
-    )
-    try:
-        await provisioner.check_template(spec)
-    except ProvisionerError as exc:
-        if exc.status is not None and 400 <= exc.status < 500 and exc.status not in (408, 429):
-            raise SettingsError(
-                "setting k8s_pod_template (--k8s-pod-template / HEAT_K8S_POD_TEMPLATE): "
-                f"{settings.k8s_pod_template}: the Kubernetes API refuses its pods: {exc}"
-            ) from None
-        log.warning("could not check the runner pod template with the API: %s", exc)
 
 
 # The cyclic garbage collector's thresholds for a serving process. Python's (700, 10, 10)
