@@ -322,28 +322,21 @@ async def drive_batches(channel: grpc.aio.Channel, secret: str) -> None:
     await receive(2)
     await asyncio.sleep(0.2)
     show("CreateSession, 2 roots claimed along")
-    done = pb.PostResultRequest(
-        batch=[
+
+    async def settle(keys: tuple[str, ...], claimed: int) -> None:
+        """Post the outcomes of ``keys`` in one batch; the tasks claimed along come back."""
+        batch = [
             pb.PostResultRequest(attempt_id=tasks[k].attempt_id, success=pb.TaskSuccess())
-            for k in ("a", "e")
+            for k in keys
         ]
-    )
-    await results.put(done)
-    await replies.read()
-    await receive(2)
-    await asyncio.sleep(0.2)
-    show("settle 2 (batch), 2 claimed along")
-    done = pb.PostResultRequest(
-        batch=[
-            pb.PostResultRequest(attempt_id=tasks[k].attempt_id, success=pb.TaskSuccess())
-            for k in ("b", "c")
-        ]
-    )
-    await results.put(done)
-    await replies.read()
-    await receive(1)
-    await asyncio.sleep(0.2)
-    show("settle 2 (batch), 1 claimed along")
+        await results.put(pb.PostResultRequest(batch=batch))
+        await replies.read()
+        await receive(claimed)
+        await asyncio.sleep(0.2)
+        show(f"settle {len(keys)} (batch), {claimed} claimed along")
+
+    await settle(("a", "e"), 2)
+    await settle(("b", "c"), 1)
     for stream in (claims, replies):
         stream.cancel()
 
